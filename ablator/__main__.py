@@ -1,0 +1,3 @@
+from ablator.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""The error hierarchy. Every error a user can cause is an :class:`AblatorError` whose message
+says what went wrong, where (file, config path, store key or URL) and, where it helps, what to do.
+
+The CLI maps ``AblatorError`` to exit status 1; anything else is a bug (exit 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class AblatorError(Exception):
+    """Base class of every error ablator raises on purpose."""
+
+
+class ConfigError(AblatorError):
+    """A config, experiment file, search space or override is invalid.
+
+    ``problems`` holds every problem found (all of them are reported at once); ``source`` is the
+    file they came from, when there is one.
+    """
+
+    def __init__(self, problems: str | Sequence[str], source: str | None = None) -> None:
+        self.problems: list[str] = [problems] if isinstance(problems, str) else list(problems)
+        self.source = source
+        head = f"invalid configuration in {source}" if source else "invalid configuration"
+        if len(self.problems) == 1:
+            msg = f"{head}: {self.problems[0]}"
+        else:
+            msg = f"{head} ({len(self.problems)} problems):\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(msg)
+
+
+class EntryPointError(AblatorError):
+    """The experiment's entry point (``module:attr``) cannot be imported or is not a trial."""
+
+
+class StoreError(AblatorError):
+    """A store operation failed for good (after retries); the message names the URL and operation."""
+
+
+class UntrustedStoreError(StoreError):
+    """The store cannot create-if-absent atomically (or failed the self-test) and was not forced."""
+
+
+class CorruptRecordError(StoreError):
+    """A record in the store could not be decoded; the message names its key."""
+
+
+class LeaseLost(AblatorError):
+    """This holder no longer owns its trial: a later epoch or a result exists, or it fenced itself."""
+
+
+class TrialFailed(AblatorError):
+    """A trial raised; the failure record holds the traceback."""
+
+
+class CheckpointError(AblatorError):
+    """A checkpoint is corrupt, truncated, or belongs to a different config."""
+
+
+class ExperimentMismatch(AblatorError):
+    """A different experiment already lives in this store."""
+
+
+__all__ = [
+    "AblatorError",
+    "CheckpointError",
+    "ConfigError",
+    "CorruptRecordError",
+    "EntryPointError",
+    "ExperimentMismatch",
+    "LeaseLost",
+    "StoreError",
+    "TrialFailed",
+    "UntrustedStoreError",
+]

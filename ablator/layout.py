@@ -1,0 +1,126 @@
+"""Store keys. This module alone spells them; ``docs/store.md`` lists each key, who writes it and when.
+
+Numbers are zero-padded so that names sort in numeric order: trial ``000042``, epoch ``e0003``,
+step ``s00000120``.
+"""
+
+from __future__ import annotations
+
+import re
+
+EXPERIMENT = "experiment.json"
+STOP = "control/stop.msgpack"
+EXTEND_DIR = "extend/"
+AGENTS_DIR = "agents/"
+TRIALS_DIR = "trials/"
+CODE_DIR = "code/"
+CACHE_DIR = "cache/"
+FRONTIER_DIR = "frontier/"
+SELFTEST_DIR = "selftest/"
+RETRY_DIR = "control/retry/"
+
+_TRIAL_W = 6
+_EPOCH_W = 4
+_STEP_W = 8
+
+
+def extension(k: int) -> str:
+    return f"{EXTEND_DIR}{k:04d}.msgpack"
+
+
+def agent(agent_id: str) -> str:
+    return f"{AGENTS_DIR}{agent_id}.msgpack"
+
+
+def code(sha256: str) -> str:
+    return f"{CODE_DIR}{sha256}.zip"
+
+
+def cache(name: str) -> str:
+    return f"{CACHE_DIR}{name}"
+
+
+def frontier(shard: int) -> str:
+    return f"{FRONTIER_DIR}{shard:03d}.msgpack"
+
+
+def selftest(name: str) -> str:
+    return f"{SELFTEST_DIR}{name}"
+
+
+def retry(k: int) -> str:
+    """An operator's ``retry --failed`` command, create-once, numbered."""
+    return f"{RETRY_DIR}{k:04d}.msgpack"
+
+
+def trial_dir(index: int) -> str:
+    return f"{TRIALS_DIR}{index:0{_TRIAL_W}d}/"
+
+
+def claim(index: int, epoch: int) -> str:
+    return f"{trial_dir(index)}claim.e{epoch:0{_EPOCH_W}d}.msgpack"
+
+
+def attempt(index: int, epoch: int) -> str:
+    return f"{trial_dir(index)}attempt.e{epoch:0{_EPOCH_W}d}.msgpack"
+
+
+def release(index: int, epoch: int) -> str:
+    return f"{trial_dir(index)}release.e{epoch:0{_EPOCH_W}d}.msgpack"
+
+
+def failed(index: int, epoch: int) -> str:
+    return f"{trial_dir(index)}failed.e{epoch:0{_EPOCH_W}d}.msgpack"
+
+
+def result(index: int) -> str:
+    return f"{trial_dir(index)}result.msgpack"
+
+
+def metrics_dir(index: int) -> str:
+    return f"{trial_dir(index)}metrics/"
+
+
+def metrics(index: int, epoch: int, step: int) -> str:
+    return f"{metrics_dir(index)}e{epoch:0{_EPOCH_W}d}-s{step:0{_STEP_W}d}.msgpack"
+
+
+def ckpt_dir(index: int) -> str:
+    return f"{trial_dir(index)}ckpt/"
+
+
+def checkpoint(index: int, epoch: int, step: int) -> str:
+    return f"{ckpt_dir(index)}e{epoch:0{_EPOCH_W}d}-s{step:0{_STEP_W}d}.pt"
+
+
+def log(index: int, epoch: int) -> str:
+    return f"{trial_dir(index)}logs/e{epoch:0{_EPOCH_W}d}.txt"
+
+
+# --- parsing: the inverse of the builders above, for readers that list a folder -------------
+
+_TRIAL_RE = re.compile(rf"^{TRIALS_DIR}(\d{{{_TRIAL_W}}})/")
+_RECORD_RE = re.compile(r"^(claim|attempt|release|failed)\.e(\d+)\.msgpack$")
+_EPOCH_STEP_RE = re.compile(r"^e(\d+)-s(\d+)\.(msgpack|pt)$")
+
+
+def parse_trial(key: str) -> int | None:
+    """The trial index of a key under ``trials/``, or None."""
+    m = _TRIAL_RE.match(key)
+    return int(m.group(1)) if m else None
+
+
+def parse_record(name: str) -> tuple[str, int] | None:
+    """``claim.e0003.msgpack`` -> ("claim", 3); other names -> None. ``name`` is the base name."""
+    m = _RECORD_RE.match(name)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def parse_epoch_step(name: str) -> tuple[int, int] | None:
+    """``e0001-s00000120.pt`` (or ``.msgpack``) -> (1, 120); other names -> None."""
+    m = _EPOCH_STEP_RE.match(name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def basename(key: str) -> str:
+    return key.rstrip("/").rsplit("/", 1)[-1]

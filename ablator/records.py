@@ -1,0 +1,274 @@
+"""The records written to the store: msgspec Structs, encoded as MessagePack (``experiment.json``
+as JSON so that a human can read it). Never pickle.
+
+Schema evolution follows msgspec's rules: every field added after protocol version 1 gets a
+default, so that a store written by an older ablator still decodes. Each record carries ``v`` (the
+protocol version of its writer) and ``nonce`` (random per write), which lets a writer recognise its
+own record when a create-if-absent reply was lost (see ``Store.create``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import warnings
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from ablator.errors import CorruptRecordError
+
+PROTOCOL_VERSION = 1
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(8)
+
+
+class Record(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=False):
+    """Base of every record: protocol version, writer's nonce, writer's wall time (informational
+    only: wall clocks of different machines are never compared)."""
+
+    v: int = PROTOCOL_VERSION
+    nonce: str = msgspec.field(default_factory=new_nonce)
+    wall_time: float = msgspec.field(default_factory=time.time)
+
+
+# --- experiment level ----------------------------------------------------------------------
+
+
+class ExperimentSpec(Record, frozen=True, kw_only=True):
+    """``experiment.json``: created once by ``launch``, never rewritten.
+
+    ``experiment`` is the validated experiment file as plain data (see ``ablator.experiment``);
+    ``experiment_hash`` identifies it (a relaunch with the same hash is a no-op).
+    """
+
+    name: str
+    experiment: dict[str, Any]
+    experiment_hash: str
+    code_sha256: str | None = None
+    code_git_commit: str | None = None
+    ablator_version: str = ""
+
+
+class Extension(Record, frozen=True, kw_only=True):
+    """``extend/<k>.msgpack``: adds ``trials`` to the budget."""
+
+    k: int
+    trials: int
+
+
+class Stop(Record, frozen=True, kw_only=True):
+    """``control/stop.msgpack``: agents finish or release their trials and exit."""
+
+    reason: str = ""
+
+
+class Retry(Record, frozen=True, kw_only=True):
+    """``control/retry/<k>.msgpack``: failures recorded before this command no longer count.
+
+    ``epochs`` maps trial index -> the highest epoch whose failure is forgiven.
+    """
+
+    k: int
+    epochs: dict[int, int]
+
+
+class FrontierHint(Record, frozen=True, kw_only=True):
+    """``frontier/<shard>.msgpack``: the highest trial index this shard has seen claimed."""
+
+    index: int
+
+
+# --- agents --------------------------------------------------------------------------------
+
+
+class GpuInfo(msgspec.Struct, kw_only=True, frozen=True):
+    index: int
+    name: str = ""
+    memory_total_mb: int = 0
+    memory_free_mb: int = 0
+
+
+class Heartbeat(Record, frozen=True, kw_only=True):
+    """``agents/<agent-id>.msgpack``: replaced every ``heartbeat_s``.
+
+    Observers judge liveness only by whether ``counter`` changes within ``lease_s`` on their own
+    monotonic clock; ``wall_time`` is for display.
+    """
+
+    agent_id: str
+    host: str
+    pid: int
+    counter: int
+    lease_s: float
+    heartbeat_s: float
+    held: list[tuple[int, int]] = []  # (trial, epoch) pairs
+    gpus: list[GpuInfo] = []
+    slots: int = 1
+    cpu_ok: bool = True
+    state: Literal["running", "draining", "exited"] = "running"
+    versions: dict[str, str] = {}
+
+
+# --- trials --------------------------------------------------------------------------------
+
+
+class TrialSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """The resolved trial, fixed at claim time (``claim.e0000``). Nothing later recomputes it."""
+
+    index: int
+    config: dict[str, Any]
+    config_hash: str
+    seed: int
+    variant: str = ""
+    repeat: int = 0
+    overrides: dict[str, Any] = {}
+    requires_gpu: bool = False
+    min_gpu_memory_mb: int = 0
+
+
+class Claim(Record, frozen=True, kw_only=True):
+    """``trials/<i>/claim.e<epoch>.msgpack``: the holder of epoch ``epoch``. Epoch 0 carries the
+    resolved trial; takeovers (epoch > 0) copy nothing and read it from epoch 0."""
+
+    trial: int
+    epoch: int
+    agent_id: str
+    host: str = ""
+    spec: TrialSpec | None = None
+
+
+class Environment(msgspec.Struct, kw_only=True, frozen=True):
+    host: str = ""
+    platform: str = ""
+    python: str = ""
+    torch: str = ""
+    cuda: str | None = None
+    gpu: str | None = None
+    driver: str | None = None
+    git_commit: str | None = None
+    ablator: str = ""
+
+
+class Attempt(Record, frozen=True, kw_only=True):
+    """``trials/<i>/attempt.e<epoch>.msgpack``: written once before training starts."""
+
+    trial: int
+    epoch: int
+    agent_id: str
+    resumed_from: tuple[int, int] | None = None  # (epoch, step) of the checkpoint
+    environment: Environment = Environment()
+
+
+class Release(Record, frozen=True, kw_only=True):
+    """``trials/<i>/release.e<epoch>.msgpack``: the holder let go on purpose; takeable at once."""
+
+    trial: int
+    epoch: int
+    agent_id: str
+    reason: str = ""
+    step: int | None = None  # the last checkpointed step, if any
+
+
+FailureKind = Literal["exception", "stalled", "crashed", "lost", "config", "checkpoint"]
+
+
+class Failure(Record, frozen=True, kw_only=True):
+    """``trials/<i>/failed.e<epoch>.msgpack``: counts against ``max_attempts``."""
+
+    trial: int
+    epoch: int
+    agent_id: str
+    kind: FailureKind = "exception"
+    message: str = ""
+    traceback: str = ""
+    step: int | None = None
+
+
+class MetricRow(msgspec.Struct, kw_only=True, frozen=True, array_like=True):
+    step: int
+    values: dict[str, float]
+    time: float = 0.0  # seconds since the attempt started
+
+
+class MetricsChunk(Record, frozen=True, kw_only=True):
+    """``trials/<i>/metrics/e<epoch>-s<last step>.msgpack``: rows, never rewritten."""
+
+    trial: int
+    epoch: int
+    rows: list[MetricRow]
+
+
+ResultStatus = Literal["completed", "early_stopped", "diverged", "pruned"]
+
+
+class Result(Record, frozen=True, kw_only=True):
+    """``trials/<i>/result.msgpack``: created once; the attempt ``epoch`` names the canonical
+    lineage. ``lineage`` lists (epoch, resumed_from_step) from the first attempt to this one."""
+
+    trial: int
+    epoch: int
+    agent_id: str
+    status: ResultStatus = "completed"
+    metrics: dict[str, float] = {}
+    best: dict[str, float] = {}
+    best_step: int | None = None
+    steps: int = 0
+    duration_s: float = 0.0
+    lineage: list[tuple[int, int | None]] = []
+    message: str = ""
+
+
+class SelfTestProbe(Record, frozen=True, kw_only=True):
+    writer: str
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+R = TypeVar("R", bound=msgspec.Struct)
+
+_encoder = msgspec.msgpack.Encoder()
+_json_encoder = msgspec.json.Encoder()
+_decoders: dict[type, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def encode(record: msgspec.Struct) -> bytes:
+    return _encoder.encode(record)
+
+
+def encode_json(record: msgspec.Struct) -> bytes:
+    return msgspec.json.format(_json_encoder.encode(record), indent=2)
+
+
+def decode(data: bytes, type_: type[R], key: str = "<bytes>") -> R:
+    """Decode ``data`` as ``type_``; a corrupt or truncated record raises CorruptRecordError
+    naming ``key``."""
+    dec = _decoders.get(type_)
+    if dec is None:
+        dec = _decoders[type_] = msgspec.msgpack.Decoder(type_)
+    try:
+        return dec.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CorruptRecordError(f"corrupt record {key!r} ({len(data)} bytes): {exc}") from exc
+
+
+def decode_json(data: bytes, type_: type[R], key: str = "<bytes>") -> R:
+    try:
+        return msgspec.json.decode(data, type=type_)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CorruptRecordError(f"corrupt record {key!r} ({len(data)} bytes): {exc}") from exc
+
+
+def try_decode(data: bytes, type_: type[R], key: str) -> R | None:
+    """Decode, or warn (naming the key) and return None. For readers that must not crash."""
+    try:
+        return decode(data, type_, key)
+    except CorruptRecordError as exc:
+        warnings.warn(str(exc), CorruptRecordWarning, stacklevel=2)
+        return None
+
+
+class CorruptRecordWarning(UserWarning):
+    """A reader skipped a record it could not decode."""

@@ -1,0 +1,105 @@
+"""The byte-level store interface every backend implements.
+
+Keys are relative, ``/``-separated paths (``trials/000001/claim.e0000.msgpack``), built only by
+``ablator.layout``. The protocol needs exactly two atomic primitives:
+
+* :meth:`Store.create` -- create-if-absent. Returns False when somebody else's record is there.
+  Losing a race is a value, not an exception.
+* :meth:`Store.replace` -- atomic replace: a reader sees the old or the new body, never a mix.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+
+import msgspec
+
+
+class Entry(msgspec.Struct, frozen=True):
+    """One listed key with what the backend knows about it."""
+
+    key: str
+    size: int
+    mtime: float | None = None  # seconds since the epoch, by the store's clock
+    etag: str | None = None
+
+
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """What a store was found to offer (``ablator status STORE --check``)."""
+
+    backend: str
+    url: str
+    atomic_create: bool
+    atomic_replace: bool
+    hard_links: bool | None = None
+    filesystem: str | None = None
+    self_test: str = "not run"  # "passed", "failed: ...", "not run"
+    read_only: bool = False
+    notes: list[str] = []
+
+
+class Store(abc.ABC):
+    """An experiment's root, local or remote. Thread-safe for concurrent calls."""
+
+    url: str
+    read_only: bool = False
+
+    # -- reads -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def read(self, key: str) -> bytes:
+        """The body of ``key``; raises FileNotFoundError when absent."""
+
+    def get(self, key: str) -> bytes | None:
+        """The body of ``key`` or None when absent."""
+        try:
+            return self.read(key)
+        except FileNotFoundError:
+            return None
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> list[Entry]:
+        """Every key under the folder ``prefix`` (recursive), sorted by key. Never cached."""
+
+    @abc.abstractmethod
+    def list_dirs(self, prefix: str) -> list[str]:
+        """Names of the immediate sub-folders of ``prefix`` (not recursive), sorted."""
+
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
+
+    @abc.abstractmethod
+    def stat(self, key: str) -> Entry | None:
+        """Metadata of ``key`` or None when absent."""
+
+    # -- writes ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create(self, key: str, data: bytes, *, durable: bool = False) -> bool:
+        """Create ``key`` with ``data`` unless it exists. True: this call's body is there (also
+        when a lost reply made the write look taken but the stored body is byte-identical to
+        ``data``, which carries a random nonce). False: somebody else's body is there.
+
+        ``durable``: flush to stable storage before the key becomes visible (results,
+        checkpoints)."""
+
+    @abc.abstractmethod
+    def replace(self, key: str, data: bytes, *, durable: bool = False) -> None:
+        """Atomically set ``key`` to ``data``."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; absent is fine."""
+
+    # -- misc ------------------------------------------------------------------------------
+    def iter_keys(self, prefix: str) -> Iterator[str]:
+        for e in self.list(prefix):
+            yield e.key
+
+    def capabilities(self) -> Capabilities:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections; the store must not be used afterwards."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"

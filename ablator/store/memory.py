@@ -1,0 +1,87 @@
+"""An in-process store (``memory://name``) for tests and quick experiments. Two ``open_store``
+calls with the same name share the data; it lives as long as the process."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from ablator.errors import StoreError
+from ablator.store.base import Capabilities, Entry, Store
+
+_SPACES: dict[str, dict[str, tuple[bytes, float]]] = {}
+_LOCK = threading.RLock()
+
+
+class MemoryStore(Store):
+    def __init__(self, name: str, *, read_only: bool = False) -> None:
+        self.name = name.strip("/")
+        self.url = f"memory://{self.name}"
+        self.read_only = read_only
+        with _LOCK:
+            self._data = _SPACES.setdefault(self.name, {})
+
+    def _check_writable(self, op: str, key: str) -> None:
+        if self.read_only:
+            raise StoreError(f"{op} {key!r}: store {self.url} was opened read-only")
+
+    def read(self, key: str) -> bytes:
+        with _LOCK:
+            try:
+                return self._data[key][0]
+            except KeyError:
+                raise FileNotFoundError(key) from None
+
+    def stat(self, key: str) -> Entry | None:
+        with _LOCK:
+            item = self._data.get(key)
+        return None if item is None else Entry(key, len(item[0]), item[1])
+
+    def list(self, prefix: str) -> list[Entry]:
+        p = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+        with _LOCK:
+            items = [(k, v) for k, v in self._data.items() if k.startswith(p)]
+        return sorted((Entry(k, len(v[0]), v[1]) for k, v in items), key=lambda e: e.key)
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        p = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+        with _LOCK:
+            keys = [k[len(p) :] for k in self._data if k.startswith(p)]
+        return sorted({k.split("/", 1)[0] for k in keys if "/" in k})
+
+    def create(self, key: str, data: bytes, *, durable: bool = False) -> bool:
+        self._check_writable("create", key)
+        with _LOCK:
+            if key in self._data:
+                return self._data[key][0] == data
+            self._data[key] = (bytes(data), time.time())
+            return True
+
+    def replace(self, key: str, data: bytes, *, durable: bool = False) -> None:
+        self._check_writable("replace", key)
+        with _LOCK:
+            self._data[key] = (bytes(data), time.time())
+
+    def delete(self, key: str) -> None:
+        self._check_writable("delete", key)
+        with _LOCK:
+            self._data.pop(key, None)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            backend="memory",
+            url=self.url,
+            atomic_create=True,
+            atomic_replace=True,
+            read_only=self.read_only,
+            notes=["in-process only: agents in other processes do not see it"],
+        )
+
+
+def clear(name: str | None = None) -> None:
+    """Forget one memory store (or all of them)."""
+    with _LOCK:
+        if name is None:
+            _SPACES.clear()
+        else:
+            _SPACES.pop(name.strip("/"), None)
