@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install ablator and run the digits ablation study end to end on a local store:
+# launch the experiment, run two local agents until every trial is done, write the report.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# A CPU build of torch when none is installed (an unpinned torch pulls a multi-GB CUDA build).
+python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[examples]"
+
+STORE="${STORE:-ablator-runs/digits}"
+REPORT="${REPORT:-ablator-report/digits}"
+python -m ablator launch examples/digits/experiment.yaml --store "$STORE"
+# Two agents on this machine; each would run on its own GPU if there were any. They share
+# nothing but the store.
+python -m ablator.agent "$STORE" --cpu &
+first=$!
+python -m ablator.agent "$STORE" --cpu &
+second=$!
+trap 'kill -TERM $first $second 2>/dev/null' INT TERM
+wait "$first"
+wait "$second"
+python -m ablator status "$STORE"
+python -m ablator analyze "$STORE"
+python -m ablator report "$STORE" --out "$REPORT"
+echo
+echo "Report: $REPORT/report.html (and report.md, figures/*.png)"
