@@ -63,8 +63,13 @@ class ExperimentMismatch(AblatorError):
     """A different experiment already lives in this store."""
 
 
+class AnalysisError(AblatorError):
+    """A store cannot be analysed as asked (no experiment in it, an unknown metric or factor)."""
+
+
 __all__ = [
     "AblatorError",
+    "AnalysisError",
     "CheckpointError",
     "ConfigError",
     "CorruptRecordError",

@@ -40,6 +40,17 @@ def cache(name: str) -> str:
     return f"{CACHE_DIR}{name}"
 
 
+def snapshot(version: int, count: int, digest: str) -> str:
+    """A reader-side analysis snapshot (``ablator.analysis``) of ``count`` finished trials, in
+    snapshot format ``version``, named by ``digest``: the sha256 of the sorted result keys it
+    covers. Created once; any reader may delete the folder (it is only a cache)."""
+    return cache(f"analysis-v{version}/{count:08d}-{digest}.msgpack")
+
+
+def snapshot_dir(version: int) -> str:
+    return cache(f"analysis-v{version}/")
+
+
 def frontier(shard: int) -> str:
     return f"{FRONTIER_DIR}{shard:03d}.msgpack"
 
@@ -120,6 +131,15 @@ def parse_epoch_step(name: str) -> tuple[int, int] | None:
     """``e0001-s00000120.pt`` (or ``.msgpack``) -> (1, 120); other names -> None."""
     m = _EPOCH_STEP_RE.match(name)
     return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+_SNAPSHOT_RE = re.compile(r"^(\d{8})-([0-9a-f]{64})\.msgpack$")
+
+
+def parse_snapshot(name: str) -> tuple[int, str] | None:
+    """``00000120-<sha256>.msgpack`` -> (120, "<sha256>"); other names -> None."""
+    m = _SNAPSHOT_RE.match(name)
+    return (int(m.group(1)), m.group(2)) if m else None
 
 
 def basename(key: str) -> str:
