@@ -1,51 +1,79 @@
 """Storage backends and :func:`open_store`.
 
 ``open_store(url)`` accepts a local path or ``file://`` URL (local disk, NFS), ``s3://bucket/prefix``
-and ``memory://name``. Any other scheme is refused: fsspec's generic ``mode="create"`` checks then
-writes, which is not atomic, so the claim protocol could let two agents win one trial.
+(``s3a://`` too) and ``memory://name``. Any other scheme is refused: fsspec's generic
+``mode="create"`` checks then writes, which is not atomic, so the claim protocol could let two
+agents win one trial. See ``docs/store.md``.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
-from ablator.errors import UntrustedStoreError
+from ablator.errors import StoreError, UntrustedStoreError
 from ablator.store.base import Capabilities, Entry, Store
+from ablator.store.trust import self_test
+
+_SUPPORTED = "a local path or file:// (local disk, NFS), s3://bucket/prefix, memory://name"
 
 
-def open_store(url: str | os.PathLike[str] | Store, *, read_only: bool = False, force: bool = False, **options: Any) -> Store:
+def open_store(
+    url: str | os.PathLike[str] | Store, *, read_only: bool = False, force: bool = False, **options: Any
+) -> Store:
     """Open the store at ``url``.
 
-    >>> store = open_store("./runs/digits")          # local folder or NFS mount
-    >>> store = open_store("s3://bucket/exp")         # S3 (endpoint etc. from the AWS environment)
+    >>> store = open_store("./runs/digits")          # doctest: +SKIP
+    >>> store = open_store("s3://bucket/exp")         # doctest: +SKIP
 
-    ``force`` accepts a file system that failed the trust checks (no hard links, FUSE object
-    store); ``options`` go to the backend (e.g. ``endpoint_url`` for S3).
+    A local root that does not exist is created (parents too) unless ``read_only``. A writable
+    local store is checked first (:func:`ablator.store.trust.check_local_root`): a file system
+    without hard links or a FUSE mount of an object store raises :class:`UntrustedStoreError`
+    unless ``force``. ``options`` go to the S3 backend (``endpoint_url``, ``client_kwargs``, ...;
+    see :class:`~ablator.store.s3.S3Store`). Agents also run :func:`self_test` once at start.
     """
     if isinstance(url, Store):
         return url
     s = os.fspath(url)
+    if not s:
+        raise StoreError(f"empty store URL; expected {_SUPPORTED}")
     parsed = urlparse(s)
     scheme = parsed.scheme.lower()
     if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
+        if options:
+            raise StoreError(f"store {s!r}: options {sorted(options)} apply to s3:// stores only")
+        if scheme == "file":
+            if parsed.netloc not in ("", "localhost"):
+                raise StoreError(
+                    f"store URL {s!r}: file:// URLs name a local path (file:///path); mount a remote "
+                    f"host's share (NFS) and use its local path"
+                )
+            path = unquote(parsed.path)
+        else:
+            path = s
         from ablator.store.posix import PosixStore
+        from ablator.store.trust import check_local_root
 
-        path = parsed.path if scheme == "file" else s
-        return PosixStore(path, read_only=read_only)
+        facts = check_local_root(os.path.expanduser(path), read_only=read_only, force=force)
+        return PosixStore(facts.root, read_only=read_only, facts=facts)
     if scheme == "memory":
+        if options:
+            raise StoreError(f"store {s!r}: options {sorted(options)} apply to s3:// stores only")
         from ablator.store.memory import MemoryStore
 
         return MemoryStore(parsed.netloc + parsed.path, read_only=read_only)
     if scheme in ("s3", "s3a"):
+        if not parsed.netloc:
+            raise StoreError(f"store URL {s!r}: no bucket; expected s3://bucket/prefix")
         from ablator.store.s3 import S3Store
 
-        return S3Store(parsed.netloc, parsed.path.strip("/"), read_only=read_only, **options)
+        return S3Store(parsed.netloc, unquote(parsed.path).strip("/"), read_only=read_only, **options)
     raise UntrustedStoreError(
-        f"store URL {s!r}: scheme {scheme!r} is not supported. ablator needs an atomic create-if-absent; "
-        "supported: a local path or file:// (local disk, NFS), s3://bucket/prefix, memory://name"
+        f"store URL {s!r}: scheme {scheme!r} is not supported. ablator needs an atomic create-if-absent, "
+        f"and fsspec's generic mode='create' for {scheme!r} checks then writes (two agents could both win "
+        f"a trial). Supported: {_SUPPORTED}"
     )
 
 
-__all__ = ["Capabilities", "Entry", "Store", "open_store"]
+__all__ = ["Capabilities", "Entry", "Store", "open_store", "self_test"]

@@ -11,9 +11,39 @@ Keys are relative, ``/``-separated paths (``trials/000001/claim.e0000.msgpack``)
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Iterator
 
 import msgspec
+
+from ablator.errors import StoreError
+
+# Temp files of the POSIX backend start with this; no key may contain a segment that does, so
+# that every backend lists the same keys.
+TMP_PREFIX = ".tmp-"
+
+
+def check_key(key: str, url: str) -> str:
+    """Return ``key`` if it is a valid store key, else raise StoreError naming it and ``url``.
+
+    A key is a relative ``/``-separated path with no empty, ``.`` or ``..`` segment and no
+    segment starting with ``.tmp-`` (reserved for the POSIX backend's temp files).
+    """
+    if not isinstance(key, str) or not key:
+        raise StoreError(f"invalid store key {key!r} in {url}: keys are non-empty strings")
+    for part in key.split("/"):
+        if part in ("", ".", "..") or part.startswith(TMP_PREFIX) or "\0" in part:
+            raise StoreError(
+                f"invalid store key {key!r} in {url}: keys are relative '/'-separated paths without "
+                f"empty, '.', '..' or '{TMP_PREFIX}*' segments"
+            )
+    return key
+
+
+def folder_prefix(prefix: str) -> str:
+    """``"a/b"`` or ``"a/b/"`` -> ``"a/b/"``; ``""`` or ``"/"`` -> ``""`` (the whole store)."""
+    p = prefix.strip("/")
+    return p + "/" if p else ""
 
 
 class Entry(msgspec.Struct, frozen=True):
@@ -62,7 +92,7 @@ class Store(abc.ABC):
         """Every key under the folder ``prefix`` (recursive), sorted by key. Never cached."""
 
     @abc.abstractmethod
-    def list_dirs(self, prefix: str) -> list[str]:
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
         """Names of the immediate sub-folders of ``prefix`` (not recursive), sorted."""
 
     def exists(self, key: str) -> bool:
@@ -98,7 +128,7 @@ class Store(abc.ABC):
     def capabilities(self) -> Capabilities:
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- optional hook: most backends hold nothing to release
         """Release connections; the store must not be used afterwards."""
 
     def __repr__(self) -> str:

@@ -3,17 +3,21 @@ calls with the same name share the data; it lives as long as the process."""
 
 from __future__ import annotations
 
+import builtins
 import threading
 import time
 
 from ablator.errors import StoreError
-from ablator.store.base import Capabilities, Entry, Store
+from ablator.store.base import Capabilities, Entry, Store, check_key, folder_prefix
 
 _SPACES: dict[str, dict[str, tuple[bytes, float]]] = {}
 _LOCK = threading.RLock()
 
 
 class MemoryStore(Store):
+    """Keys and bodies in a process-global dict, guarded by one lock (so create-if-absent and
+    replace are trivially atomic between threads)."""
+
     def __init__(self, name: str, *, read_only: bool = False) -> None:
         self.name = name.strip("/")
         self.url = f"memory://{self.name}"
@@ -25,7 +29,14 @@ class MemoryStore(Store):
         if self.read_only:
             raise StoreError(f"{op} {key!r}: store {self.url} was opened read-only")
 
+    def _folder(self, prefix: str) -> str:
+        p = folder_prefix(prefix)
+        if p:
+            check_key(p.rstrip("/"), self.url)
+        return p
+
     def read(self, key: str) -> bytes:
+        check_key(key, self.url)
         with _LOCK:
             try:
                 return self._data[key][0]
@@ -33,24 +44,26 @@ class MemoryStore(Store):
                 raise FileNotFoundError(key) from None
 
     def stat(self, key: str) -> Entry | None:
+        check_key(key, self.url)
         with _LOCK:
             item = self._data.get(key)
         return None if item is None else Entry(key, len(item[0]), item[1])
 
     def list(self, prefix: str) -> list[Entry]:
-        p = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+        p = self._folder(prefix)
         with _LOCK:
             items = [(k, v) for k, v in self._data.items() if k.startswith(p)]
         return sorted((Entry(k, len(v[0]), v[1]) for k, v in items), key=lambda e: e.key)
 
-    def list_dirs(self, prefix: str) -> list[str]:
-        p = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
+        p = self._folder(prefix)
         with _LOCK:
             keys = [k[len(p) :] for k in self._data if k.startswith(p)]
         return sorted({k.split("/", 1)[0] for k in keys if "/" in k})
 
     def create(self, key: str, data: bytes, *, durable: bool = False) -> bool:
         self._check_writable("create", key)
+        check_key(key, self.url)
         with _LOCK:
             if key in self._data:
                 return self._data[key][0] == data
@@ -59,11 +72,13 @@ class MemoryStore(Store):
 
     def replace(self, key: str, data: bytes, *, durable: bool = False) -> None:
         self._check_writable("replace", key)
+        check_key(key, self.url)
         with _LOCK:
             self._data[key] = (bytes(data), time.time())
 
     def delete(self, key: str) -> None:
         self._check_writable("delete", key)
+        check_key(key, self.url)
         with _LOCK:
             self._data.pop(key, None)
 

@@ -7,19 +7,33 @@ half-written record because the name appears only once the body is complete.
 
 atomic replace: temp file in the same directory + ``os.replace`` (rename is atomic within a file
 system; fsspec's local transactions move files from /tmp and are not).
+
+Temp files are named ``.tmp-<random>``; listings skip them and no key may use that prefix. A
+writer killed between writing its temp file and unlinking it leaves one behind (harmless, hidden).
 """
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import errno
 import os
 import secrets
+import stat as stat_mod
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ablator.errors import StoreError
-from ablator.store.base import Capabilities, Entry, Store
+from ablator.store.base import TMP_PREFIX, Capabilities, Entry, Store, check_key, folder_prefix
 
-_TMP_PREFIX = ".tmp-"
+if TYPE_CHECKING:
+    from ablator.store.trust import LocalFacts
+
+_TMP_PREFIX = TMP_PREFIX
+# errno values that mean "this user or this mount may not write here"
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+# errno values of link(2) on a file system without hard links
+_NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 def _fsync_dir(path: str) -> None:
@@ -36,22 +50,45 @@ def _fsync_dir(path: str) -> None:
 
 
 class PosixStore(Store):
-    """A store rooted at a local (or NFS-mounted) directory."""
+    """A store rooted at a local (or NFS-mounted) directory.
 
-    def __init__(self, root: str | os.PathLike[str], *, read_only: bool = False) -> None:
+    Construct it through :func:`ablator.store.open_store`, which also runs the trust checks
+    (hard links, FUSE object-store mounts) and creates a missing root; ``facts`` are what those
+    checks found, reported by :meth:`capabilities`.
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str], *, read_only: bool = False, facts: LocalFacts | None = None
+    ) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.url = Path(self.root).as_uri()
         self.read_only = read_only
+        self.facts = facts
 
     # -- helpers ---------------------------------------------------------------------------
     def _path(self, key: str) -> str:
-        if key.startswith("/") or ".." in key.split("/"):
-            raise StoreError(f"invalid store key {key!r} in {self.url}")
-        return os.path.join(self.root, key)
+        check_key(key, self.url)
+        return os.path.join(self.root, *key.split("/"))
+
+    def _folder(self, prefix: str) -> str:
+        p = folder_prefix(prefix)
+        if not p:
+            return self.root
+        return self._path(p.rstrip("/"))
 
     def _check_writable(self, op: str, key: str) -> None:
         if self.read_only:
             raise StoreError(f"{op} {key!r}: store {self.url} was opened read-only")
+
+    def _write_error(self, op: str, key: str, exc: OSError) -> StoreError:
+        if exc.errno in _NOT_WRITABLE:
+            return StoreError(
+                f"{op} {key!r} in {self.url}: the store folder is not writable by this process "
+                f"({exc.strerror}: {exc.filename}). Fix its permissions or mount, or open the store read-only"
+            )
+        if exc.errno == errno.ENOSPC:
+            return StoreError(f"{op} {key!r} in {self.url}: no space left on the device ({exc.filename})")
+        return StoreError(f"{op} {key!r} in {self.url}: {exc}")
 
     def _write_temp(self, directory: str, data: bytes, durable: bool) -> str:
         tmp = os.path.join(directory, f"{_TMP_PREFIX}{secrets.token_hex(8)}")
@@ -63,15 +100,18 @@ class PosixStore(Store):
                 view = view[n:]
             if durable:
                 os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            _unlink_quietly(tmp)
+            raise
+        os.close(fd)
         return tmp
 
     def _mkdirs(self, directory: str, op: str, key: str) -> None:
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"{op} {key!r} in {self.url}: cannot create folder {directory}: {exc}") from exc
+            raise self._write_error(op, key, exc) from exc
 
     # -- reads -----------------------------------------------------------------------------
     def read(self, key: str) -> bytes:
@@ -80,8 +120,8 @@ class PosixStore(Store):
             with open(path, "rb") as f:
                 return f.read()
         except FileNotFoundError:
-            raise
-        except IsADirectoryError:
+            raise FileNotFoundError(key) from None
+        except (IsADirectoryError, NotADirectoryError):
             raise FileNotFoundError(key) from None
         except OSError as exc:
             raise StoreError(f"read {key!r} from {self.url}: {exc}") from exc
@@ -89,14 +129,16 @@ class PosixStore(Store):
     def stat(self, key: str) -> Entry | None:
         try:
             st = os.stat(self._path(key))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
             raise StoreError(f"stat {key!r} in {self.url}: {exc}") from exc
+        if stat_mod.S_ISDIR(st.st_mode):
+            return None  # a folder is not a key (object stores have no folders)
         return Entry(key, st.st_size, st.st_mtime)
 
     def list(self, prefix: str) -> list[Entry]:
-        base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        base = self._folder(prefix)
         out: list[Entry] = []
         stack = [base]
         while stack:
@@ -123,11 +165,15 @@ class PosixStore(Store):
         out.sort(key=lambda e: e.key)
         return out
 
-    def list_dirs(self, prefix: str) -> list[str]:
-        base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
+        base = self._folder(prefix)
         try:
             with os.scandir(base) as it:
-                return sorted(de.name for de in it if de.is_dir(follow_symlinks=False))
+                return sorted(
+                    de.name
+                    for de in it
+                    if de.is_dir(follow_symlinks=False) and not de.name.startswith(_TMP_PREFIX)
+                )
         except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as exc:
@@ -142,32 +188,30 @@ class PosixStore(Store):
         try:
             tmp = self._write_temp(directory, data, durable)
         except OSError as exc:
-            raise StoreError(f"create {key!r} in {self.url}: {exc}") from exc
+            raise self._write_error("create", key, exc) from exc
         try:
             try:
                 self._link(tmp, path)
             except FileExistsError:
-                # Taken -- or our own link whose reply was lost (NFS retransmission): the body
-                # carries a random nonce, so byte equality means it is ours.
+                # Taken -- or our own link whose reply was lost (an NFS client retransmits LINK,
+                # the server already did it and answers EEXIST): the body carries a random
+                # nonce, so byte equality means it is ours.
                 try:
                     return self.read(key) == data
                 except FileNotFoundError:
-                    return False  # deleted in between (gc); still not ours
+                    return False  # deleted in between (gc); not ours either way
             except OSError as exc:
-                if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                if exc.errno in _NO_LINKS:
                     raise StoreError(
                         f"create {key!r} in {self.url}: this file system does not support hard links, "
                         "so create-if-absent cannot be atomic (use a local disk, NFS or S3)"
                     ) from exc
-                raise StoreError(f"create {key!r} in {self.url}: {exc}") from exc
+                raise self._write_error("create", key, exc) from exc
             if durable:
                 _fsync_dir(directory)
             return True
         finally:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _unlink_quietly(tmp)
 
     def _link(self, src: str, dst: str) -> None:
         """``os.link``; a separate method so that tests can gate it or inject a lost reply."""
@@ -183,26 +227,42 @@ class PosixStore(Store):
             try:
                 os.replace(tmp, path)
             except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+                _unlink_quietly(tmp)
                 raise
             if durable:
                 _fsync_dir(directory)
+        except IsADirectoryError as exc:
+            raise StoreError(f"replace {key!r} in {self.url}: a folder has that name") from exc
         except OSError as exc:
-            raise StoreError(f"replace {key!r} in {self.url}: {exc}") from exc
+            raise self._write_error("replace", key, exc) from exc
 
     def delete(self, key: str) -> None:
         self._check_writable("delete", key)
         try:
             os.unlink(self._path(key))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             pass
+        except IsADirectoryError:
+            pass  # a folder is not a key: nothing to delete
         except OSError as exc:
-            raise StoreError(f"delete {key!r} in {self.url}: {exc}") from exc
+            if exc.errno == errno.EISDIR:
+                return
+            raise self._write_error("delete", key, exc) from exc
 
     def capabilities(self) -> Capabilities:
+        facts = self.facts
         return Capabilities(
-            backend="posix", url=self.url, atomic_create=True, atomic_replace=True, read_only=self.read_only
+            backend="posix",
+            url=self.url,
+            atomic_create=True if facts is None else facts.hard_links is not False,
+            atomic_replace=True,
+            hard_links=None if facts is None else facts.hard_links,
+            filesystem=None if facts is None else facts.filesystem,
+            read_only=self.read_only,
+            notes=[] if facts is None else list(facts.notes),
         )
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
