@@ -127,6 +127,9 @@ class TrialSpec(msgspec.Struct, kw_only=True, frozen=True):
     overrides: dict[str, Any] = {}
     requires_gpu: bool = False
     min_gpu_memory_mb: int = 0
+    # An adaptive design's own coordinates of this point (tpe: Optuna params by dimension name),
+    # so that a sampler rebuilt from the store sees exactly what the claimer chose.
+    params: dict[str, Any] = {}
 
 
 class Claim(Record, frozen=True, kw_only=True):
