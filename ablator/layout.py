@@ -142,5 +142,12 @@ def parse_snapshot(name: str) -> tuple[int, str] | None:
     return (int(m.group(1)), m.group(2)) if m else None
 
 
+def parse_agent(key: str) -> str | None:
+    """``agents/<agent-id>.msgpack`` -> the agent id; other keys -> None."""
+    if key.startswith(AGENTS_DIR) and key.endswith(".msgpack") and "/" not in key[len(AGENTS_DIR) :]:
+        return key[len(AGENTS_DIR) : -len(".msgpack")] or None
+    return None
+
+
 def basename(key: str) -> str:
     return key.rstrip("/").rsplit("/", 1)[-1]

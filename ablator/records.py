@@ -110,6 +110,10 @@ class Heartbeat(Record, frozen=True, kw_only=True):
     cpu_ok: bool = True
     state: Literal["running", "draining", "exited"] = "running"
     versions: dict[str, str] = {}
+    # (trial, epoch) pairs this agent recently released or failed: a hint that lets other agents
+    # find takeable trials without a sweep. The trial's own records decide; this only says where
+    # to look.
+    released: list[tuple[int, int]] = []
 
 
 # --- trials --------------------------------------------------------------------------------
