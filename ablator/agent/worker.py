@@ -1,0 +1,445 @@
+"""Worker processes: one long-lived child per slot that runs the agent's trials.
+
+The child (``python -m ablator.agent.worker IN_FD OUT_FD``) imports torch and the user's code
+once, then runs one trial after another as the parent asks. A segfault, an OOM kill or a CUDA
+error kills only the child; the parent writes the failure and starts a new one.
+
+Parent and child talk over two dedicated pipes (:mod:`ablator.agent.protocol`); the child's
+stdout and stderr go to a local log file that the parent copies, bounded, into the store after
+each trial. The parent holds the lease. The child writes only what ``execute_trial`` writes
+(metric chunks and checkpoints under its own epoch) and checks its fence before each write:
+
+* the parent renews a monotonic deadline after every successful heartbeat (same host, so the
+  same ``CLOCK_MONOTONIC``); past it the parent is paused, partitioned or dead and the child stops
+  writing (self-fencing, DESIGN.md);
+* a later epoch's claim or a result for the trial in the store fences it too;
+* the parent kills the child outright when its own ``Held.check()`` reports the lease lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import platform
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ablator.agent import protocol as P
+from ablator.errors import LeaseLost
+from ablator.records import Environment
+
+# --- the child -------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the parent dies (belt and braces with pipe EOF)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class WorkerFence:
+    """The child's fence for one trial. ``check()`` raises LeaseLost when the trial is no longer
+    this attempt's to write; ``should_stop`` asks the trainer to checkpoint and return."""
+
+    def __init__(self, store: Any, trial: int, epoch: int, valid_until: float) -> None:
+        self.store = store
+        self.trial = trial
+        self.epoch = epoch
+        self.valid_until = valid_until
+        self.stop_requested = threading.Event()
+        self.lost: str | None = None
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stop_requested.is_set()
+
+    def check(self) -> None:
+        from ablator import layout
+
+        if self.lost is not None:
+            raise LeaseLost(self.lost)
+        if time.monotonic() > self.valid_until:
+            self.lost = (
+                f"trial {self.trial} epoch {self.epoch}: the agent has not renewed its lease in time "
+                "(paused or cut off from the store); stopped writing"
+            )
+            raise LeaseLost(self.lost)
+        if self.store.exists(layout.claim(self.trial, self.epoch + 1)):
+            self.lost = f"trial {self.trial} epoch {self.epoch}: taken over (epoch {self.epoch + 1} exists)"
+            raise LeaseLost(self.lost)
+        if self.store.exists(layout.result(self.trial)):
+            self.lost = f"trial {self.trial} epoch {self.epoch}: a result already exists"
+            raise LeaseLost(self.lost)
+
+
+def environment(git_commit: str | None) -> Environment:
+    """What an attempt records about where it ran."""
+    import torch
+
+    from ablator.records import PROTOCOL_VERSION
+
+    cuda = torch.version.cuda if torch.cuda.is_available() else None
+    gpu = None
+    if torch.cuda.is_available():
+        try:
+            gpu = torch.cuda.get_device_name(0)
+        except Exception:
+            gpu = None
+    driver = None
+    if gpu is not None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            driver = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                    check=True,
+                )
+                .stdout.strip()
+                .splitlines()[0]
+            )
+    try:
+        from importlib.metadata import version
+
+        ablator_version = version("ablator")
+    except Exception:
+        ablator_version = f"protocol {PROTOCOL_VERSION}"
+    return Environment(
+        host=socket.gethostname(),
+        platform=platform.platform(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        cuda=cuda,
+        gpu=gpu,
+        driver=driver,
+        git_commit=git_commit,
+        ablator=ablator_version,
+    )
+
+
+class _Child:
+    def __init__(self, fd_in: int, fd_out: int) -> None:
+        self.fd_in = fd_in
+        self.fd_out = fd_out
+        self.out_lock = threading.Lock()
+        self.runs: queue.Queue[P.Run | P.Quit] = queue.Queue()
+        self.fence: WorkerFence | None = None
+        self.valid_until = 0.0
+        self.pending_stop = False
+
+    def send(self, msg: Any) -> None:
+        with self.out_lock:
+            P.write_message(self.fd_out, msg)
+
+    def reader(self) -> None:
+        """Parent messages; end of file means the parent is gone: exit at once, mid-trial."""
+        while True:
+            try:
+                msg = P.read_to_worker(self.fd_in)
+            except (OSError, ValueError):
+                msg = None
+            if msg is None:
+                os._exit(70)
+            if isinstance(msg, P.Renew):
+                self.valid_until = msg.valid_until
+                if self.fence is not None:
+                    self.fence.valid_until = msg.valid_until
+            elif isinstance(msg, P.StopTrial):
+                self.pending_stop = True
+                if self.fence is not None:
+                    self.fence.stop_requested.set()
+            elif isinstance(msg, P.Run | P.Quit):
+                self.runs.put(msg)
+
+    def serve(self) -> int:
+        first = P.read_to_worker(self.fd_in)
+        if not isinstance(first, P.Init):
+            return 2
+        try:
+            ctx = self.setup(first)
+        except BaseException as exc:
+            kind = type(exc).__name__
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            if not _is_ablator_error(exc):
+                detail = traceback.format_exc()
+            self.send(P.Hello(pid=os.getpid(), error=detail, error_kind=kind))
+            return 1
+        self.send(P.Hello(pid=os.getpid(), environment=ctx["environment"]))
+        threading.Thread(target=self.reader, name="ablator-worker-reader", daemon=True).start()
+        while True:
+            msg = self.runs.get()
+            if isinstance(msg, P.Quit):
+                return 0
+            self.run_trial(ctx, msg)
+
+    def setup(self, init: P.Init) -> dict[str, Any]:
+        from ablator.agent.codecache import activate
+        from ablator.store import open_store
+
+        if init.code_dir:
+            activate(init.code_dir)
+        store = open_store(init.store_url, force=init.force)
+        from ablator import experiment as X
+
+        exp = X.experiment_from_dict(init.experiment, source=f"{init.store_url} experiment.json")
+        entry = X.validate(exp)
+        return {
+            "store": store,
+            "entry": entry,
+            "experiment": exp,
+            "environment": environment(init.git_commit),
+        }
+
+    def run_trial(self, ctx: dict[str, Any], run: P.Run) -> None:
+        from ablator.train import execute_trial
+
+        print(f"=== trial {run.trial} epoch {run.epoch} (pid {os.getpid()}) ===", flush=True)
+        fence = WorkerFence(ctx["store"], run.trial, run.epoch, max(run.valid_until, self.valid_until))
+        if self.pending_stop:  # a stop that raced with this Run
+            fence.stop_requested.set()
+        self.fence = fence
+        last = [0.0]
+        step_box: list[int | None] = [None]
+
+        def progress(step: int, *_: Any, **__: Any) -> None:
+            step_box[0] = step
+            now = time.monotonic()
+            if now - last[0] >= 0.2:  # the stall clock is coarse; do not flood the pipe
+                last[0] = now
+                self.send(P.Progress(step=int(step)))
+
+        try:
+            outcome = execute_trial(
+                ctx["entry"],
+                run.spec,
+                ctx["store"],
+                run.trial,
+                run.epoch,
+                fence=fence,
+                device=run.device,
+                progress=progress,
+                smoke=run.smoke,
+            )
+        except LeaseLost as exc:
+            reply: Any = P.Fenced(message=str(exc))
+        except BaseException as exc:
+            if fence.lost is not None:
+                reply = P.Fenced(message=fence.lost)
+            else:
+                reply = P.Errored(
+                    kind="exception",
+                    message=f"{type(exc).__name__}: {exc}",
+                    traceback=traceback.format_exc(),
+                    step=step_box[0],
+                )
+                traceback.print_exc()
+        else:
+            reply = _outcome_message(outcome)
+        finally:
+            self.fence = None
+            self.pending_stop = False
+            sys.stdout.flush()
+            sys.stderr.flush()
+        self.send(reply)
+
+
+def _is_ablator_error(exc: BaseException) -> bool:
+    from ablator.errors import AblatorError
+
+    return isinstance(exc, AblatorError)
+
+
+def _outcome_message(outcome: Any) -> Any:
+    status = str(getattr(outcome, "status", "completed"))
+    resumed = getattr(outcome, "resumed_from", None)
+    resumed_from = (int(resumed[0]), int(resumed[1])) if resumed is not None else None
+    if status == "stopped":
+        return P.Stopped(step=getattr(outcome, "checkpoint_step", None))
+    return P.Finished(
+        status=status,
+        metrics={k: float(v) for k, v in (getattr(outcome, "metrics", None) or {}).items()},
+        best={k: float(v) for k, v in (getattr(outcome, "best", None) or {}).items()},
+        best_step=getattr(outcome, "best_step", None),
+        steps=int(getattr(outcome, "steps", 0) or 0),
+        duration_s=float(getattr(outcome, "duration_s", 0.0) or 0.0),
+        resumed_from=resumed_from,
+        message=str(getattr(outcome, "message", "") or ""),
+    )
+
+
+def child_main(argv: list[str]) -> int:
+    # The parent decides when a trial stops: Ctrl-C in the terminal reaches the whole process
+    # group, and a platform's SIGTERM may too; the parent drains its workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    fd_in, fd_out = int(argv[0]), int(argv[1])
+    return _Child(fd_in, fd_out).serve()
+
+
+# --- the parent's handle ---------------------------------------------------------------------
+
+LOG_LIMIT = 1024 * 1024  # bytes of a trial's stdout/stderr kept in the store (head + tail)
+
+
+class Worker:
+    """The parent's side of one worker process."""
+
+    def __init__(self, slot_id: int, init: P.Init, env: dict[str, str], log_dir: Path) -> None:
+        self.slot_id = slot_id
+        self.log_path = log_dir / f"worker-{slot_id}-{os.getpid()}-{time.monotonic_ns()}.log"
+        to_child_r, self.to_child = os.pipe()
+        self.from_child, from_child_w = os.pipe()
+        child_env = dict(os.environ)
+        child_env.update(env)
+        child_env["PYTHONUNBUFFERED"] = "1"  # the log shows what the trial printed before a crash
+        # O_APPEND: the parent truncates the file between trials while the child writes on.
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ablator.agent.worker", str(to_child_r), str(from_child_w)],
+                pass_fds=(to_child_r, from_child_w),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=child_env,
+                close_fds=True,
+            )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        for fd in (self.to_child, self.from_child):
+            fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+        self.reader = P.FrameReader()
+        self.outbox = bytearray()
+        self.eof = False
+        self.ready = False
+        self.hello: P.Hello | None = None
+        self.send(init)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def fileno(self) -> int:
+        return self.from_child
+
+    def send(self, msg: Any, *, droppable: bool = False) -> None:
+        """Queue ``msg`` and write what the pipe takes now (never blocks: a paused child must not
+        pause the agent). ``droppable`` messages (renewals) are skipped when the pipe is full."""
+        data = P.frame(msg)
+        if droppable and len(self.outbox) > 4096:
+            return
+        self.outbox += data
+        self.flush()
+
+    def flush(self) -> None:
+        while self.outbox and not self.eof:
+            try:
+                n = os.write(self.to_child, self.outbox)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.EBADF):
+                    self.eof = True
+                    return
+                raise
+            del self.outbox[:n]
+
+    def receive(self) -> list[P.FromWorker]:
+        """Messages available now; sets ``eof`` when the child closed its end (it died)."""
+        out: list[P.FromWorker] = []
+        while not self.eof:
+            try:
+                data = os.read(self.from_child, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.eof = True
+                break
+            if not data:
+                self.eof = True
+                break
+            try:
+                out.extend(self.reader.feed(data))
+            except Exception:
+                self.eof = True  # a corrupt stream: treat the worker as dead
+                break
+        self.flush()
+        return out
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def exit_description(self) -> str:
+        code = self.proc.poll()
+        if code is None:
+            return "still running"
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"killed by {name}"
+        return f"exited with status {code}"
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def take_log(self, limit: int = LOG_LIMIT) -> bytes:
+        """The child's output since the last call, at most ``limit`` bytes (head and tail)."""
+        try:
+            with open(self.log_path, "r+b") as f:
+                data = f.read()
+                f.truncate(0)
+        except OSError:
+            return b""
+        if len(data) > limit:
+            half = limit // 2
+            cut = len(data) - 2 * half
+            data = data[:half] + f"\n[... {cut} bytes cut ...]\n".encode() + data[-half:]
+        return data
+
+    def close(self) -> None:
+        for fd in (self.to_child, self.from_child):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            self.log_path.unlink()
+
+
+def terminate_all(workers: list[Worker], on_each: Callable[[Worker], None] | None = None) -> None:
+    for w in workers:
+        w.kill()
+    for w in workers:
+        w.wait(5)
+        if on_each is not None:
+            on_each(w)
+
+
+if __name__ == "__main__":
+    raise SystemExit(child_main(sys.argv[1:]))
