@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name)
         p.add_argument("store", help="store URL or a copied store folder")
         p.add_argument("--metric", default=None, help="metric to analyse (default: the experiment's)")
+        p.add_argument(
+            "--mode", choices=["min", "max"], default=None, help="direction of --metric (default: the experiment's)"
+        )
         if name == "report":
             p.add_argument("--out", required=True, help="output folder")
         else:
