@@ -50,6 +50,9 @@ class ExperimentSpec(Record, frozen=True, kw_only=True):
     code_sha256: str | None = None
     code_git_commit: str | None = None
     ablator_version: str = ""
+    # trials before extensions (experiment.budget at launch), so that readers on machines
+    # without the user's code (a grid's size needs its config type) still know the budget
+    budget: int | None = None
 
 
 class Extension(Record, frozen=True, kw_only=True):
