@@ -18,6 +18,7 @@ CACHE_DIR = "cache/"
 FRONTIER_DIR = "frontier/"
 SELFTEST_DIR = "selftest/"
 RETRY_DIR = "control/retry/"
+DESIGN_POINTS_DIR = "design/points/"
 
 _TRIAL_W = 6
 _EPOCH_W = 4
@@ -57,6 +58,11 @@ def frontier(shard: int) -> str:
 
 def selftest(name: str) -> str:
     return f"{SELFTEST_DIR}{name}"
+
+
+def design_point(point: int) -> str:
+    """An adaptive design's create-once choice for one point (``records.DesignPoint``)."""
+    return f"{DESIGN_POINTS_DIR}{point:0{_TRIAL_W}d}.msgpack"
 
 
 def retry(k: int) -> str:

@@ -84,6 +84,16 @@ class FrontierHint(Record, frozen=True, kw_only=True):
     index: int
 
 
+class DesignPoint(Record, frozen=True, kw_only=True):
+    """``design/points/<point>.msgpack``: an adaptive design's (tpe) choice for one point, created
+    once by whichever agent needs it first, so that every repeat of the point runs the same
+    config. ``params``: the sampler's own coordinates (Optuna params by dimension name)."""
+
+    point: int
+    overrides: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+
+
 # --- agents --------------------------------------------------------------------------------
 
 
