@@ -1,0 +1,277 @@
+"""``TrialContext``: the trial-function style, for code that brings its own loop.
+
+A trial function ``trial(config, ctx) -> dict[str, float]`` can run anything (a Lightning
+Trainer, a Hugging Face loop, scikit-learn, a black box) and talks to ablator only through
+``ctx``::
+
+    def trial(config: MyConfig, ctx: TrialContext) -> dict[str, float]:
+        torch.manual_seed(ctx.seed)
+        model = build(config).to(ctx.device)
+        opt = torch.optim.Adam(model.parameters())
+        start = 0
+        if (ckpt := ctx.load_checkpoint()) is not None:   # after building: it restores the RNG too
+            state, start = ckpt
+            model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
+        for step in range(start + 1, 1001):
+            ...
+            if step % 100 == 0:
+                ctx.report(step, {"val_accuracy": acc})
+                ctx.save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict()}, step)
+                if ctx.should_stop:
+                    break
+        return {"val_accuracy": acc}
+
+Metric rows and checkpoints go to the store exactly as for a wrapper trial. A checkpoint's state
+must load with ``torch.load(weights_only=True)``: tensors, numbers, strings, lists, tuples and
+dicts (checked at the first save).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from ablator.config import TrainConfig
+from ablator.errors import AblatorError, CheckpointError
+from ablator.records import TrialSpec
+from ablator.store.base import Store
+from ablator.train import seeding
+from ablator.train.checkpoint import Checkpointer, Loaded, deserialize, header, load_latest, serialize
+from ablator.train.metrics import MetricWriter
+from ablator.train.outcome import Outcome
+from ablator.train.progress import Progress
+from ablator.train.writer import StoreWriter
+
+
+class TrialContext:
+    """What a trial function gets besides its config. Attributes: ``config``, ``trial``,
+    ``epoch`` (the attempt), ``seed``, ``device``, ``smoke`` (train only a few batches),
+    ``resumed_from`` ((epoch, step) of the checkpoint this attempt resumes, or None)."""
+
+    def __init__(
+        self,
+        *,
+        config: Any,
+        spec: TrialSpec,
+        store: Store,
+        trial: int,
+        epoch: int,
+        fence: Any,
+        device: torch.device,
+        progress: Progress,
+        smoke: bool,
+        metric: tuple[str, str] | None,
+        loaded: Loaded | None,
+        writer: StoreWriter,
+        clock_origin: float,
+    ) -> None:
+        self.config = config
+        self.spec = spec
+        self.trial = trial
+        self.epoch = epoch
+        self.seed = spec.seed
+        self.device = device
+        self.smoke = smoke
+        self.resumed_from = None if loaded is None else (loaded.epoch, loaded.step)
+        self._store = store
+        self._fence = fence
+        self._progress = progress
+        self._metric = metric
+        self._loaded = loaded
+        self._rng_restored = False
+        self._writer = writer
+        tc = getattr(config, "train", None)
+        tc = tc if isinstance(tc, TrainConfig) else None
+        self._patience = tc.early_stopping_patience if tc is not None else None
+        self._min_delta = tc.early_stopping_min_delta if tc is not None else 0.0
+        keep = tc.keep_checkpoints if tc is not None else 2
+        start = -1 if loaded is None else loaded.step
+        self._rows = MetricWriter(
+            store, trial, epoch, writer, fence, start_step=start, clock_origin=clock_origin
+        )
+        self._ckpt = Checkpointer(store, trial, epoch, writer, fence, keep)
+        self._validated = False
+        # what a checkpoint carries besides the user's state, so that best and patience survive
+        restored = loaded.payload["ctx"] if loaded is not None else {}
+        self._latest: dict[str, float] = dict(restored.get("latest", {}))
+        self._best_value: float | None = restored.get("best_value")
+        self._best_step: int | None = restored.get("best_step")
+        self._best_metrics: dict[str, float] = dict(restored.get("best_metrics", {}))
+        self._bad_evals: int = restored.get("bad_evals", 0)
+        self._last_ckpt_step: int | None = None if loaded is None else loaded.step
+        self.status: str | None = None  # "early_stopped" / "diverged" once decided
+        self.message = ""
+
+    # -- the contract ---------------------------------------------------------------------------
+    @property
+    def should_stop(self) -> bool:
+        """True when the trial should save a checkpoint and return: early stopping fired, the
+        metric diverged, or the agent asked this trial to stop (drain, operator stop)."""
+        return self.status is not None or bool(getattr(self._fence, "should_stop", False))
+
+    def report(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Record ``metrics`` (numbers or 0-d tensors) at ``step``. A report that carries the
+        experiment metric counts as an evaluation for best tracking and early stopping."""
+        values = {str(k): float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+        self._rows.add(step, values)
+        self._latest.update(values)
+        for name in ("train_loss", "loss"):
+            if name in values and not math.isfinite(values[name]):
+                self._set_status("diverged", f"{name} is {values[name]} at step {step}")
+        important = False
+        if self._metric is not None and self._metric[0] in values:
+            important = True
+            name, mode = self._metric
+            value = values[name]
+            if not math.isfinite(value):
+                self._set_status("diverged", f"{name} is {value} at step {step}")
+            else:
+                best = self._best_value
+                improved = best is None or (
+                    value > best + self._min_delta if mode == "max" else value < best - self._min_delta
+                )
+                if improved:
+                    self._best_value, self._best_step, self._bad_evals = value, step, 0
+                    self._best_metrics = dict(self._latest)
+                else:
+                    self._bad_evals += 1
+                if self._patience is not None and self._bad_evals >= self._patience:
+                    self._set_status("early_stopped", f"no improvement of {name} in {self._patience} reports")
+        self._progress.update(step, values, important=important)
+        if self._rows.due():
+            self._rows.flush()
+        self._writer.check()
+
+    def save_checkpoint(self, state: Mapping[str, Any], step: int) -> str:
+        """Save ``state`` as the checkpoint of ``step`` (metrics reported so far go to the store
+        first). Returns its store key."""
+        if self._last_ckpt_step is not None and step <= self._last_ckpt_step:
+            raise AblatorError(
+                f"ctx.save_checkpoint(step={step}): steps must increase; the last checkpoint is at step {self._last_ckpt_step}"
+            )
+        self._rows.flush()
+        payload = header(self.spec, self.trial, self.epoch, step, "function")
+        payload["state"] = dict(state)
+        payload["rng"] = seeding.capture_rng(self.device)
+        payload["ctx"] = {
+            "latest": dict(self._latest),
+            "best_value": self._best_value,
+            "best_step": self._best_step,
+            "best_metrics": dict(self._best_metrics),
+            "bad_evals": self._bad_evals,
+        }
+        data = serialize(payload)
+        if not self._validated:  # fail now, not at resume time, on state that cannot be loaded back
+            try:
+                deserialize(data, f"ctx.save_checkpoint(step={step})")
+            except CheckpointError as exc:
+                raise CheckpointError(
+                    f"{exc}. A checkpoint may hold only tensors, numbers, strings, None, lists, tuples and dicts "
+                    "(state_dict() values are fine; convert numpy arrays with torch.from_numpy)"
+                ) from exc
+            self._validated = True
+        self._last_ckpt_step = step
+        return self._ckpt.save(step, data, best_step=self._best_step)
+
+    def load_checkpoint(self) -> tuple[dict[str, Any], int] | None:
+        """``(state, step)`` of the checkpoint this attempt resumes from, or None. The first call
+        also restores the RNG states saved with it: call it after building the model."""
+        if self._loaded is None:
+            return None
+        if not self._rng_restored:
+            seeding.restore_rng(self._loaded.payload["rng"])
+            self._rng_restored = True
+        return self._loaded.payload["state"], self._loaded.step
+
+    # -- internals ------------------------------------------------------------------------------
+    def _set_status(self, status: str, message: str) -> None:
+        if self.status is None:
+            self.status, self.message = status, message
+
+    def _finish(self, returned: Any, t_start: float) -> Outcome:
+        if returned is None:
+            final = dict(self._latest)
+        elif isinstance(returned, Mapping):
+            try:
+                final = {
+                    str(k): float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in returned.items()
+                }
+            except (TypeError, ValueError) as exc:
+                raise AblatorError(
+                    f"trial {self.trial}: the trial function must return dict[str, float]: {exc}"
+                ) from exc
+        else:
+            raise AblatorError(
+                f"trial {self.trial}: the trial function returned {type(returned).__name__}; expected dict[str, float] or None"
+            )
+        self._rows.flush()
+        self._writer.drain()
+        status = self.status
+        if status is None:
+            status = (
+                "stopped"
+                if getattr(self._fence, "should_stop", False) and self._ckpt.last_step
+                else "completed"
+            )
+        return Outcome(
+            status=status,  # type: ignore[arg-type]
+            metrics=final,
+            best=dict(self._best_metrics),
+            best_step=self._best_step,
+            steps=max(self._rows.last_step, 0),
+            duration_s=time.monotonic() - t_start,
+            resumed_from=self.resumed_from,
+            message=self.message,
+            checkpoint_step=self._ckpt.last_step,
+        )
+
+
+def run_function(
+    fn: Callable[[Any, TrialContext], Any],
+    config: Any,
+    *,
+    spec: TrialSpec,
+    store: Store,
+    trial: int,
+    epoch: int,
+    fence: Any,
+    device: torch.device,
+    progress: Progress,
+    smoke: bool,
+    metric: tuple[str, str] | None,
+    start_attempt: Callable[[tuple[int, int] | None], None],
+) -> Outcome:
+    """Run one attempt of a trial function."""
+    t_start = time.monotonic()
+    seeding.seed_everything(spec.seed)
+    loaded = load_latest(store, trial, epoch, spec, kind="function")
+    start_attempt(None if loaded is None else (loaded.epoch, loaded.step))
+    writer = StoreWriter(name=f"ablator-writer-{trial}-{epoch}")
+    try:
+        ctx = TrialContext(
+            config=config,
+            spec=spec,
+            store=store,
+            trial=trial,
+            epoch=epoch,
+            fence=fence,
+            device=device,
+            progress=progress,
+            smoke=smoke,
+            metric=metric,
+            loaded=loaded,
+            writer=writer,
+            clock_origin=t_start,
+        )
+        progress.start(trial=trial, epoch=epoch, total=None, initial=0 if loaded is None else loaded.step)
+        tc = getattr(config, "train", None)
+        with seeding.deterministic_mode(isinstance(tc, TrainConfig) and tc.deterministic):
+            returned = fn(config, ctx)
+        return ctx._finish(returned, t_start)
+    finally:
+        writer.close()
+        progress.close()

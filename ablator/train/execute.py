@@ -1,0 +1,155 @@
+"""``execute_trial``: run one attempt of a trial, either style, against a store.
+
+The caller (an agent's worker, ``ablator run``) has claimed ``(trial, epoch)``; afterwards it
+writes the result (or the failure, or a release). In between, ``execute_trial`` resumes from the
+newest usable checkpoint on the trial's lineage, writes the attempt record that names it, trains,
+and writes metric chunks and checkpoints under its epoch, checking ``fence`` before each write.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ablator import config as config_mod
+from ablator import layout, records
+from ablator.errors import AblatorError, ConfigError, EntryPointError, LeaseLost
+from ablator.store.base import Store
+from ablator.train.context import run_function
+from ablator.train.loop import train
+from ablator.train.outcome import Outcome
+from ablator.train.progress import ProgressLike, make_progress
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto": CUDA if present, else MPS, else CPU. A named device must exist."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise AblatorError(f"device {device!r}: {exc}; use cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AblatorError(f"device {str(dev)!r}: CUDA is not available on {socket.gethostname()}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise AblatorError(
+                f"device {str(dev)!r}: this host has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise AblatorError(f"device {str(dev)!r}: MPS is not available on {socket.gethostname()}")
+    return dev
+
+
+def collect_environment(git_commit: str | None = None) -> records.Environment:
+    """Where this attempt runs (the attempt record keeps it)."""
+    cuda = torch.version.cuda if torch.cuda.is_available() else None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    try:
+        from importlib.metadata import version
+
+        ablator_version = version("ablator")
+    except Exception:
+        ablator_version = f"protocol {records.PROTOCOL_VERSION}"
+    return records.Environment(
+        host=socket.gethostname(),
+        platform=platform.platform(),
+        python=platform.python_version(),
+        torch=str(torch.__version__),
+        cuda=cuda,
+        gpu=gpu,
+        git_commit=git_commit,
+        ablator=ablator_version,
+    )
+
+
+def trial_config(entry: Any, spec: records.TrialSpec) -> Any:
+    """The trial's config object, built from the spec's plain data."""
+    return config_mod.from_dict(
+        spec.config,
+        entry.config_type,
+        source=f"trial {spec.index} (config {spec.config_hash[:12]})",
+        allow_derived=True,
+    )
+
+
+def execute_trial(
+    entry: Any,
+    spec: records.TrialSpec,
+    store: Store,
+    trial: int,
+    epoch: int,
+    *,
+    fence: Any,
+    device: str | torch.device | None = None,
+    progress: ProgressLike = True,
+    smoke: bool = False,
+    metric: tuple[str, str] | None = None,
+    agent_id: str = "local",
+    environment: records.Environment | None = None,
+    on_attempt: Callable[[tuple[int, int] | None], None] | None = None,
+) -> Outcome:
+    """Run attempt ``epoch`` of ``trial`` and return its :class:`Outcome`.
+
+    ``entry``: what :func:`ablator.experiment.resolve_entry` returns (``kind``, ``obj``,
+    ``config_type``). ``fence.check()`` raises :class:`~ablator.errors.LeaseLost` when the
+    attempt must stop writing; an optional ``fence.should_stop`` asks it to checkpoint and return
+    ``status="stopped"``. ``metric``: the experiment's ``(name, "min" | "max")`` for best tracking,
+    early stopping and plateau schedules. ``progress``: see :func:`~ablator.train.progress.make_progress`.
+
+    The attempt record ``attempt.e<epoch>`` is written here, once the checkpoint to resume from
+    is chosen (``on_attempt(resumed_from)`` is called right after). Exceptions propagate: the
+    caller records them as the attempt's failure.
+    """
+    if entry.kind not in ("wrapper", "function"):
+        raise EntryPointError(f"entry kind {entry.kind!r}: expected 'wrapper' or 'function'")
+    if metric is not None and metric[1] not in ("min", "max"):
+        raise ConfigError(f"$.metric.mode: expected 'min' or 'max', found {metric[1]!r}")
+    cfg = trial_config(entry, spec)
+    dev = resolve_device(device)
+    shown = make_progress(progress)
+
+    def start_attempt(resumed_from: tuple[int, int] | None) -> None:
+        fence.check()
+        record = records.Attempt(
+            trial=trial,
+            epoch=epoch,
+            agent_id=agent_id,
+            resumed_from=resumed_from,
+            environment=environment if environment is not None else collect_environment(),
+        )
+        key = layout.attempt(trial, epoch)
+        if not store.create(key, records.encode(record)):
+            raise LeaseLost(
+                f"trial {trial}: {key!r} exists already; attempt {epoch} was started by someone else"
+            )
+        if on_attempt is not None:
+            on_attempt(resumed_from)
+
+    common: dict[str, Any] = dict(
+        spec=spec,
+        store=store,
+        trial=trial,
+        epoch=epoch,
+        fence=fence,
+        device=dev,
+        progress=shown,
+        smoke=smoke,
+        metric=metric,
+        start_attempt=start_attempt,
+    )
+    if entry.kind == "wrapper":
+        wrapper = entry.obj() if isinstance(entry.obj, type) else entry.obj
+        return train(wrapper, cfg, **common)
+    return run_function(entry.obj, cfg, **common)

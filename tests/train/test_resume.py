@@ -1,0 +1,155 @@
+"""Exact resume: a run killed with SIGKILL after step k and resumed in a new process ends with
+bit-identical weights and metric history to an uninterrupted run with the same seed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import torch
+import trainlib as T
+
+from ablator import experiment, layout, lineage, records
+from ablator.store import open_store
+from ablator.store.base import Store
+from ablator.train import NoFence, Outcome, execute_trial
+from ablator.train.checkpoint import deserialize
+
+CHILD = Path(__file__).resolve().parent / "child.py"
+METRIC = ("val_accuracy", "max")
+
+
+def _claim(store: Store, trial: int, epoch: int, spec: records.TrialSpec) -> None:
+    rec = records.Claim(trial=trial, epoch=epoch, agent_id="test", spec=spec if epoch == 0 else None)
+    assert store.create(layout.claim(trial, epoch), records.encode(rec))
+
+
+def run_inline(store: Store, entry_name: str, spec: records.TrialSpec, epoch: int = 0) -> Outcome:
+    _claim(store, spec.index, epoch, spec)
+    entry = experiment.resolve_entry(entry_name)
+    return execute_trial(
+        entry, spec, store, spec.index, epoch, fence=NoFence(), device="cpu", progress=False, metric=METRIC
+    )
+
+
+def _child(store_dir: Path, epoch: int, entry: str, spec: records.TrialSpec, env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, str(CHILD), str(store_dir), str(spec.index), str(epoch), entry]
+    cmd += [msgspec.json.encode(spec).decode(), "--metric", *METRIC, *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def kill_and_resume(store_dir: Path, entry: str, spec: records.TrialSpec, env: dict[str, str], block_at: int, wait_ckpt: int) -> Outcome:
+    """Attempt 0 in a child, SIGKILLed once it passed ``block_at`` with checkpoint ``wait_ckpt``
+    in the store; attempt 1 in a fresh child resumes and finishes."""
+    proc = _child(store_dir, 0, entry, spec, env, "--block-at", str(block_at), "--wait-ckpt", str(wait_ckpt))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until READY (or the child died)
+        assert line.strip() == "READY", (line, proc.stderr.read() if proc.poll() is not None else "")
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    resumed = _child(store_dir, 1, entry, spec, env)
+    out, err = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, err
+    return msgspec.json.decode(out.strip().splitlines()[-1], type=Outcome)
+
+
+def final_state(store: Store, trial: int, epoch: int, step: int) -> dict[str, Any]:
+    key = layout.checkpoint(trial, epoch, step)
+    return deserialize(store.read(key), key)
+
+
+def history(store: Store, trial: int, epoch: int) -> list[tuple[int, dict[str, float]]]:
+    return [(r.step, r.values) for r in lineage.canonical_rows(store, trial, epoch)]
+
+
+def assert_same_tensors(a: Any, b: Any, path: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), f"{path} differs"
+    elif isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tensors(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+@pytest.mark.parametrize(
+    "train",
+    [
+        # shuffled data with noise drawn by the dataset from the global RNG, dropout, a per-epoch
+        # schedule, evaluations and checkpoints off the log grid
+        dict(batch_size=8, epochs=3, eval_every=6, checkpoint_every=5, log_every=4, scheduler={"name": "step", "gamma": 0.5},
+             optimizer={"name": "adamw", "lr": 0.01, "weight_decay": 0.01}, model={"noise": 0.2}),
+        # gradient accumulation with a short last group, bf16 autocast, clipping, a per-step schedule
+        dict(batch_size=8, epochs=2, grad_accum=3, amp="bf16", grad_clip=0.5, eval_every=3, checkpoint_every=2,
+             log_every=3, scheduler={"name": "warmup_cosine", "warmup_steps": 3}, optimizer={"name": "sgd", "lr": 0.05,
+             "args": {"momentum": 0.9}}, model={"n_samples": 104, "with_test": True}),
+    ],
+    ids=["adamw-noise", "accum-bf16"],
+)
+def test_sigkill_and_resume_is_bit_identical(tmp_path: Path, child_env: dict[str, str], train: dict[str, Any]) -> None:
+    cfg = T.tiny_config(**train)
+    spec = T.spec_for(cfg, seed=11)
+    ref_store = open_store(tmp_path / "reference")
+    ref = run_inline(ref_store, "trainlib:TinyWrapper", spec)
+    assert ref.status == "completed" and ref.resumed_from is None
+
+    total = ref.steps
+    block_at, wait_ckpt = (22, 20) if total == 36 else (9, 8)
+    store_dir = tmp_path / "killed"
+    out = kill_and_resume(store_dir, "trainlib:TinyWrapper", spec, child_env, block_at, wait_ckpt)
+    store = open_store(store_dir)
+
+    assert out.status == "completed" and out.steps == total
+    assert out.resumed_from is not None and out.resumed_from[0] == 0 and wait_ckpt <= out.resumed_from[1] < total
+    # the killed attempt wrote rows past its last checkpoint; the lineage drops them
+    killed_rows = [r.step for r in lineage.canonical_rows(store, 0, 0)]
+    assert max(killed_rows) >= block_at > out.resumed_from[1]
+    assert history(store, 0, 1) == history(ref_store, 0, 0)
+    assert [s for s, _ in history(store, 0, 1)] == sorted({s for s, _ in history(ref_store, 0, 0)})
+    assert out.metrics == ref.metrics and out.best == ref.best and out.best_step == ref.best_step
+    a, b = final_state(ref_store, 0, 0, total), final_state(store, 0, 1, total)
+    for part in ("model", "optimizer", "scheduler", "rng", "loop", "window"):
+        assert_same_tensors(a[part], b[part], part)
+
+
+def test_function_trial_sigkill_and_resume(tmp_path: Path, child_env: dict[str, str]) -> None:
+    cfg = T.tiny_config(batch_size=8, epochs=3, optimizer={"lr": 0.05})
+    spec = T.spec_for(cfg, seed=5)
+    ref_store = open_store(tmp_path / "reference")
+    ref = run_inline(ref_store, "trainlib:tiny_trial", spec)
+    store_dir = tmp_path / "killed"
+    out = kill_and_resume(store_dir, "trainlib:tiny_trial", spec, child_env, block_at=24, wait_ckpt=20)
+    store = open_store(store_dir)
+    assert out.resumed_from == (0, 20)
+    assert history(store, 0, 1) == history(ref_store, 0, 0)
+    assert out.metrics == ref.metrics and out.best == ref.best
+    a, b = final_state(ref_store, 0, 0, 36), final_state(store, 0, 1, 36)
+    assert_same_tensors(a["state"], b["state"], "state")
+    assert_same_tensors(a["ctx"], b["ctx"], "ctx")
+
+
+def test_outcome_json_round_trip() -> None:
+    # the child hands its outcome over as JSON: the struct must survive it unchanged
+    o = Outcome(status="diverged", metrics={"a": 1.5}, best={"a": 1.0}, best_step=3, steps=4, resumed_from=(0, 2))
+    assert msgspec.json.decode(msgspec.json.encode(o), type=Outcome) == o
+    assert json.loads(msgspec.json.encode(o))["resumed_from"] == [0, 2]
