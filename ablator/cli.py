@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("stop")
     p.add_argument("store", help="store URL")
     p.add_argument("--reason", default="", help="recorded in the stop record")
+    p.add_argument("--undo", action="store_true", help="remove the stop record: agents may run again")
 
     p = add("retry")
     p.add_argument("store", help="store URL")
