@@ -67,6 +67,7 @@ class Mount(msgspec.Struct, frozen=True):
     fstype: str
     source: str
     options: str = ""
+    device: str = ""  # "major:minor", as st_dev of the files on it
 
 
 class LocalFacts(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,6 +110,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
                 fstype=fields[sep + 1],
                 source=_unescape(fields[sep + 2]),
                 options=fields[5],
+                device=fields[2],
             )
         )
     return mounts
