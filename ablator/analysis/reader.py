@@ -1,0 +1,230 @@
+"""Read one trial's records from a store into a table row and its canonical metric history.
+
+Everything here is read-only and tolerant: a corrupt record is skipped with a
+:class:`~ablator.records.CorruptRecordWarning` naming its key, and the trial keeps whatever the
+other records say. The trial's state follows DESIGN.md's order (a valid result -> done; else the
+highest epoch's failure, release or claim). Whether a claim's holder is still alive is not judged
+here (that needs heartbeats observed over a lease: ``ablator status``): a claimed trial without a
+later failure or release is "running".
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ablator import layout, lineage, records
+from ablator.errors import StoreError
+from ablator.store.base import Entry, Store
+
+#: Result statuses: the trial is done (its result is immutable).
+DONE_STATUSES: tuple[str, ...] = ("completed", "early_stopped", "diverged", "pruned")
+#: Every status a trial row can have, done ones first.
+STATUSES: tuple[str, ...] = (*DONE_STATUSES, "failed", "retrying", "released", "running", "pending")
+
+CONFIG_PREFIX = "config."
+FINAL_PREFIX = "final."
+BEST_PREFIX = "best."
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every trial's state depends on besides its own records."""
+
+    ablation: bool = False
+    max_attempts: int = 3
+    #: trial -> the highest epoch whose failure an operator's ``retry --failed`` forgave
+    forgiven: Mapping[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class TrialData:
+    """One trial as read: its table row (internal column names: ``config.<path>``,
+    ``final.<metric>``, ``best.<metric>``) and its canonical history, column-wise."""
+
+    index: int
+    row: dict[str, Any]
+    done: bool
+    result_nonce: str | None = None
+    steps: list[int] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+
+class _TrialView(Store):
+    """A read-only view of one trial that answers ``list`` from one listing made up front and
+    remembers what it read, so that :mod:`ablator.lineage` (which reads attempts and lists the
+    metrics folder itself) costs no extra store round trips."""
+
+    def __init__(self, base: Store, entries: list[Entry]) -> None:
+        self._base = base
+        self._entries = entries
+        self._memo: dict[str, bytes] = {}
+        self.url = base.url
+        self.read_only = True
+
+    def read(self, key: str) -> bytes:
+        data = self._memo.get(key)
+        if data is None:
+            data = self._memo[key] = self._base.read(key)
+        return data
+
+    def list(self, prefix: str) -> list[Entry]:
+        p = prefix.rstrip("/") + "/"
+        return [e for e in self._entries if e.key.startswith(p)]
+
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
+        return self._base.list_dirs(prefix)
+
+    def stat(self, key: str) -> Entry | None:
+        return self._base.stat(key)
+
+    def create(self, key: str, data: bytes, *, durable: bool = False) -> bool:
+        raise StoreError(f"create {key!r}: analysis reads {self.url} only")
+
+    def replace(self, key: str, data: bytes, *, durable: bool = False) -> None:
+        raise StoreError(f"replace {key!r}: analysis reads {self.url} only")
+
+    def delete(self, key: str) -> None:
+        raise StoreError(f"delete {key!r}: analysis reads {self.url} only")
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"dropout": 0.2}}`` -> ``{"model.dropout": 0.2}``. Lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _decode(view: Store, key: str, type_: type[records.R]) -> records.R | None:
+    data = view.get(key)
+    return None if data is None else records.try_decode(data, type_, key)
+
+
+def read_trial(store: Store, index: int, ctx: Context) -> TrialData:
+    """Read trial ``index``: one listing of its folder, then only the records it needs."""
+    view = _TrialView(store, store.list(layout.trial_dir(index)))
+    kinds: dict[str, set[int]] = {"claim": set(), "attempt": set(), "release": set(), "failed": set()}
+    has_result = False
+    trial_dir = layout.trial_dir(index)
+    for e in view.list(trial_dir):
+        rel = e.key[len(trial_dir) :]
+        if "/" in rel:
+            continue  # metrics/, ckpt/, logs/: lineage reads the metrics folder itself
+        if rel == layout.basename(layout.result(index)):
+            has_result = True
+            continue
+        parsed = layout.parse_record(rel)
+        if parsed is not None:
+            kinds[parsed[0]].add(parsed[1])
+
+    row: dict[str, Any] = {"index": index}
+    spec = None
+    if 0 in kinds["claim"]:
+        claim = _decode(view, layout.claim(index, 0), records.Claim)
+        spec = None if claim is None else claim.spec
+    variant: str | None = None
+    if spec is not None:
+        variant = spec.variant or None
+        row.update(seed=spec.seed, repeat=spec.repeat, config_hash=spec.config_hash)
+        row.update({CONFIG_PREFIX + k: v for k, v in flatten(spec.config).items()})
+    if ctx.ablation and (spec is not None and variant in (None, "baseline")):
+        variant = "baseline"  # '' and 'baseline' both name the ablation's baseline
+    row["variant"] = variant
+
+    attempts = {e: _decode(view, layout.attempt(index, e), records.Attempt) for e in sorted(kinds["attempt"])}
+    row["attempts"] = len(kinds["attempt"])
+    row["failures"] = len(kinds["failed"])
+    # A takeover is a claim whose predecessor neither failed nor let go: its holder vanished.
+    row["takeovers"] = sum(
+        1
+        for e in kinds["claim"]
+        if e > 0 and (e - 1) not in kinds["failed"] and (e - 1) not in kinds["release"]
+    )
+    if kinds["failed"]:
+        last = max(kinds["failed"])
+        failure = _decode(view, layout.failed(index, last), records.Failure)
+        if failure is not None:
+            first_line = failure.message.strip().splitlines()[0] if failure.message.strip() else ""
+            row["error"] = f"{failure.kind}: {first_line}"[:300]
+
+    result = _decode(view, layout.result(index), records.Result) if has_result else None
+    data = TrialData(index, row, done=result is not None)
+    if result is not None:
+        epoch: int | None = result.epoch
+        row.update(
+            status=result.status,
+            steps=result.steps,
+            duration_s=result.duration_s,
+            best_step=result.best_step,
+        )
+        row.update({FINAL_PREFIX + k: _float(v) for k, v in result.metrics.items()})
+        row.update({BEST_PREFIX + k: _float(v) for k, v in result.best.items()})
+        data.result_nonce = result.nonce
+    else:
+        epoch = _state(index, kinds, ctx, row)
+    row["epoch"] = epoch
+
+    att = attempts.get(epoch) if epoch is not None else None
+    if att is None and attempts:
+        att = attempts[max(attempts)]
+    if att is not None:
+        row["host"] = att.environment.host or None
+        row["gpu"] = att.environment.gpu
+
+    # Done trials: the lineage the result names. Running ones: the newest attempt's lineage,
+    # provisional. A failed or released trial's partial rows are not history (yet): a retry
+    # will continue them along its own lineage.
+    if row["status"] in DONE_STATUSES or row["status"] == "running":
+        tip = epoch if result is not None else (max(attempts) if attempts else None)
+        if tip is not None:
+            _history(data, lineage.canonical_rows(view, index, tip))
+            if result is None and data.steps:
+                row["steps"] = data.steps[-1]  # progress so far
+    return data
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _state(index: int, kinds: dict[str, set[int]], ctx: Context, row: dict[str, Any]) -> int | None:
+    """Set ``row["status"]`` of a trial without a result; return its newest epoch."""
+    epochs = kinds["claim"] | kinds["attempt"] | kinds["failed"] | kinds["release"]
+    if not epochs:
+        row["status"] = "pending"  # a folder without records: a copy caught mid-write
+        return None
+    newest = max(epochs)
+    if newest in kinds["failed"]:
+        forgiven = ctx.forgiven.get(index, -1)
+        counted = sum(1 for e in kinds["failed"] if e > forgiven)
+        lost = str(row.get("error", "")).startswith("lost:")
+        row["status"] = "failed" if lost or counted >= ctx.max_attempts else "retrying"
+    elif newest in kinds["release"]:
+        row["status"] = "released"
+    else:
+        row["status"] = "running"
+    return newest
+
+
+def _history(data: TrialData, rows: list[records.MetricRow]) -> None:
+    steps, names, values = data.steps, data.metrics, data.values
+    for r in rows:
+        for name, value in r.values.items():
+            steps.append(r.step)
+            names.append(name)
+            values.append(value)
+
+
+__all__ = ["DONE_STATUSES", "STATUSES", "Context", "TrialData", "flatten", "read_trial"]

@@ -1,0 +1,236 @@
+"""Compacted snapshots of finished trials, so that a warm ``load`` reads one file, not thousands.
+
+A trial's result is created once and never changes, and nothing canonical is written after it, so
+the table rows and histories of finished trials can be cached for good. A snapshot holds them as
+two Arrow IPC tables (written and read by polars; never pickle) inside one msgpack envelope, and
+is named by the sha256 of the sorted result keys it covers (``layout.snapshot``): two readers that
+cover the same trials compute the same name, and create-if-absent lets exactly one write it.
+
+Where it goes: into the store's ``cache/`` when the store takes writes; otherwise (a read-only
+store, a copy on a read-only mount) into a local folder, ``$ABLATOR_CACHE_DIR`` or
+``~/.cache/ablator``, keyed by the experiment's nonce (random per launch, so a relaunch of the same
+file never reuses another run's snapshot). A reader starts from the largest snapshot whose trials
+all exist in the store it reads and reads only the trials it does not cover. Local snapshots are
+checked against the store first (every covered result must exist, a sample of their nonces must
+match), because a local folder can outlive or predate the copy being read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import polars as pl
+
+from ablator import layout, records
+from ablator.errors import CorruptRecordError, StoreError
+from ablator.store.base import Store
+
+#: Bump when the snapshot's tables change meaning: old snapshots are then simply not found.
+FORMAT = 1
+_SPOT_CHECKS = 16
+
+
+class Snapshot(msgspec.Struct, kw_only=True, frozen=True):
+    """The envelope stored at ``layout.snapshot(FORMAT, len(trials), digest)``."""
+
+    format: int
+    experiment_nonce: str
+    trials: list[int]  # covered trial indices, sorted
+    result_nonces: list[str]  # the covered results' nonces, same order (for spot checks)
+    trials_ipc: bytes  # one row per covered trial (internal column names)
+    history_ipc: bytes  # (trial, step, metric, value) along each result's lineage
+
+
+@dataclass
+class Loaded:
+    """A snapshot that passed its checks, decoded."""
+
+    key: str
+    location: str  # "store" or the local folder
+    trials: list[int]
+    result_nonces: list[str]
+    rows: pl.DataFrame
+    history: pl.DataFrame
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The local snapshot folder: ``cache_dir``, ``$ABLATOR_CACHE_DIR``,
+    ``$XDG_CACHE_HOME/ablator`` or ``~/.cache/ablator``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("ABLATOR_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "ablator"
+
+
+def digest(trials: Iterable[int]) -> str:
+    """sha256 of the sorted result keys of ``trials``: the snapshot's content address."""
+    keys = sorted(layout.result(i) for i in trials)
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+
+def _ipc(frame: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.write_ipc(buf, compression="lz4")
+    return buf.getvalue()
+
+
+def encode(
+    experiment_nonce: str,
+    trials: Sequence[int],
+    result_nonces: Sequence[str],
+    rows: pl.DataFrame,
+    history: pl.DataFrame,
+) -> bytes:
+    return msgspec.msgpack.encode(
+        Snapshot(
+            format=FORMAT,
+            experiment_nonce=experiment_nonce,
+            trials=list(trials),
+            result_nonces=list(result_nonces),
+            trials_ipc=_ipc(rows),
+            history_ipc=_ipc(history),
+        )
+    )
+
+
+_decoder = msgspec.msgpack.Decoder(Snapshot)
+
+
+def decode(data: bytes, key: str) -> tuple[Snapshot, pl.DataFrame, pl.DataFrame]:
+    """Decode a snapshot; CorruptRecordError naming ``key`` when it is not one."""
+    try:
+        snap = _decoder.decode(data)
+        rows = pl.read_ipc(snap.trials_ipc)
+        history = pl.read_ipc(snap.history_ipc)
+    except (msgspec.DecodeError, msgspec.ValidationError, pl.exceptions.PolarsError, OSError) as exc:
+        raise CorruptRecordError(f"corrupt analysis snapshot {key!r} ({len(data)} bytes): {exc}") from exc
+    if len(snap.trials) != len(snap.result_nonces) or rows.height != len(snap.trials):
+        raise CorruptRecordError(f"corrupt analysis snapshot {key!r}: its trial list and table disagree")
+    return snap, rows, history
+
+
+class SnapshotCache:
+    """Finds, checks and writes the snapshots of one experiment (the store's and the local ones).
+
+    ``writable`` is a handle that accepts writes to the same store, or None when the store takes
+    none; ``local`` is this machine's snapshot folder for the experiment.
+    """
+
+    def __init__(self, store: Store, experiment_nonce: str, *, writable: Store | None, local: Path) -> None:
+        self.store = store
+        self.nonce = experiment_nonce
+        self.writable = writable
+        self.local_dir = local / "snapshots" / experiment_nonce
+        self._local: Store | None = None
+
+    def _local_store(self, create: bool) -> Store | None:
+        if self._local is None:
+            if not create and not self.local_dir.is_dir():
+                return None
+            from ablator.store.posix import PosixStore
+
+            self._local = PosixStore(self.local_dir)
+        return self._local
+
+    def _candidates(self, present: int) -> list[tuple[int, str, Store, str]]:
+        """(count, key, where to read it, location) of every snapshot that could be a subset
+        of ``present`` trials, largest first; the store's before local ones of equal size."""
+        out: list[tuple[int, int, str, Store, str]] = []
+        sources: list[tuple[int, Store, str]] = [(0, self.store, "store")]
+        local = self._local_store(create=False)
+        if local is not None:
+            sources.append((1, local, str(self.local_dir)))
+        for rank, source, location in sources:
+            try:
+                entries = source.list(layout.snapshot_dir(FORMAT))
+            except StoreError as exc:
+                warnings.warn(
+                    f"cannot list analysis snapshots in {location}: {exc}", RuntimeWarning, stacklevel=3
+                )
+                continue
+            for e in entries:
+                parsed = layout.parse_snapshot(layout.basename(e.key))
+                if parsed is not None and 0 < parsed[0] <= present:
+                    out.append((parsed[0], rank, e.key, source, location))
+        out.sort(key=lambda c: (-c[0], c[1]))
+        return [(count, key, source, location) for count, _, key, source, location in out]
+
+    def best(self, present: set[int]) -> Loaded | None:
+        """The largest snapshot whose trials are all in ``present`` and that passes its checks."""
+        for _count, key, source, location in self._candidates(len(present)):
+            data = source.get(key)
+            if data is None:
+                continue  # deleted since the listing (somebody cleared the cache)
+            try:
+                snap, rows, history = decode(data, key)
+            except CorruptRecordError as exc:
+                warnings.warn(str(exc), records.CorruptRecordWarning, stacklevel=2)
+                continue
+            if snap.format != FORMAT or snap.experiment_nonce != self.nonce:
+                continue
+            if not present.issuperset(snap.trials):
+                continue
+            if source is not self.store and not self._agrees(snap):
+                continue
+            return Loaded(key, location, snap.trials, snap.result_nonces, rows, history)
+        return None
+
+    def _agrees(self, snap: Snapshot) -> bool:
+        """Does the store hold every result a local snapshot covers, and the same ones?"""
+        for i in snap.trials:
+            if not self.store.exists(layout.result(i)):
+                return False
+        step = max(1, len(snap.trials) // _SPOT_CHECKS)
+        for pos in range(0, len(snap.trials), step):
+            i = snap.trials[pos]
+            data = self.store.get(layout.result(i))
+            if data is None:
+                return False
+            try:
+                result = records.decode(data, records.Result, layout.result(i))
+            except CorruptRecordError:
+                return False
+            if result.nonce != snap.result_nonces[pos]:
+                return False
+        return True
+
+    def write(
+        self, trials: Sequence[int], result_nonces: Sequence[str], rows: pl.DataFrame, history: pl.DataFrame
+    ) -> tuple[str, str] | None:
+        """Write a snapshot of ``trials`` (sorted) once; returns (key, location) of the snapshot
+        this call created, or None when another reader's was there first or nothing takes it."""
+        key = layout.snapshot(FORMAT, len(trials), digest(trials))
+        data = encode(self.nonce, trials, result_nonces, rows, history)
+        if self.writable is not None:
+            try:
+                # Losing the create to another reader is fine: in one store, the same result
+                # keys are the same results, so its snapshot holds the same rows.
+                return (key, "store") if self.writable.create(key, data) else None
+            except (StoreError, OSError):
+                pass  # a read-only mount or bucket policy: fall back to the local folder
+        try:
+            local = self._local_store(create=True)
+            if local is None:  # pragma: no cover - create=True always yields one
+                return None
+            # Locally, a snapshot of the same keys may come from a diverged copy of the store
+            # (``best`` then rejected it): it stays, and this store is read record by record.
+            created = local.create(key, data)
+        except (StoreError, OSError) as exc:
+            warnings.warn(
+                f"cannot write an analysis snapshot to {self.local_dir}: {exc}", RuntimeWarning, stacklevel=2
+            )
+            return None
+        return (key, str(self.local_dir)) if created else None
+
+
+__all__ = ["FORMAT", "Loaded", "Snapshot", "SnapshotCache", "cache_root", "digest"]

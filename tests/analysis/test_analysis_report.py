@@ -1,0 +1,107 @@
+"""``report`` writes every figure and the tables; ``analyze`` and ``report`` through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from ablator.analysis import load
+from analysis.test_analysis_effects import ablation_store, search_store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _png_ok(path: Path) -> None:
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and img.shape[0] >= 200 and img.shape[1] >= 400, path
+    assert img.std() > 0.01, f"{path} is blank"
+
+
+def test_ablation_report_has_every_figure_and_table(tmp_path: Path) -> None:
+    ablation_store(tmp_path / "s")
+    res = load(tmp_path / "s")
+    files = res.report(tmp_path / "out")
+    names = {f.name for f in files.figures}
+    assert names == {"ablation.png", "factor-variant.png", "curves-variant.png"}
+    for f in files.figures:
+        _png_ok(f.path)
+    md = files.markdown.read_text()
+    assert md.startswith("# digits-ablation: ablation report")
+    for section in ("## Summary", "## Best trials", "## Effects", "### variant"):
+        assert section in md
+    assert "| level | n | mean | std | 95% CI | diff | diff 95% CI | rel. | p | rank |" in md
+    assert re.search(r"\| no_batchnorm \| 4 \| 0\.80", md)
+    for name in names:
+        assert f"]({name})" in md
+    html = files.html.read_text()
+    assert html.count('src="data:image/png;base64,') == len(names)
+    assert not re.search(r'src="(?!data:)', html)  # self-contained
+    assert "<table>" in html and "no_batchnorm" in html
+    effects = json.loads(files.effects_json.read_text())
+    assert effects["effects"]["metric"] == "val_accuracy" and len(effects["effects"]["levels"]) == 4
+
+
+def test_search_report_has_factor_curve_and_parallel_figures(tmp_path: Path) -> None:
+    search_store(tmp_path / "s", n=40)
+    files = load(tmp_path / "s").report(tmp_path / "out")
+    names = {f.name for f in files.figures}
+    for factor in ("model.dropout", "train.optimizer.lr", "model.activation", "model.hidden"):
+        assert f"factor-{factor}.png" in names and f"curves-{factor}.png" in names
+    assert "parallel.png" in names and "ablation.png" not in names
+    for f in files.figures:
+        _png_ok(f.path)
+    md = files.markdown.read_text()
+    assert "| factor | n | spearman rho | p | slope | slope 95% CI | x |" in md
+    assert "per decade" in md
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ablator", *args], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT
+    )
+
+
+@pytest.fixture
+def cli_env(local_cache: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["ABLATOR_CACHE_DIR"] = str(local_cache)
+    env["MPLBACKEND"] = "Agg"
+    return env
+
+
+def test_cli_analyze_and_report(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    ablation_store(tmp_path / "s")
+    out = _cli("analyze", str(tmp_path / "s"), env=cli_env)
+    assert out.returncode == 0, out.stderr
+    assert "variant (variant; diff vs the baseline)" in out.stdout
+    assert "no_batchnorm" in out.stdout and "best trials" in out.stdout
+    out = _cli("analyze", str(tmp_path / "s"), "--json", "--metric", "train_loss", env=cli_env)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["effects"]["metric"] == "train_loss" and data["effects"]["mode"] == "min"
+    assert data["status"] == {"completed": 16} and len(data["best"]) == 5
+    out = _cli("report", str(tmp_path / "s"), "--out", str(tmp_path / "rep"), env=cli_env)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "rep" / "report.html").is_file() and (tmp_path / "rep" / "ablation.png").is_file()
+    assert "3 figure(s)" in out.stdout
+
+
+def test_cli_errors_name_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ablator.cli import main
+
+    assert main(["analyze", str(tmp_path / "missing")]) == 1
+    assert str(tmp_path / "missing") in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "rep")]) == 1
+    assert "experiment.json" in capsys.readouterr().err
+    ablation_store(tmp_path / "s")
+    assert main(["analyze", str(tmp_path / "s"), "--metric", "bleu"]) == 1
+    assert "bleu" in capsys.readouterr().err
