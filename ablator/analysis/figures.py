@@ -270,7 +270,9 @@ def ablation_figure(effects: Effects, factor: Factor) -> Figure | None:
             label += f" ({100 * r['rel_change']:+.1f}%)"
         label += f", p={p:.2g}" if p is not None else ", n<2: no interval"
         # Every label right of both its bar and zero, so none runs into the variant names.
-        ax.annotate(label, (max(0.0, d + h), y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8)
+        ax.annotate(
+            label, (max(0.0, d + h), y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8
+        )
     ax.set_xlim(left - 0.08 * span, right + 0.9 * span)
     ax.set_yticks(ys, [f"{_short(r['level'], 24)} (n={r['n']})" for r in rows], fontsize=9)
     what = "baseline" if ref["vs"] == "baseline" else f"best level {ref['level']}"

@@ -37,7 +37,9 @@ def ablation_experiment(repeats: int = 3, name: str = "digits-ablation") -> dict
     }
 
 
-def search_experiment(kind: str = "random", trials: int = 24, space: dict[str, Any] | None = None) -> dict[str, Any]:
+def search_experiment(
+    kind: str = "random", trials: int = 24, space: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "name": "digits-sweep",
         "entry": "examples.digits.model:DigitsWrapper",
@@ -84,7 +86,13 @@ class StoreBuilder:
         assert self.store.create(key, raw if raw is not None else records.encode(record)), key
 
     def spec_for(
-        self, index: int, overrides: dict[str, Any], *, variant: str = "", repeat: int = 0, seed: int | None = None
+        self,
+        index: int,
+        overrides: dict[str, Any],
+        *,
+        variant: str = "",
+        repeat: int = 0,
+        seed: int | None = None,
     ) -> records.TrialSpec:
         config = copy.deepcopy(self.experiment["config"])
         for path, value in overrides.items():
@@ -101,7 +109,10 @@ class StoreBuilder:
         )
 
     def claim(self, index: int, epoch: int, spec: records.TrialSpec | None = None, agent: str = "a1") -> None:
-        self._put(layout.claim(index, epoch), records.Claim(trial=index, epoch=epoch, agent_id=agent, host="h", spec=spec))
+        self._put(
+            layout.claim(index, epoch),
+            records.Claim(trial=index, epoch=epoch, agent_id=agent, host="h", spec=spec),
+        )
 
     def attempt(
         self,
@@ -114,28 +125,40 @@ class StoreBuilder:
         env = records.Environment(host=host, gpu=gpu, python="3.11", torch="2.13")
         self._put(
             layout.attempt(index, epoch),
-            records.Attempt(trial=index, epoch=epoch, agent_id="a1", resumed_from=resumed_from, environment=env),
+            records.Attempt(
+                trial=index, epoch=epoch, agent_id="a1", resumed_from=resumed_from, environment=env
+            ),
         )
 
     def metrics(
-        self, index: int, epoch: int, steps: Sequence[int], value: Callable[[int], dict[str, float]], chunk: int = 25
+        self,
+        index: int,
+        epoch: int,
+        steps: Sequence[int],
+        value: Callable[[int], dict[str, float]],
+        chunk: int = 25,
     ) -> None:
         steps = list(steps)
         for start in range(0, len(steps), chunk):
             part = steps[start : start + chunk]
             rows = [records.MetricRow(step=s, values=value(s)) for s in part]
             self._put(
-                layout.metrics(index, epoch, part[-1]), records.MetricsChunk(trial=index, epoch=epoch, rows=rows)
+                layout.metrics(index, epoch, part[-1]),
+                records.MetricsChunk(trial=index, epoch=epoch, rows=rows),
             )
 
-    def failed(self, index: int, epoch: int, kind: str = "exception", message: str = "boom", step: int | None = None) -> None:
+    def failed(
+        self, index: int, epoch: int, kind: str = "exception", message: str = "boom", step: int | None = None
+    ) -> None:
         self._put(
             layout.failed(index, epoch),
             records.Failure(trial=index, epoch=epoch, agent_id="a1", kind=kind, message=message, step=step),  # type: ignore[arg-type]
         )
 
     def release(self, index: int, epoch: int, step: int | None = None) -> None:
-        self._put(layout.release(index, epoch), records.Release(trial=index, epoch=epoch, agent_id="a1", step=step))
+        self._put(
+            layout.release(index, epoch), records.Release(trial=index, epoch=epoch, agent_id="a1", step=step)
+        )
 
     def result(
         self,

@@ -21,7 +21,9 @@ TOL = {"rel": 1e-6, "abs": 1e-12}
 MEANS = {"baseline": 0.90, "no_dropout": 0.88, "gelu": 0.905, "no_batchnorm": 0.80}
 
 
-def ablation_store(path: Path, mode: str = "max", repeats: int = 4) -> tuple[StoreBuilder, dict[str, list[float]]]:
+def ablation_store(
+    path: Path, mode: str = "max", repeats: int = 4
+) -> tuple[StoreBuilder, dict[str, list[float]]]:
     exp = ablation_experiment(repeats=repeats)
     exp["metric"]["mode"] = mode
     b = StoreBuilder(open_store(path), exp)
@@ -114,7 +116,9 @@ def search_store(path: Path, n: int = 60) -> tuple[list[dict[str, Any]], list[fl
             "model.activation": rng.choice(["relu", "gelu"]),
             "model.hidden": rng.choice([32, 128]),
         }
-        loss = 0.3 - 0.05 * math.log10(ov["train.optimizer.lr"]) + 0.2 * ov["model.dropout"] + rng.gauss(0, 0.03)
+        loss = (
+            0.3 - 0.05 * math.log10(ov["train.optimizer.lr"]) + 0.2 * ov["model.dropout"] + rng.gauss(0, 0.03)
+        )
         b.finished(i, ov, loss, metric="val_loss")
         configs.append(ov)
         losses.append(loss)
@@ -157,7 +161,9 @@ def test_search_factors_levels_and_trends_match_scipy(tmp_path: Path) -> None:
     assert t["x_scale"] == "log10" and t["n"] == len(configs)
     assert t["spearman_rho"] == pytest.approx(rho.statistic, **TOL)
     assert t["spearman_p"] == pytest.approx(rho.pvalue, **TOL)
-    assert t["slope"] == pytest.approx(fit.slope, **TOL) and t["intercept"] == pytest.approx(fit.intercept, **TOL)
+    assert t["slope"] == pytest.approx(fit.slope, **TOL) and t["intercept"] == pytest.approx(
+        fit.intercept, **TOL
+    )
     assert t["slope_p"] == pytest.approx(fit.pvalue, **TOL)
     assert trends["model.dropout"]["x_scale"] == "linear"
     assert res.best(3)["value"].to_list() == sorted(losses)[:3]

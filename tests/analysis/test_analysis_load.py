@@ -29,7 +29,9 @@ def build_ablation(path: Path, *, finish: int | None = None, seed: int = 0) -> S
     for name, overrides in variants:
         for r in range(3):
             if finish is None or i < finish:
-                b.finished(i, overrides, MEANS[name or "baseline"] + rng.gauss(0, 0.01), variant=name, repeat=r)
+                b.finished(
+                    i, overrides, MEANS[name or "baseline"] + rng.gauss(0, 0.01), variant=name, repeat=r
+                )
             i += 1
     return b
 
@@ -54,7 +56,12 @@ def test_trials_table_is_typed_and_flat(tmp_path: Path) -> None:
     assert row["steps"] == 20 and row["duration_s"] == 10.0 and row["seed"] == 1009
     assert res.metric == "val_accuracy" and res.mode == "max" and res.budget == 12
     assert res.metrics == ["train_loss", "val_accuracy"]
-    assert res.history.schema == {"trial": pl.Int64, "step": pl.Int64, "metric": pl.String, "value": pl.Float64}
+    assert res.history.schema == {
+        "trial": pl.Int64,
+        "step": pl.Int64,
+        "metric": pl.String,
+        "value": pl.Float64,
+    }
     assert res.history.height == 12 * 20 * 2
 
 
@@ -127,7 +134,14 @@ def test_unfinished_trials_states_and_no_partial_values(tmp_path: Path) -> None:
 
     res = load(tmp_path / "s")
     status = dict(zip(res.trials["index"].to_list(), res.trials["status"].to_list(), strict=True))
-    assert [status[i] for i in range(6)] == ["completed", "failed", "retrying", "released", "running", "retrying"]
+    assert [status[i] for i in range(6)] == [
+        "completed",
+        "failed",
+        "retrying",
+        "released",
+        "running",
+        "retrying",
+    ]
     assert all(status[i] == "pending" for i in range(6, 12))
     failed = res.trials.row(1, named=True)
     assert failed["final.val_accuracy"] is None and failed["best.val_accuracy"] is None
@@ -135,7 +149,14 @@ def test_unfinished_trials_states_and_no_partial_values(tmp_path: Path) -> None:
     assert set(res.history["trial"].unique().to_list()) == {0, 4}  # done + running only
     running = res.trials.row(4, named=True)
     assert running["steps"] == 7 and running["final.val_accuracy"] is None
-    assert res.status_counts() == {"completed": 1, "failed": 1, "retrying": 2, "released": 1, "running": 1, "pending": 6}
+    assert res.status_counts() == {
+        "completed": 1,
+        "failed": 1,
+        "retrying": 2,
+        "released": 1,
+        "running": 1,
+        "pending": 6,
+    }
     # Only finished trials are ever snapshotted: the unfinished ones are read again next time.
     again = load(tmp_path / "s")
     assert again.info.from_snapshot == 1 and again.info.read == 5
@@ -165,11 +186,11 @@ def test_corrupt_records_are_skipped_with_a_warning_naming_them(tmp_path: Path) 
 
 def test_not_a_store_and_corrupt_experiment(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(AnalysisError, match="experiment.json"):
+    with pytest.raises(AnalysisError, match=r"experiment\.json"):
         load(tmp_path / "empty")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / layout.EXPERIMENT).write_text("{not json")
-    with pytest.raises(CorruptRecordError, match="experiment.json"):
+    with pytest.raises(CorruptRecordError, match=r"experiment\.json"):
         load(tmp_path / "bad")
 
 
@@ -207,7 +228,9 @@ def test_read_only_copy_snapshots_go_to_the_local_cache(tmp_path: Path, local_ca
     shutil.copytree(tmp_path / "s", tmp_path / "copy")
     ro = open_store(tmp_path / "copy", read_only=True)
     first = load(ro)
-    assert first.info.snapshot_written_to is not None and first.info.snapshot_written_to.startswith(str(local_cache))
+    assert first.info.snapshot_written_to is not None and first.info.snapshot_written_to.startswith(
+        str(local_cache)
+    )
     assert not (tmp_path / "copy" / "cache").exists()
     second = load(open_store(tmp_path / "copy", read_only=True))
     assert second.info.from_snapshot == 12 and second.info.read == 0

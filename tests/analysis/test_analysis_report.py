@@ -64,7 +64,12 @@ def test_search_report_has_factor_curve_and_parallel_figures(tmp_path: Path) -> 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ablator", *args], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT
+        [sys.executable, "-m", "ablator", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=ROOT,
     )
 
 

@@ -63,7 +63,12 @@ def _welch_vs_scipy(a: np.ndarray, b: np.ndarray) -> None:
 
 def test_welch_matches_scipy_on_unequal_groups() -> None:
     rng = np.random.default_rng(7)
-    for na, nb, sa, sb, shift in [(3, 3, 0.01, 0.01, 0.02), (2, 9, 1.0, 0.1, 0.5), (30, 5, 2.0, 5.0, -1.0), (200, 150, 1, 1, 0)]:
+    for na, nb, sa, sb, shift in [
+        (3, 3, 0.01, 0.01, 0.02),
+        (2, 9, 1.0, 0.1, 0.5),
+        (30, 5, 2.0, 5.0, -1.0),
+        (200, 150, 1, 1, 0),
+    ]:
         _welch_vs_scipy(rng.normal(shift, sa, na), rng.normal(0.0, sb, nb))
 
 
