@@ -153,7 +153,7 @@ class TrialContext:
             raise AblatorError(
                 f"ctx.save_checkpoint(step={step}): steps must increase; the last checkpoint is at step {self._last_ckpt_step}"
             )
-        self._rows.flush()
+        self._rows.checkpointed(step)  # rows reported so far reach the store before the checkpoint
         payload = header(self.spec, self.trial, self.epoch, step, "function")
         payload["state"] = dict(state)
         payload["rng"] = seeding.capture_rng(self.device)

@@ -176,7 +176,7 @@ def train(
 
     def save_checkpoint() -> None:
         nonlocal last_ckpt_time, last_ckpt_step
-        rows.flush()  # rows up to this step reach the store before the checkpoint does
+        rows.checkpointed(state.step)  # rows up to this step reach the store before the checkpoint
         at_end = state.batch_in_epoch >= n_batches  # resume at the next epoch's start
         payload = header(spec, trial, epoch, state.step, "wrapper")
         payload.update(
@@ -258,6 +258,7 @@ def train(
                             torch.nn.utils.clip_grad_norm_(params, tc.grad_clip, tc.grad_clip_norm_type)
                         optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+                    lr = optimizer.param_groups[0]["lr"]  # the rate this step used (logged below)
                     state.step += 1
                     step = state.step
                     if scheduler is not None and (unit == "train" or (unit == "epoch" and end_of_epoch)):
@@ -273,7 +274,7 @@ def train(
                         loss_sum.zero_()
                         micro = 0
                         row["train_loss"] = train_loss
-                        row["lr"] = float(optimizer.param_groups[0]["lr"])
+                        row["lr"] = float(lr)
                         _check_divergence(state, tc, train_loss, step)
 
                     # --- evaluation, best tracking, early stopping

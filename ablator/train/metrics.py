@@ -83,6 +83,12 @@ class MetricWriter:
         self.chunks += 1
         self.writer.submit(lambda: self._write(key, chunk))
 
+    def checkpointed(self, step: int) -> None:
+        """Checkpoint ``step`` is being written: later rows must come after it (a resumed attempt
+        continues at ``step + 1``)."""
+        self.flush()
+        self.flushed_step = max(self.flushed_step, step)
+
     def _write(self, key: str, chunk: records.MetricsChunk) -> None:
         self.fence.check()
         if not self.store.create(key, records.encode(chunk)):

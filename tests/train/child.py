@@ -40,7 +40,12 @@ def main() -> int:
     torch.set_num_threads(1)
     store = open_store(args.store)
     spec = msgspec.json.decode(args.spec, type=records.TrialSpec)
-    claim = records.Claim(trial=args.trial, epoch=args.epoch, agent_id=f"child-{args.epoch}", spec=spec if args.epoch == 0 else None)
+    claim = records.Claim(
+        trial=args.trial,
+        epoch=args.epoch,
+        agent_id=f"child-{args.epoch}",
+        spec=spec if args.epoch == 0 else None,
+    )
     if not store.create(layout.claim(args.trial, args.epoch), records.encode(claim)):
         print("claim taken", file=sys.stderr)
         return 2
@@ -61,7 +66,17 @@ def main() -> int:
         metrics_mod.MetricWriter.add = add  # type: ignore[method-assign]
     entry = experiment.resolve_entry(args.entry)
     metric = (args.metric[0], args.metric[1]) if args.metric else None
-    out = execute_trial(entry, spec, store, args.trial, args.epoch, fence=NoFence(), device="cpu", progress=False, metric=metric)
+    out = execute_trial(
+        entry,
+        spec,
+        store,
+        args.trial,
+        args.epoch,
+        fence=NoFence(),
+        device="cpu",
+        progress=False,
+        metric=metric,
+    )
     print(msgspec.json.encode(out).decode(), flush=True)
     return 0
 

@@ -40,13 +40,17 @@ def run_inline(store: Store, entry_name: str, spec: records.TrialSpec, epoch: in
     )
 
 
-def _child(store_dir: Path, epoch: int, entry: str, spec: records.TrialSpec, env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
+def _child(
+    store_dir: Path, epoch: int, entry: str, spec: records.TrialSpec, env: dict[str, str], *extra: str
+) -> subprocess.Popen[str]:
     cmd = [sys.executable, str(CHILD), str(store_dir), str(spec.index), str(epoch), entry]
     cmd += [msgspec.json.encode(spec).decode(), "--metric", *METRIC, *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def kill_and_resume(store_dir: Path, entry: str, spec: records.TrialSpec, env: dict[str, str], block_at: int, wait_ckpt: int) -> Outcome:
+def kill_and_resume(
+    store_dir: Path, entry: str, spec: records.TrialSpec, env: dict[str, str], block_at: int, wait_ckpt: int
+) -> Outcome:
     """Attempt 0 in a child, SIGKILLed once it passed ``block_at`` with checkpoint ``wait_ckpt``
     in the store; attempt 1 in a fresh child resumes and finishes."""
     proc = _child(store_dir, 0, entry, spec, env, "--block-at", str(block_at), "--wait-ckpt", str(wait_ckpt))
@@ -97,16 +101,36 @@ def assert_same_tensors(a: Any, b: Any, path: str = "") -> None:
     [
         # shuffled data with noise drawn by the dataset from the global RNG, dropout, a per-epoch
         # schedule, evaluations and checkpoints off the log grid
-        dict(batch_size=8, epochs=3, eval_every=6, checkpoint_every=5, log_every=4, scheduler={"name": "step", "gamma": 0.5},
-             optimizer={"name": "adamw", "lr": 0.01, "weight_decay": 0.01}, model={"noise": 0.2}),
+        dict(
+            batch_size=8,
+            epochs=3,
+            eval_every=6,
+            checkpoint_every=5,
+            log_every=4,
+            scheduler={"name": "step", "gamma": 0.5},
+            optimizer={"name": "adamw", "lr": 0.01, "weight_decay": 0.01},
+            model={"noise": 0.2},
+        ),
         # gradient accumulation with a short last group, bf16 autocast, clipping, a per-step schedule
-        dict(batch_size=8, epochs=2, grad_accum=3, amp="bf16", grad_clip=0.5, eval_every=3, checkpoint_every=2,
-             log_every=3, scheduler={"name": "warmup_cosine", "warmup_steps": 3}, optimizer={"name": "sgd", "lr": 0.05,
-             "args": {"momentum": 0.9}}, model={"n_samples": 104, "with_test": True}),
+        dict(
+            batch_size=8,
+            epochs=2,
+            grad_accum=3,
+            amp="bf16",
+            grad_clip=0.5,
+            eval_every=3,
+            checkpoint_every=2,
+            log_every=3,
+            scheduler={"name": "warmup_cosine", "warmup_steps": 3},
+            optimizer={"name": "sgd", "lr": 0.05, "args": {"momentum": 0.9}},
+            model={"n_samples": 104, "with_test": True},
+        ),
     ],
     ids=["adamw-noise", "accum-bf16"],
 )
-def test_sigkill_and_resume_is_bit_identical(tmp_path: Path, child_env: dict[str, str], train: dict[str, Any]) -> None:
+def test_sigkill_and_resume_is_bit_identical(
+    tmp_path: Path, child_env: dict[str, str], train: dict[str, Any]
+) -> None:
     cfg = T.tiny_config(**train)
     spec = T.spec_for(cfg, seed=11)
     ref_store = open_store(tmp_path / "reference")
@@ -120,7 +144,9 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path: Path, child_env: dict[str
     store = open_store(store_dir)
 
     assert out.status == "completed" and out.steps == total
-    assert out.resumed_from is not None and out.resumed_from[0] == 0 and wait_ckpt <= out.resumed_from[1] < total
+    assert (
+        out.resumed_from is not None and out.resumed_from[0] == 0 and wait_ckpt <= out.resumed_from[1] < total
+    )
     # the killed attempt wrote rows past its last checkpoint; the lineage drops them
     killed_rows = [r.step for r in lineage.canonical_rows(store, 0, 0)]
     assert max(killed_rows) >= block_at > out.resumed_from[1]
@@ -150,6 +176,8 @@ def test_function_trial_sigkill_and_resume(tmp_path: Path, child_env: dict[str, 
 
 def test_outcome_json_round_trip() -> None:
     # the child hands its outcome over as JSON: the struct must survive it unchanged
-    o = Outcome(status="diverged", metrics={"a": 1.5}, best={"a": 1.0}, best_step=3, steps=4, resumed_from=(0, 2))
+    o = Outcome(
+        status="diverged", metrics={"a": 1.5}, best={"a": 1.0}, best_step=3, steps=4, resumed_from=(0, 2)
+    )
     assert msgspec.json.decode(msgspec.json.encode(o), type=Outcome) == o
     assert json.loads(msgspec.json.encode(o))["resumed_from"] == [0, 2]

@@ -30,9 +30,8 @@ class TinyConfig(RunConfig[TinyModel], frozen=True, kw_only=True, forbid_unknown
 
 def make_data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed, learnable 3-class problem (independent of the trial seed)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 8, generator=g)
-    w = torch.randn(8, 3, generator=g)
+    w = torch.randn(8, 3, generator=torch.Generator().manual_seed(1234))  # one problem for every split
+    x = torch.randn(n, 8, generator=torch.Generator().manual_seed(seed))
     return x, (x @ w).argmax(dim=1)
 
 
@@ -56,7 +55,9 @@ class TinyWrapper(ModelWrapper[TinyConfig]):
     def make_model(self, config: TinyConfig) -> nn.Module:
         m = config.model
         assert m.n_classes is not None  # derive ran first
-        return nn.Sequential(nn.Linear(8, m.hidden), nn.ReLU(), nn.Dropout(m.dropout), nn.Linear(m.hidden, m.n_classes))
+        return nn.Sequential(
+            nn.Linear(8, m.hidden), nn.ReLU(), nn.Dropout(m.dropout), nn.Linear(m.hidden, m.n_classes)
+        )
 
     def make_dataloaders(self, config: TinyConfig) -> tuple[Any, ...]:
         m = config.model
@@ -119,3 +120,132 @@ def spec_for(cfg: Any, seed: int = 7, index: int = 0) -> TrialSpec:
 def tiny_config(**train: Any) -> TinyConfig:
     model = train.pop("model", {})
     return C.from_dict({"model": model, "train": train}, TinyConfig)
+
+
+class Crash(RuntimeError):
+    """Raised by :class:`CrashingWrapper` to end an attempt the way an exception would."""
+
+
+class CrashingWrapper(TinyWrapper):
+    """Raises after optimizer step ``crash_at`` (an attempt that fails mid-run)."""
+
+    def __init__(self, crash_at: int | None = None) -> None:
+        self.crash_at = crash_at
+
+    def on_step_end(self, state: Any) -> None:
+        if state.step == self.crash_at:
+            raise Crash(f"crash at step {state.step}")
+
+
+class NanWrapper(TinyWrapper):
+    """The loss turns NaN from optimizer step ``at`` on."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.calls = 0
+
+    def loss(self, model: nn.Module, batch: Any) -> Any:
+        loss, out = super().loss(model, batch)  # type: ignore[misc]
+        if model.training:
+            self.calls += 1
+            if self.calls > self.at:
+                loss = loss * float("nan")
+        return loss, out
+
+
+class BlowUpWrapper(TinyWrapper):
+    """The loss is multiplied by 1000 after ``at`` training batches (a blow-up, still finite)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.calls = 0
+
+    def loss(self, model: nn.Module, batch: Any) -> Any:
+        loss, out = super().loss(model, batch)  # type: ignore[misc]
+        if model.training:
+            self.calls += 1
+            if self.calls > self.at:
+                loss = loss * 1000.0
+        return loss, out
+
+
+class RegressionWrapper(ModelWrapper[TinyConfig]):
+    """Float targets: the default loss is MSE and there is no accuracy."""
+
+    config_type = TinyConfig
+
+    def make_model(self, config: TinyConfig) -> nn.Module:
+        return nn.Linear(8, 1)
+
+    def make_dataloaders(self, config: TinyConfig) -> tuple[Any, ...]:
+        x, _ = make_data(64)
+        y = x.sum(dim=1)
+        return DataLoader(TensorDataset(x, y), batch_size=config.train.batch_size, shuffle=True), None
+
+
+def lightning_trial(config: TinyConfig, ctx: TrialContext) -> dict[str, float]:
+    """A LightningModule trained by a Lightning Trainer inside a trial function: Lightning's own
+    checkpoint (weights, optimizer, loop state) travels through the store via ``ctx``."""
+    import os
+    import tempfile
+
+    import lightning as L
+
+    m = config.model
+    lr = config.train.optimizer.lr
+
+    class LitTiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(8, m.hidden), nn.ReLU(), nn.Linear(m.hidden, 3))
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = nn.functional.cross_entropy(self.net(x), y)
+            self.log("train_loss", loss)
+            return loss
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            self.log("val_accuracy", (self.net(x).argmax(1) == y).float().mean())
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=lr)
+
+    class ToAblator(L.Callback):
+        def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            step = trainer.global_step
+            ctx.report(step, {k: float(v) for k, v in trainer.callback_metrics.items()})
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "last.ckpt")
+                trainer.save_checkpoint(path, weights_only=False)
+                state = torch.load(path, weights_only=True)
+            ctx.save_checkpoint(state, step)
+            if ctx.should_stop:
+                trainer.should_stop = True
+
+    x, y = make_data(m.n_samples)
+    xv, yv = make_data(48, seed=1)
+    g = torch.Generator().manual_seed(ctx.seed)
+    train = DataLoader(TensorDataset(x, y), batch_size=config.train.batch_size, shuffle=True, generator=g)
+    val = DataLoader(TensorDataset(xv, yv), batch_size=16)
+    module = LitTiny()
+    trainer = L.Trainer(
+        max_epochs=config.train.epochs,
+        limit_train_batches=2 if ctx.smoke else None,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[ToAblator()],
+        accelerator="gpu" if ctx.device.type == "cuda" else "cpu",
+        devices=1,
+    )
+    with tempfile.TemporaryDirectory() as d:
+        ckpt_path = None
+        if (loaded := ctx.load_checkpoint()) is not None:
+            ckpt_path = os.path.join(d, "resume.ckpt")
+            torch.save(loaded[0], ckpt_path)
+        trainer.fit(module, train, val, ckpt_path=ckpt_path, weights_only=True)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
