@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablator import experiment, layout, records  # noqa: E402
-from ablator.store import open_store  # noqa: E402
-from ablator.train import NoFence, execute_trial  # noqa: E402
-from ablator.train import metrics as metrics_mod  # noqa: E402
+from ablator import experiment, layout, records
+from ablator.store import open_store
+from ablator.train import NoFence, execute_trial
+from ablator.train import metrics as metrics_mod
 
 
 def main() -> int:

@@ -94,7 +94,7 @@ def test_unloadable_state_fails_at_the_first_save(store: Store) -> None:
         ctx.save_checkpoint({"w": np.zeros(3)}, 1)
         return {}
 
-    with pytest.raises(CheckpointError, match="torch.from_numpy"):
+    with pytest.raises(CheckpointError, match=r"torch\.from_numpy"):
         run_fn(store, bad, T.spec_for(T.tiny_config()))
     assert store.list(layout.ckpt_dir(0)) == []
 
