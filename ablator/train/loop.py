@@ -43,6 +43,7 @@ from ablator.train.writer import StoreWriter
 
 SMOKE_STEPS = 3  # optimizer steps of a --smoke run
 SMOKE_EVAL_BATCHES = 2
+PROGRESS_EVERY_S = 1.0  # between log points, the progress display hears the step count this often
 
 
 @dataclass
@@ -152,7 +153,7 @@ def train(
     rows = MetricWriter(store, trial, epoch, writer, fence, start_step=state.step, clock_origin=t_start)
     ckpt = Checkpointer(store, trial, epoch, writer, fence, tc.keep_checkpoints)
     ckpt_every_s = tc.checkpoint_every_minutes * 60 if tc.checkpoint_every_minutes else math.inf
-    last_ckpt_time = time.monotonic()
+    last_ckpt_time = last_shown = time.monotonic()
     last_ckpt_step = state.step if loaded is not None else None
     accum = max(1, tc.grad_accum)
     n_batches = plan.batches_per_epoch
@@ -266,6 +267,7 @@ def train(
                     finished = step >= plan.total_steps
                     is_eval = finished or step % plan.eval_every == 0
                     stop_requested = should_stop()
+                    now = time.monotonic()
 
                     # --- log point: the one host sync of the window
                     row: dict[str, float] = {}
@@ -308,6 +310,12 @@ def train(
                         state.latest.update(row)
                         rows.add(step, row)
                         progress.update(step, row, train_epoch=state.train_epoch, important=is_eval)
+                        last_shown = now
+                    elif now - last_shown >= PROGRESS_EVERY_S:
+                        # the step count only (no sync): bars move, and an agent's stall clock
+                        # hears from a trial whose log points are far apart
+                        progress.update(step, {}, train_epoch=state.train_epoch)
+                        last_shown = now
 
                     # --- checkpoint: at evaluations (or every N steps / minutes), on stop, at the end
                     if state.stop == "diverged":
@@ -319,7 +327,7 @@ def train(
                         or (tc.checkpoint_every is None and is_eval)
                         or (tc.checkpoint_every is not None and step % tc.checkpoint_every == 0)
                         or (is_eval and state.best_step == step)
-                        or time.monotonic() - last_ckpt_time >= ckpt_every_s
+                        or now - last_ckpt_time >= ckpt_every_s
                     ) and not (smoke and not finished)
                     if want:
                         if not row and not bool(torch.isfinite(loss_sum)):

@@ -3,6 +3,7 @@ processes of the kill/resume tests, so nothing here depends on pytest)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ class TinyModel(ModelConfig, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     n_samples: int = 96
     n_classes: C.Annotated[int | None, Derived] = None
     with_test: bool = False
+    step_sleep: float = 0.0  # seconds per training batch (a slow trial, for signal tests)
 
 
 class TinyConfig(RunConfig[TinyModel], frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -120,6 +122,19 @@ def spec_for(cfg: Any, seed: int = 7, index: int = 0) -> TrialSpec:
 def tiny_config(**train: Any) -> TinyConfig:
     model = train.pop("model", {})
     return C.from_dict({"model": model, "train": train}, TinyConfig)
+
+
+class SlowWrapper(TinyWrapper):
+    """Sleeps ``model.step_sleep`` per training batch."""
+
+    def loss(self, model: nn.Module, batch: Any) -> Any:
+        if model.training and self.step_sleep:
+            time.sleep(self.step_sleep)
+        return super().loss(model, batch)
+
+    def make_model(self, config: TinyConfig) -> nn.Module:
+        self.step_sleep = config.model.step_sleep
+        return super().make_model(config)
 
 
 class Crash(RuntimeError):

@@ -1,0 +1,462 @@
+"""``ablator run`` and :func:`ablator.run`: one trial in this process, the prototype path.
+
+Two kinds of store:
+
+* **A private store** (no ``experiment.json``; by default ``./ablator-runs/<name>``): the trial
+  runs here and nowhere else. Each invocation is a new attempt (``claim.e<n>``) that resumes from
+  the previous one's newest checkpoint, so Ctrl-C and running again continues where it stopped.
+  A later invocation takes over from an earlier one still running (the earlier one stops at its
+  next write). A trial that has a result is not run again.
+* **A launched store** (``ablator launch`` created it): ``run`` claims the trial exactly as an
+  agent does (heartbeat, lease, fencing) and refuses one that is running elsewhere or done, so it
+  never becomes a second writer.
+
+``--smoke`` trains and evaluates a few batches in a throwaway in-memory store. ``--from STORE``
+runs a trial of another store with the exact spec recorded there (its ``claim.e0000``).
+
+Ctrl-C once: the trial checkpoints and stops (a release, so the next run resumes); twice: abort.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from ablator import layout, lineage, records
+from ablator.errors import AblatorError, ExperimentMismatch, LeaseLost
+from ablator.store import open_store
+from ablator.store.base import Store
+from ablator.train.outcome import Outcome
+from ablator.train.progress import ProgressLike
+
+DEFAULT_ROOT = "ablator-runs"
+
+
+class StoreFence:
+    """The fence of an attempt in a private store: lost once a later attempt of the trial was
+    claimed or a result exists. ``should_stop`` is set by Ctrl-C."""
+
+    def __init__(self, store: Store, trial: int, epoch: int) -> None:
+        self.store = store
+        self.trial = trial
+        self.epoch = epoch
+        self.should_stop = False
+
+    def check(self) -> None:
+        if self.store.exists(layout.claim(self.trial, self.epoch + 1)):
+            raise LeaseLost(
+                f"trial {self.trial} epoch {self.epoch}: a later run took it over (claim.e{self.epoch + 1:04d})"
+            )
+        if self.store.exists(layout.result(self.trial)):
+            raise LeaseLost(f"trial {self.trial} epoch {self.epoch}: a result exists already")
+
+
+class HeldFence:
+    """The fence of an attempt claimed through the lease protocol (a launched store)."""
+
+    def __init__(self, held: Any, membership: Any) -> None:
+        self.held = held
+        self.membership = membership
+        self.interrupted = False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.interrupted or bool(self.membership.stop_requested)
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self.interrupted = value
+
+    def check(self) -> None:
+        self.held.check()
+
+
+def run(
+    experiment: str | os.PathLike[str] | Any | None = None,
+    *,
+    store: str | os.PathLike[str] | Store | None = None,
+    trial: int | None = None,
+    smoke: bool = False,
+    overrides: Sequence[str] = (),
+    from_store: str | os.PathLike[str] | Store | None = None,
+    device: str | None = None,
+    progress: ProgressLike = True,
+) -> Outcome:
+    """Run one trial of an experiment in this process and return its :class:`Outcome`.
+
+    >>> ablator.run("examples/digits/experiment.yaml", smoke=True)          # doctest: +SKIP
+    >>> ablator.run("examples/digits/experiment.yaml", trial=3)             # ./ablator-runs/digits-ablation
+
+    ``experiment``: a file or an :class:`ablator.experiment.Experiment`; ``trial``: the plan's
+    index (default 0, the baseline); ``store``: a private or a launched store (default
+    ``./ablator-runs/<name>``); ``overrides``: ``--set`` values (``config.train.epochs=2``);
+    ``from_store``: take the experiment and the trial's recorded spec from that store instead.
+    """
+    from ablator import experiment as X
+    from ablator.train.execute import execute_trial
+
+    exp, spec_recorded = _load(experiment, from_store, overrides, trial or 0)
+    entry = X.validate(exp)
+    index = trial or 0
+    spec = spec_recorded if spec_recorded is not None else _spec(exp, index, entry)
+    metric = (exp.metric.name, exp.metric.mode)
+    if smoke:
+        if store is not None:
+            raise AblatorError("--smoke runs in a throwaway in-memory store; drop --store")
+        target = open_store(f"memory://ablator-smoke-{uuid.uuid4().hex}")
+    else:
+        target = open_store(store if store is not None else Path(DEFAULT_ROOT) / exp.name)
+
+    launched = target.get(layout.EXPERIMENT)
+    if launched is not None:
+        return _run_launched(exp, entry, spec, target, launched, index, metric, device, progress, smoke)
+
+    epoch = _claim_private(target, spec, index)
+    fence = StoreFence(target, index, epoch)
+    with _ctrl_c_stops(fence):
+        try:
+            outcome = execute_trial(
+                entry,
+                spec,
+                target,
+                index,
+                epoch,
+                fence=fence,
+                device=device,
+                progress=progress,
+                smoke=smoke,
+                metric=metric,
+            )
+        except LeaseLost:
+            raise
+        except BaseException as exc:
+            _write_failure(target, index, epoch, exc)
+            raise
+    if outcome.status == "stopped":
+        rec = records.Release(
+            trial=index, epoch=epoch, agent_id=_agent_id(), reason="interrupted", step=outcome.checkpoint_step
+        )
+        target.create(layout.release(index, epoch), records.encode(rec))
+    else:
+        fence.check()
+        target.create(
+            layout.result(index), records.encode(_result(target, index, epoch, outcome)), durable=True
+        )
+    _print_summary(exp, index, spec, target, outcome)
+    return outcome
+
+
+def cli_run(args: Any) -> int:
+    """``python -m ablator run EXP [--store URL] [--trial N] [--smoke] [--set k=v] [--from STORE]
+    [--device D] [--no-progress]``."""
+    if args.experiment is None and args.from_store is None:
+        raise AblatorError("run: give an experiment file, or --from STORE to rerun a trial of a store")
+    run(
+        args.experiment,
+        store=args.store,
+        trial=args.trial,
+        smoke=args.smoke,
+        overrides=args.overrides,
+        from_store=args.from_store,
+        device=args.device,
+        progress="log" if args.no_progress else True,
+    )
+    return 0  # early stopping, divergence and a Ctrl-C stop are outcomes, not errors
+
+
+# --- the experiment and the trial's spec ------------------------------------------------------
+
+
+def _load(
+    experiment: Any, from_store: Any, overrides: Sequence[str], index: int
+) -> tuple[Any, records.TrialSpec | None]:
+    from ablator import experiment as X
+
+    if from_store is None:
+        if experiment is None:
+            raise AblatorError("run: give an experiment file (or from_store=...)")
+        if isinstance(experiment, X.Experiment):
+            if overrides:
+                raise AblatorError("run: overrides apply to an experiment file, not to an Experiment object")
+            return experiment, None
+        return X.load_experiment(experiment, overrides), None
+    if experiment is not None:
+        raise AblatorError("run: give an experiment file or --from STORE, not both")
+    if overrides:
+        raise AblatorError(
+            "run --from reruns a trial with the spec recorded in the store; --set does not apply"
+        )
+    src = open_store(from_store, read_only=True)
+    raw = src.get(layout.EXPERIMENT)
+    if raw is None:
+        raise AblatorError(f"--from {src.url}: no {layout.EXPERIMENT} there (not a launched store)")
+    exp_rec = records.decode_json(raw, records.ExperimentSpec, f"{src.url}/{layout.EXPERIMENT}")
+    exp = X.experiment_from_dict(exp_rec.experiment, source=f"{src.url}/{layout.EXPERIMENT}")
+    key = layout.claim(index, 0)
+    data = src.get(key)
+    if data is None:
+        raise AblatorError(f"--from {src.url}: trial {index} was never started there ({key} is absent)")
+    claim = records.decode(data, records.Claim, f"{src.url}/{key}")
+    if claim.spec is None:
+        raise AblatorError(f"--from {src.url}: {key} holds no trial spec")
+    return exp, claim.spec
+
+
+def _spec(exp: Any, index: int, entry: Any) -> records.TrialSpec:
+    from ablator import experiment as X
+
+    if index < 0:
+        raise AblatorError(f"--trial {index}: trial indexes start at 0")
+    if exp.design.kind == "tpe":
+        if index != 0:
+            raise AblatorError(
+                f"--trial {index}: a tpe design chooses each trial's config from finished results (agents do); "
+                "ablator run runs its base config as trial 0"
+            )
+        return X.spec_from_overrides(exp, 0, {}, 0, entry, variant=X.BASELINE)
+    return X.trial_spec(exp, index, entry)
+
+
+# --- private stores ---------------------------------------------------------------------------
+
+
+def _claim_private(store: Store, spec: records.TrialSpec, index: int) -> int:
+    """Claim the next attempt of ``index`` in a private store; refuse a done trial, or one whose
+    recorded config differs from this one."""
+    from ablator import config as config_mod
+
+    if store.exists(layout.result(index)):
+        res = records.try_decode(store.read(layout.result(index)), records.Result, layout.result(index))
+        what = f"{res.status}, {_fmt_metrics(res.metrics)}" if res is not None else "unreadable result"
+        raise AblatorError(
+            f"trial {index} in {store.url} is done ({what}). To run it again, delete "
+            f"{layout.trial_dir(index)} there, or pass --store for a fresh store"
+        )
+    first = store.get(layout.claim(index, 0))
+    if first is not None:
+        claim0 = records.decode(first, records.Claim, layout.claim(index, 0))
+        if claim0.spec is not None and claim0.spec.config_hash != spec.config_hash:
+            changes = config_mod.diff(claim0.spec.config, spec.config)
+            lines = "\n".join(f"  {p}: {a!r} (stored) -> {b!r} (now)" for p, a, b in changes)
+            raise AblatorError(
+                f"trial {index} in {store.url} was started with another config:\n{lines}\n"
+                f"Delete {layout.trial_dir(index)} there to start over, or pass --store for a fresh store"
+            )
+    epochs = [
+        parsed[1]
+        for e in store.list(layout.trial_dir(index))
+        if (parsed := layout.parse_record(layout.basename(e.key))) is not None and parsed[0] == "claim"
+    ]
+    epoch = max(epochs) + 1 if epochs else 0
+    while True:
+        rec = records.Claim(
+            trial=index, epoch=epoch, agent_id=_agent_id(), host=_host(), spec=spec if epoch == 0 else None
+        )
+        if store.create(layout.claim(index, epoch), records.encode(rec)):
+            return epoch
+        epoch += 1  # another run claimed it a moment ago: take over after it
+
+
+def _agent_id() -> str:
+    return f"run-{_host()}-{os.getpid()}"
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _write_failure(store: Store, index: int, epoch: int, exc: BaseException) -> None:
+    kind: records.FailureKind = "checkpoint" if type(exc).__name__ == "CheckpointError" else "exception"
+    if isinstance(exc, KeyboardInterrupt):
+        rec_r = records.Release(trial=index, epoch=epoch, agent_id=_agent_id(), reason="aborted (Ctrl-C)")
+        with contextlib.suppress(Exception):
+            store.create(layout.release(index, epoch), records.encode(rec_r))
+        return
+    rec = records.Failure(
+        trial=index,
+        epoch=epoch,
+        agent_id=_agent_id(),
+        kind=kind,
+        message=f"{type(exc).__name__}: {exc}",
+        traceback="".join(traceback.format_exception(exc)),
+    )
+    with contextlib.suppress(Exception):  # the original error matters more than this record
+        store.create(layout.failed(index, epoch), records.encode(rec))
+
+
+def _result(store: Store, index: int, epoch: int, outcome: Outcome) -> records.Result:
+    segs = lineage.segments(store, index, epoch)
+    chain: list[tuple[int, int | None]] = [(segs[0][0], None)]
+    chain += [(segs[k][0], segs[k - 1][1]) for k in range(1, len(segs))]
+    return records.Result(
+        trial=index,
+        epoch=epoch,
+        agent_id=_agent_id(),
+        status=outcome.status,  # type: ignore[arg-type]
+        metrics=outcome.metrics,
+        best=outcome.best,
+        best_step=outcome.best_step,
+        steps=outcome.steps,
+        duration_s=outcome.duration_s,
+        lineage=chain,
+        message=outcome.message,
+    )
+
+
+# --- launched stores --------------------------------------------------------------------------
+
+
+def _run_launched(
+    exp: Any,
+    entry: Any,
+    spec: records.TrialSpec,
+    store: Store,
+    launched: bytes,
+    index: int,
+    metric: tuple[str, str],
+    device: str | None,
+    progress: ProgressLike,
+    smoke: bool,
+) -> Outcome:
+    from ablator import experiment as X
+    from ablator import lease
+    from ablator.train.execute import execute_trial
+
+    rec = records.decode_json(launched, records.ExperimentSpec, f"{store.url}/{layout.EXPERIMENT}")
+    if rec.experiment_hash != X.experiment_hash(exp):
+        raise ExperimentMismatch(
+            f"{store.url} holds experiment {rec.name!r} (hash {rec.experiment_hash[:12]}), not this one "
+            f"({X.experiment_hash(exp)[:12]}); run with the launched experiment file, or --from {store.url}"
+        )
+    limits = lease.LeaseLimits.from_limits(exp.limits)
+    membership = lease.Membership(store, limits)
+    membership.start()
+    try:
+        claimer = lease.Claimer(store, membership, budget=X.budget(exp, entry))
+
+        def new_spec(i: int) -> records.TrialSpec:
+            if exp.design.kind == "tpe":
+                raise AblatorError(
+                    f"trial {i} of {store.url} is not started yet, and a tpe design's new trials are chosen by agents"
+                )
+            return X.trial_spec(exp, i, entry)
+
+        held = claimer.claim(index, new_spec)
+        if held is None:
+            st = claimer.state(index)
+            holder = f" by {st.holder}" if st.holder else ""
+            raise AblatorError(
+                f"trial {index} in {store.url} is {st.status}{holder}: ablator run claims a trial like an agent and "
+                "does not become a second writer (run it when it is released or failed, or in a private --store)"
+            )
+        fence = HeldFence(held, membership)
+        with _ctrl_c_stops(fence):
+            try:
+                outcome = execute_trial(
+                    entry,
+                    held.spec,
+                    store,
+                    index,
+                    held.epoch,
+                    fence=fence,
+                    device=device,
+                    progress=progress,
+                    smoke=smoke,
+                    metric=metric,
+                    agent_id=membership.agent_id,
+                )
+            except LeaseLost:
+                raise
+            except KeyboardInterrupt:
+                with contextlib.suppress(LeaseLost):
+                    held.release("aborted (Ctrl-C)")
+                raise
+            except BaseException as exc:
+                with contextlib.suppress(LeaseLost):
+                    held.fail(
+                        "exception", f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc))
+                    )
+                raise
+        if outcome.status == "stopped":
+            held.release("interrupted", outcome.checkpoint_step)
+        else:
+            held.finish(
+                status=outcome.status,  # type: ignore[arg-type]
+                metrics=outcome.metrics,
+                best=outcome.best,
+                best_step=outcome.best_step,
+                steps=outcome.steps,
+                duration_s=outcome.duration_s,
+                message=outcome.message,
+            )
+    finally:
+        membership.close()
+    _print_summary(exp, index, held.spec, store, outcome)
+    return outcome
+
+
+# --- the terminal -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(fence: Any) -> Iterator[None]:
+    """First Ctrl-C: ask the trial to checkpoint and stop; the second aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if fence.should_stop:
+            raise KeyboardInterrupt
+        fence.should_stop = True
+        print(
+            "\nablator run: stopping after a checkpoint (Ctrl-C again to abort)", file=sys.stderr, flush=True
+        )
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _fmt_metrics(values: dict[str, float], limit: int = 6) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in list(values.items())[:limit]) or "no metrics"
+
+
+def _print_summary(exp: Any, index: int, spec: records.TrialSpec, store: Store, outcome: Outcome) -> None:
+    variant = f" ({spec.variant})" if spec.variant else ""
+    name = exp.metric.name
+    best = outcome.best.get(name)
+    best_txt = f"; best {name} {best:.4g} at step {outcome.best_step}" if best is not None else ""
+    resumed = f", resumed from step {outcome.resumed_from[1]}" if outcome.resumed_from else ""
+    lines = [
+        f"trial {index}{variant}: {outcome.status} after {outcome.steps} steps in {_secs(outcome.duration_s)}{resumed}",
+        f"  final: {_fmt_metrics(outcome.metrics)}{best_txt}",
+    ]
+    if outcome.message:
+        lines.append(f"  {outcome.message}")
+    if outcome.status == "stopped":
+        lines.append(
+            f"  checkpoint at step {outcome.checkpoint_step}: run the same command again to continue"
+        )
+    if not store.url.startswith("memory://"):
+        lines.append(f"  store: {store.url}")
+    print("\n".join(lines), flush=True)
+
+
+def _secs(s: float) -> str:
+    return f"{s:.1f}s" if s < 120 else time.strftime("%Hh%Mm%Ss", time.gmtime(s))

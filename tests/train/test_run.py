@@ -1,0 +1,161 @@
+"""``ablator run`` / ``ablator.run``: private stores (resume by running again, Ctrl-C stops with a
+checkpoint, done trials and changed configs refused), launched stores (claimed like an agent),
+``--smoke`` and ``--from``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ablator import layout, lease, lineage, records
+from ablator.cli import main
+from ablator.errors import AblatorError
+from ablator.ops import launch
+from ablator.store import open_store
+from ablator.train.run import run
+
+EXPERIMENT = """
+name: tiny
+entry: trainlib:{entry}
+config:
+  model: {{hidden: 16, step_sleep: {sleep}}}
+  train: {{batch_size: 8, epochs: {epochs}, eval_every: 4, optimizer: {{name: adam, lr: 0.01}}}}
+metric: {{name: val_accuracy, mode: max}}
+design:
+  kind: ablation
+  repeats: 1
+  seed: 0
+  ablations:
+    wide: {{model.hidden: 32}}
+    no_dropout: {{model.dropout: 0.0}}
+limits: {{lease_seconds: 30, heartbeat_seconds: 2}}
+"""
+
+
+def write_experiment(
+    tmp_path: Path, *, entry: str = "TinyWrapper", epochs: int = 2, sleep: float = 0.0
+) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(EXPERIMENT.format(entry=entry, epochs=epochs, sleep=sleep))
+    return path
+
+
+def test_cli_run_into_a_private_store_then_refuses_the_done_trial(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exp = write_experiment(tmp_path)
+    store_dir = tmp_path / "runs"
+    assert main(["run", str(exp), "--store", str(store_dir), "--no-progress", "--trial", "1"]) == 0
+    out = capsys.readouterr()
+    assert "trial 1 (wide): completed after 24 steps" in out.out and "best val_accuracy" in out.out
+    assert "trial 1 e0 | step 24/24" in out.err  # --no-progress: log lines
+    store = open_store(store_dir)
+    res = records.decode(store.read(layout.result(1)), records.Result)
+    assert res.status == "completed" and res.steps == 24 and res.lineage == [(0, None)]
+    claim = records.decode(store.read(layout.claim(1, 0)), records.Claim)
+    assert (
+        claim.spec is not None and claim.spec.variant == "wide" and claim.spec.config["model"]["hidden"] == 32
+    )
+    assert main(["run", str(exp), "--store", str(store_dir), "--trial", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "ablator run: error: trial 1 in" in err and "is done (completed, train_loss" in err
+    assert not store.exists(layout.claim(1, 1))
+
+
+def test_a_trial_started_with_another_config_is_refused_with_the_diff(tmp_path: Path) -> None:
+    from ablator import experiment as X
+
+    exp = write_experiment(tmp_path)
+    store = open_store(tmp_path / "runs")
+    spec = X.trial_spec(X.load_experiment(exp), 2)  # as a run that crashed left it
+    assert store.create(
+        layout.claim(2, 0), records.encode(records.Claim(trial=2, epoch=0, agent_id="x", spec=spec))
+    )
+    with pytest.raises(
+        AblatorError, match=r"started with another config:\n  model\.hidden: 16 \(stored\) -> 64 \(now\)"
+    ):
+        run(exp, store=store, trial=2, progress=False, overrides=["config.model.hidden=64"])
+    assert not store.exists(layout.claim(2, 1))
+    out = run(exp, store=store, trial=2, progress=False)  # the same config continues as attempt 1
+    assert out.status == "completed" and out.resumed_from is None
+    assert records.decode(store.read(layout.result(2)), records.Result).epoch == 1
+
+
+def test_ctrl_c_checkpoints_and_running_again_resumes(tmp_path: Path, child_env: dict[str, str]) -> None:
+    exp = write_experiment(tmp_path, entry="SlowWrapper", epochs=4, sleep=0.05)
+    store_dir = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "ablator", "run", str(exp), "--store", str(store_dir), "--no-progress"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env, cwd=tmp_path
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # wait until it trains: the first evaluation's log line
+        if "| step 4/48" in line:
+            break
+    else:
+        pytest.fail(f"no progress line; exit {proc.wait()}: {proc.stdout.read() if proc.stdout else ''}")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "stopping after a checkpoint" in err and "trial 0 (baseline): stopped after" in out
+    store = open_store(store_dir)
+    rel = records.decode(store.read(layout.release(0, 0)), records.Release)
+    assert rel.step is not None and 4 <= rel.step < 48 and store.exists(layout.checkpoint(0, 0, rel.step))
+    outcome = run(exp, store=store_dir, progress=False)
+    assert outcome.resumed_from == (0, rel.step) and outcome.status == "completed" and outcome.steps == 48
+    res = records.decode(store.read(layout.result(0)), records.Result)
+    assert res.epoch == 1 and res.lineage == [(0, None), (1, rel.step)]
+    steps = [r.step for r in lineage.canonical_rows(store, 0, 1)]
+    assert steps == sorted(set(steps)) and steps[-1] == 48
+
+
+def test_smoke_runs_a_few_batches_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exp = write_experiment(tmp_path, epochs=50)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(exp), "--smoke", "--no-progress"]) == 0
+    assert "trial 0 (baseline): completed after 3 steps" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["exp.yaml"]
+    with pytest.raises(AblatorError, match="drop --store"):
+        run(exp, smoke=True, store=tmp_path / "x")
+
+
+def test_a_launched_store_is_claimed_like_an_agent(tmp_path: Path) -> None:
+    exp = write_experiment(tmp_path)
+    url = tmp_path / "launched"
+    launch(exp, url)
+    store = open_store(url)
+    out = run(exp, store=url, trial=1, progress=False)
+    assert out.status == "completed"
+    res = records.decode(store.read(layout.result(1)), records.Result)
+    hb = records.decode(store.read(layout.agent(res.agent_id)), records.Heartbeat)
+    assert hb.state == "exited" and res.status == "completed"
+    with pytest.raises(
+        AblatorError, match=r"trial 1 in .* is done: ablator run claims a trial like an agent"
+    ):
+        run(exp, store=url, trial=1, progress=False)
+    # trial 2 held by a live agent: refused, nothing written for it
+    membership = lease.Membership(store, lease.LeaseLimits(lease_seconds=30, heartbeat_seconds=2))
+    membership.start()
+    try:
+        from ablator import experiment as X
+
+        e = X.load_experiment(exp)
+        held = lease.Claimer(store, membership, budget=3).claim(2, lambda i: X.trial_spec(e, i))
+        assert held is not None
+        with pytest.raises(
+            AblatorError, match=r"trial 2 in .* is running by .*does not become a second writer"
+        ):
+            run(exp, store=url, trial=2, progress=False)
+        assert not store.exists(layout.attempt(2, 0))
+    finally:
+        membership.close()
+    # --from reruns trial 1 with its recorded spec elsewhere: same seed and code, same numbers
+    again = run(from_store=url, trial=1, store=tmp_path / "repro", progress=False)
+    assert again.metrics == out.metrics and again.best == out.best
