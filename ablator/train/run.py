@@ -393,7 +393,7 @@ def _run_launched(
             held.release("interrupted", outcome.checkpoint_step)
         else:
             held.finish(
-                status=outcome.status,  # type: ignore[arg-type]
+                status=outcome.status,
                 metrics=outcome.metrics,
                 best=outcome.best,
                 best_step=outcome.best_step,
