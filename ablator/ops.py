@@ -9,17 +9,29 @@ checkpoints that no attempt can resume from any more.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import subprocess
+import sys
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import msgspec
+
+from ablator import layout, records
 from ablator.agent.codecache import sha256_hex
-from ablator.errors import ConfigError
+from ablator.errors import AblatorError, ConfigError, ExperimentMismatch
+
+if TYPE_CHECKING:
+    import argparse
+
+    from ablator.experiment import Experiment
+    from ablator.store.base import Store
 
 MAX_SNAPSHOT_BYTES = 256 * 1024**2
 # Never worth shipping, with or without a .gitignore: byte code is rebuilt on import.
@@ -229,4 +241,416 @@ def snapshot_code(directory: str | os.PathLike[str]) -> Snapshot:
     return Snapshot(data=data, sha256=sha256_hex(data), files=kept, git_commit=commit, skipped=skipped)
 
 
-__all__: Sequence[str] = ["Snapshot", "snapshot_code"]
+# --- launch ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    """What :func:`launch` did. ``created``: this call created the experiment; ``extension``:
+    the number of the extension record it wrote (``--extend``); ``budget``: trials now, with
+    every extension."""
+
+    spec: records.ExperimentSpec
+    created: bool
+    budget: int
+    extension: int | None = None
+    message: str = ""
+
+
+@contextlib.contextmanager
+def _on_path(directory: str | None) -> Iterator[None]:
+    """Import from ``directory`` first for the duration (validating against the snapshot's code)."""
+    if directory is None:
+        yield
+        return
+    path = str(Path(directory).resolve())
+    sys.path.insert(0, path)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(path)
+
+
+def _ablator_version() -> str:
+    from ablator.cli import _version
+
+    return _version()
+
+
+def _spec_diff(old: records.ExperimentSpec, new: records.ExperimentSpec) -> list[str]:
+    from ablator.config import MISSING, diff
+
+    def show(v: Any) -> str:
+        return "(absent)" if v is MISSING else repr(v)
+
+    lines = [f"  {path}: {show(a)} -> {show(b)}" for path, a, b in diff(old.experiment, new.experiment)]
+    if old.code_sha256 != new.code_sha256:
+        lines.append(f"  code snapshot: {old.code_sha256 or '(none)'} -> {new.code_sha256 or '(none)'}")
+    return lines
+
+
+def _read_experiment(store: Store) -> records.ExperimentSpec | None:
+    data = store.get(layout.EXPERIMENT)
+    if data is None:
+        return None
+    return records.decode_json(data, records.ExperimentSpec, f"{store.url}/{layout.EXPERIMENT}")
+
+
+def _upload_code(store: Store, snap: Snapshot) -> None:
+    key = layout.code(snap.sha256)
+    if store.create(key, snap.data, durable=True):
+        return
+    # Somebody else's bytes under our hash: either the same snapshot written by an older
+    # ablator (another zip of the same files) or a corrupt upload. Only the latter is replaced.
+    existing = store.get(key)
+    if existing is None or sha256_hex(existing) != snap.sha256:
+        store.replace(key, snap.data, durable=True)
+
+
+def launch(
+    experiment_file_or_obj: str | os.PathLike[str] | Experiment,
+    store: str | os.PathLike[str] | Store,
+    *,
+    extend: int | None = None,
+    code_dir: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    force: bool = False,
+) -> LaunchResult:
+    """Validate an experiment (everything ``plan`` checks) and create it in ``store``.
+
+    Create-if-absent: launching the same experiment (and code) again is a no-op that says so; a
+    different experiment in the same store raises :class:`ExperimentMismatch` with the diff.
+    ``extend=N`` adds N trials to the budget with a create-once extension record (the
+    experiment must match). ``code_dir``: snapshot that folder (respecting .gitignore) into
+    ``code/<sha256>.zip``; every agent checks the hash, unpacks it and imports from it first.
+    Write access to a store means running code on every agent that serves it.
+
+    >>> ablator.launch("examples/digits/experiment.yaml", "runs/digits")   # doctest: +SKIP
+    """
+    from ablator import experiment as X
+    from ablator.store import open_store
+
+    if extend is not None and extend < 1:
+        raise ConfigError(f"--extend {extend}: the number of trials to add must be at least 1")
+    snap = snapshot_code(code_dir) if code_dir is not None else None
+    code_root = os.fspath(code_dir) if code_dir is not None else None
+    with _on_path(code_root):
+        if isinstance(experiment_file_or_obj, X.Experiment):
+            if overrides:
+                raise ConfigError(
+                    "launch(): overrides apply to an experiment file; change the Experiment instead"
+                )
+            exp = experiment_file_or_obj
+        else:
+            exp = X.load_experiment(experiment_file_or_obj, overrides)
+        # plan's checks: the entry point, the base config, the space or ablations, and the
+        # configs of the first trials (the whole plan of a small experiment).
+        p = X.plan(exp, limit=1000)
+    st = open_store(store, force=force)
+    spec = records.ExperimentSpec(
+        name=exp.name,
+        experiment=msgspec.to_builtins(exp),
+        experiment_hash=X.experiment_hash(exp),
+        code_sha256=snap.sha256 if snap else None,
+        code_git_commit=snap.git_commit if snap else None,
+        ablator_version=_ablator_version(),
+        budget=p.budget,
+    )
+    if snap is not None:
+        _upload_code(st, snap)
+    created = st.create(layout.EXPERIMENT, records.encode_json(spec), durable=True)
+    if created:
+        message = f"launched experiment {exp.name!r} in {st.url}: {p.budget} trials"
+        if snap is not None:
+            message += f"; code snapshot {snap.sha256[:12]} ({len(snap.files)} files)"
+    else:
+        old = _read_experiment(st)
+        if old is None:
+            raise AblatorError(f"{st.url}/{layout.EXPERIMENT} vanished while launching; launch again")
+        if old.experiment_hash != spec.experiment_hash or old.code_sha256 != spec.code_sha256:
+            lines = _spec_diff(old, spec)
+            raise ExperimentMismatch(
+                f"{st.url} already holds experiment {old.name!r}, which differs from this one:\n"
+                + "\n".join(lines or ["  (the experiments hash differently)"])
+                + "\nlaunch into a new store (or, to add trials to the running one, --extend N with its file)"
+            )
+        spec = old
+        message = f"experiment {exp.name!r} is already launched in {st.url} (same experiment): nothing to do"
+    from ablator.lease import read_budget
+
+    base = spec.budget if spec.budget is not None else p.budget
+    extension = None
+    if extend is not None:
+        extension = _create_extension(st, extend)
+        message = (
+            f"extended experiment {exp.name!r} in {st.url} by {extend} trial(s) (extension {extension})"
+            if not created
+            else f"{message}; extended by {extend} trial(s)"
+        )
+    return LaunchResult(
+        spec=spec, created=created, budget=read_budget(st, base), extension=extension, message=message
+    )
+
+
+def _next_number(store: Store, folder: str) -> int:
+    n = -1
+    for e in store.list(folder):
+        stem = layout.basename(e.key).split(".", 1)[0]
+        if stem.isdigit():
+            n = max(n, int(stem))
+    return n + 1
+
+
+def _create_extension(store: Store, trials: int) -> int:
+    k = _next_number(store, layout.EXTEND_DIR)
+    while True:  # create-once, numbered: two operators extending at once both count
+        if store.create(
+            layout.extension(k), records.encode(records.Extension(k=k, trials=trials)), durable=True
+        ):
+            return k
+        k += 1
+
+
+def cli_launch(args: argparse.Namespace) -> int:
+    """``python -m ablator launch EXPERIMENT --store URL [--extend N] [--code DIR] [--set k=v]``."""
+    result = launch(
+        args.experiment,
+        args.store,
+        extend=args.extend,
+        code_dir=args.code,
+        overrides=list(args.overrides or ()),
+        force=bool(args.force),
+    )
+    print(result.message)
+    print(f"budget: {result.budget} trials. Start agents with: python -m ablator.agent {args.store}")
+    return 0
+
+
+# --- stop, retry -----------------------------------------------------------------------------
+
+
+def stop(store: str | os.PathLike[str] | Store, reason: str = "") -> bool:
+    """Ask every agent of the experiment to checkpoint and release (or finish) its trials and
+    exit: creates ``control/stop.msgpack``. False when it was stopped already. Agents started
+    later exit at once; :func:`resume` removes the record."""
+    from ablator.store import open_store
+
+    st = open_store(store)
+    if _read_experiment(st) is None:
+        raise AblatorError(f"no experiment in {st.url}")
+    return st.create(layout.STOP, records.encode(records.Stop(reason=reason)), durable=True)
+
+
+def resume(store: str | os.PathLike[str] | Store) -> bool:
+    """Remove the stop record, so that agents run the experiment again. False when there was
+    none."""
+    from ablator.store import open_store
+
+    st = open_store(store)
+    if not st.exists(layout.STOP):
+        return False
+    st.delete(layout.STOP)
+    return True
+
+
+def cli_stop(args: argparse.Namespace) -> int:
+    """``python -m ablator stop STORE [--reason TEXT]``."""
+    if getattr(args, "undo", False):
+        done = resume(args.store)
+        print(
+            "stop record removed: agents may run the experiment again"
+            if done
+            else "the experiment was not stopped"
+        )
+        return 0
+    if stop(args.store, args.reason):
+        print(f"stop requested: agents checkpoint and release their trials, then exit ({args.store})")
+    else:
+        print(f"the experiment in {args.store} was already stopped")
+    return 0
+
+
+def _limits(spec: records.ExperimentSpec) -> Any:
+    from ablator import experiment as X
+    from ablator.lease import LeaseLimits
+
+    exp = X.experiment_from_dict(spec.experiment, source=layout.EXPERIMENT)
+    return LeaseLimits.from_limits(exp.limits)
+
+
+def _states(
+    store: Store, spec: records.ExperimentSpec, trials: Sequence[int] | None = None
+) -> dict[int, Any]:
+    """Each trial's state from its records (running claims count as running: nobody's liveness
+    is judged here)."""
+    from ablator.lease import group_by_trial, read_forgiven, read_trial
+
+    limits = _limits(spec)
+    forgiven = read_forgiven(store)
+    grouped = group_by_trial(store.list(layout.TRIALS_DIR))
+    wanted = sorted(grouped) if trials is None else sorted(set(trials))
+    return {
+        i: read_trial(
+            store,
+            i,
+            grouped.get(i, []),
+            judge=lambda *_: False,
+            limits=limits,
+            forgiven=forgiven.get(i, -1),
+        )
+        for i in wanted
+    }
+
+
+def retry_failed(
+    store: str | os.PathLike[str] | Store, trials: Sequence[int] | None = None
+) -> records.Retry | None:
+    """Make failed trials retryable again (e.g. after a bug fix): a create-once
+    :class:`~ablator.records.Retry` record forgives every failure recorded so far, so their
+    attempt count starts again; the failure records stay. ``trials``: only these. None when no
+    trial had failed. Agents pick the trials up at their next sweep (``--watch`` agents, or
+    agents started afterwards)."""
+    from ablator.store import open_store
+
+    st = open_store(store)
+    spec = _read_experiment(st)
+    if spec is None:
+        raise AblatorError(f"no experiment in {st.url}")
+    states = _states(st, spec, trials)
+    if trials is not None:
+        unknown = [t for t in trials if states[t].status == "pending"]
+        if unknown:
+            raise AblatorError(f"trial(s) {unknown} of {st.url} have not run yet; nothing to retry")
+    epochs = {i: s.epoch for i, s in states.items() if s.status == "failed" and s.epoch is not None}
+    if not epochs:
+        return None
+    k = _next_number(st, layout.RETRY_DIR)
+    while True:
+        rec = records.Retry(k=k, epochs=epochs)
+        if st.create(layout.retry(k), records.encode(rec), durable=True):
+            return rec
+        k += 1
+
+
+def cli_retry(args: argparse.Namespace) -> int:
+    """``python -m ablator retry STORE --failed [--trial N ...]``."""
+    rec = retry_failed(args.store, args.trial)
+    if rec is None:
+        print("no failed trials: nothing to retry")
+        return 0
+    shown = ", ".join(str(t) for t in sorted(rec.epochs)[:20]) + (" ..." if len(rec.epochs) > 20 else "")
+    print(
+        f"{len(rec.epochs)} failed trial(s) are retryable again ({shown}); running agents started with --watch "
+        f"pick them up, or start agents: python -m ablator.agent {args.store}"
+    )
+    return 0
+
+
+# --- gc ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class GcReport:
+    """What :func:`gc` deleted (or would delete, with ``dry_run``) and kept."""
+
+    deleted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+
+
+def gc(store: str | os.PathLike[str] | Store, *, dry_run: bool = False) -> GcReport:
+    """After the experiment is done, delete checkpoints nobody needs: each trial with a result
+    keeps the newest checkpoint of its canonical lineage and the one at its best step; a failed
+    trial keeps the checkpoint a retry would resume from. Refused while any trial may still run
+    (a running or resumable trial may need any checkpoint of its lineage)."""
+    from ablator import lineage
+    from ablator.lease import TERMINAL, read_budget
+    from ablator.store import open_store
+
+    st = open_store(store)
+    spec = _read_experiment(st)
+    if spec is None:
+        raise AblatorError(f"no experiment in {st.url}")
+    states = _states(st, spec)
+    budget = read_budget(st, spec.budget or 0) if spec.budget is not None else None
+    open_trials = sorted(i for i, s in states.items() if s.status not in TERMINAL)
+    missing = [] if budget is None else [i for i in range(budget) if i not in states]
+    if open_trials or missing:
+        n = len(open_trials) + len(missing)
+        raise AblatorError(
+            f"gc {st.url}: the experiment is not done ({n} trial(s) running, resumable or not started); "
+            "gc deletes checkpoints that those trials may resume from. Run it once `ablator status` says done"
+        )
+    report = GcReport()
+    for i, s in states.items():
+        entries = st.list(layout.ckpt_dir(i))
+        if not entries:
+            continue
+        by_key = {e.key: e for e in entries}
+        keep: set[str] = set()
+        if s.status == "done":
+            data = st.get(layout.result(i))
+            res = None if data is None else records.try_decode(data, records.Result, layout.result(i))
+            if res is None:
+                report.kept.extend(by_key)  # an unreadable result: keep everything, decide nothing
+                continue
+            bounds = dict(lineage.segments(st, i, res.epoch))
+            canonical: list[tuple[int, int, str]] = []
+            for key in by_key:
+                parsed = layout.parse_epoch_step(layout.basename(key))
+                if parsed is None:
+                    keep.add(key)
+                    continue
+                ep, step = parsed
+                if ep in bounds and (bounds[ep] is None or step <= bounds[ep]):  # type: ignore[operator]
+                    canonical.append((step, ep, key))
+            if canonical:
+                keep.add(max(canonical)[2])
+                if res.best_step is not None:
+                    keep.update(key for step, _, key in canonical if step == res.best_step)
+        else:
+            top = (s.epoch or 0) + 1
+            candidates = lineage.checkpoint_candidates(st, i, top)
+            if candidates:
+                keep.add(candidates[0][2])
+        for key, e in by_key.items():
+            if key in keep:
+                report.kept.append(key)
+                continue
+            report.deleted.append(key)
+            report.freed_bytes += e.size
+            if not dry_run:
+                st.delete(key)
+    return report
+
+
+def cli_gc(args: argparse.Namespace) -> int:
+    """``python -m ablator gc STORE [--dry-run]``."""
+    report = gc(args.store, dry_run=bool(args.dry_run))
+    verb = "would delete" if args.dry_run else "deleted"
+    print(
+        f"{verb} {len(report.deleted)} checkpoint(s) ({report.freed_bytes / 2**20:.1f} MiB); "
+        f"kept {len(report.kept)} (best and last of each trial)"
+    )
+    if args.dry_run:
+        for key in report.deleted:
+            print(f"  {key}")
+    return 0
+
+
+__all__ = [
+    "GcReport",
+    "LaunchResult",
+    "Snapshot",
+    "cli_gc",
+    "cli_launch",
+    "cli_retry",
+    "cli_stop",
+    "gc",
+    "launch",
+    "resume",
+    "retry_failed",
+    "snapshot_code",
+    "stop",
+]

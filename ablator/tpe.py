@@ -147,6 +147,7 @@ class TpeDesign:
         self._scanned = 0  # every index below this was looked at once
         self._open: dict[int, int | None] = {}  # index -> optuna trial number while not finished
         self._done: set[int] = set()
+        self._points: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     # -- what the store holds -------------------------------------------------------------------
 
@@ -206,24 +207,54 @@ class TpeDesign:
 
     # -- choosing ---------------------------------------------------------------------------------
 
-    def suggest(self, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The point for trial ``index``: (overrides by config path, the sampler's params). The
-        point stays pending in this agent's study until its result shows up."""
+    def suggest(self, index: int, point: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A new point for trial ``index``: (overrides by config path, the sampler's params). It
+        stays pending in this agent's study until the trial's result shows up. ``point`` seeds
+        the sampler (default ``index``)."""
         self.refresh(index)
+        seed_key = index if point is None else point
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            # A fresh random state per index: what the claimer of trial n picks depends on the
-            # seed, n and what it saw, not on how many claims this agent made before.
+            # A fresh random state per point: what the claimer picks depends on the seed, the
+            # point and what it saw, not on how many claims this agent made before.
             self.study.sampler = self.optuna.samplers.TPESampler(
-                seed=(self.seed * 1_000_003 + index) % 2**32,
+                seed=(self.seed * 1_000_003 + seed_key) % 2**32,
                 constant_liar=True,
                 n_startup_trials=self.n_startup_trials,
             )
             trial = self.study.ask()
-            point = self.space.draw(_OptunaPicker(self.optuna, trial))
+            overrides = self.space.draw(_OptunaPicker(self.optuna, trial))
         self._open[index] = int(trial.number)
         self._scanned = max(self._scanned, index + 1)
-        return point, dict(trial.params)
+        return overrides, dict(trial.params)
+
+    def choose(self, index: int, point: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The config of ``point`` for trial ``index`` (one of its repeats): the point's
+        ``design/points`` record when one exists, else a new suggestion recorded there with
+        create-if-absent, so that every repeat of a point runs the same config whichever agent
+        claims it first."""
+        cached = self._points.get(point)
+        if cached is not None:
+            return cached
+        key = layout.design_point(point)
+        found = self._read_point(key)
+        if found is None:
+            overrides, params = self.suggest(index, point)
+            rec = records.DesignPoint(point=point, overrides=overrides, params=params)
+            if self.store.create(key, records.encode(rec)):
+                found = (overrides, params)
+            else:  # another agent chose this point first: use its choice, drop ours
+                self.discard(index)
+                found = self._read_point(key)
+                if found is None:
+                    raise AblatorError(f"tpe point {key!r} in {self.store.url} exists but cannot be read")
+        self._points[point] = found
+        return found
+
+    def _read_point(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        data = self.store.get(key)
+        rec = None if data is None else records.try_decode(data, records.DesignPoint, key)
+        return None if rec is None else (rec.overrides, rec.params)
 
     def discard(self, index: int) -> None:
         """Forget this agent's suggestion for ``index`` (it lost the claim race): the next refresh

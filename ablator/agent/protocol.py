@@ -43,6 +43,7 @@ class Run(msgspec.Struct, tag="run", kw_only=True, frozen=True):
     epoch: int
     spec: TrialSpec
     valid_until: float
+    agent_id: str
     device: str = "cpu"
     smoke: bool = False
 

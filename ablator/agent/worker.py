@@ -23,10 +23,8 @@ import ctypes
 import errno
 import fcntl
 import os
-import platform
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -90,49 +88,28 @@ class WorkerFence:
 
 
 def environment(git_commit: str | None) -> Environment:
-    """What an attempt records about where it ran."""
-    import torch
+    """What an attempt records about where it ran: train's environment plus the GPU driver."""
+    import msgspec
 
-    from ablator.records import PROTOCOL_VERSION
+    from ablator.train import collect_environment
 
-    cuda = torch.version.cuda if torch.cuda.is_available() else None
-    gpu = None
-    if torch.cuda.is_available():
-        try:
-            gpu = torch.cuda.get_device_name(0)
-        except Exception:
-            gpu = None
+    env = collect_environment(git_commit)
+    if env.gpu is None:
+        return env
     driver = None
-    if gpu is not None:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            driver = (
-                subprocess.run(
-                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                    capture_output=True,
-                    text=True,
-                    timeout=20,
-                    check=True,
-                )
-                .stdout.strip()
-                .splitlines()[0]
+    with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
+        driver = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
             )
-    try:
-        from importlib.metadata import version
-
-        ablator_version = version("ablator")
-    except Exception:
-        ablator_version = f"protocol {PROTOCOL_VERSION}"
-    return Environment(
-        host=socket.gethostname(),
-        platform=platform.platform(),
-        python=platform.python_version(),
-        torch=torch.__version__,
-        cuda=cuda,
-        gpu=gpu,
-        driver=driver,
-        git_commit=git_commit,
-        ablator=ablator_version,
-    )
+            .stdout.strip()
+            .splitlines()[0]
+        )
+    return msgspec.structs.replace(env, driver=driver)
 
 
 class _Child:
@@ -187,7 +164,11 @@ class _Child:
         while True:
             msg = self.runs.get()
             if isinstance(msg, P.Quit):
-                return 0
+                # Nothing to clean up (each trial closed its writers): skip the interpreter's
+                # slow teardown of torch, which would hold up the agent's exit by seconds.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
             self.run_trial(ctx, msg)
 
     def setup(self, init: P.Init) -> dict[str, Any]:
@@ -211,7 +192,6 @@ class _Child:
     def run_trial(self, ctx: dict[str, Any], run: P.Run) -> None:
         from ablator.train import execute_trial
 
-        print(f"=== trial {run.trial} epoch {run.epoch} (pid {os.getpid()}) ===", flush=True)
         fence = WorkerFence(ctx["store"], run.trial, run.epoch, max(run.valid_until, self.valid_until))
         if self.pending_stop:  # a stop that raced with this Run
             fence.stop_requested.set()
@@ -219,13 +199,17 @@ class _Child:
         last = [0.0]
         step_box: list[int | None] = [None]
 
-        def progress(step: int, *_: Any, **__: Any) -> None:
+        def progress(step: int, values: Any = None) -> None:
             step_box[0] = step
             now = time.monotonic()
             if now - last[0] >= 0.2:  # the stall clock is coarse; do not flood the pipe
                 last[0] = now
                 self.send(P.Progress(step=int(step)))
 
+        def on_attempt(resumed_from: tuple[int, int] | None) -> None:
+            self.send(P.Resumed(resumed_from=resumed_from))
+
+        exp = ctx["experiment"]
         try:
             outcome = execute_trial(
                 ctx["entry"],
@@ -237,6 +221,10 @@ class _Child:
                 device=run.device,
                 progress=progress,
                 smoke=run.smoke,
+                metric=(exp.metric.name, exp.metric.mode),
+                agent_id=run.agent_id,
+                environment=ctx["environment"],
+                on_attempt=on_attempt,
             )
         except LeaseLost as exc:
             reply: Any = P.Fenced(message=str(exc))
@@ -328,6 +316,7 @@ class Worker:
             fl = fcntl.fcntl(fd, fcntl.F_GETFL)
             fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
         self.reader = P.FrameReader()
+        self._wlock = threading.Lock()  # the heartbeat thread sends renewals too
         self.outbox = bytearray()
         self.eof = False
         self.ready = False
@@ -345,12 +334,17 @@ class Worker:
         """Queue ``msg`` and write what the pipe takes now (never blocks: a paused child must not
         pause the agent). ``droppable`` messages (renewals) are skipped when the pipe is full."""
         data = P.frame(msg)
-        if droppable and len(self.outbox) > 4096:
-            return
-        self.outbox += data
-        self.flush()
+        with self._wlock:
+            if droppable and len(self.outbox) > 4096:
+                return
+            self.outbox += data
+            self._flush()
 
     def flush(self) -> None:
+        with self._wlock:
+            self._flush()
+
+    def _flush(self) -> None:
         while self.outbox and not self.eof:
             try:
                 n = os.write(self.to_child, self.outbox)

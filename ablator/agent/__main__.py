@@ -1,0 +1,3 @@
+from ablator.agent import main
+
+raise SystemExit(main())

@@ -1,0 +1,847 @@
+"""The agent: what ``python -m ablator.agent STORE`` runs on every machine.
+
+One process coordinates; each slot (a GPU, or a CPU share) has a long-lived worker process that
+runs the trials (:mod:`ablator.agent.worker`). The coordinating process never trains and never
+touches CUDA. Its main thread is an event loop:
+
+1. read worker messages (progress, results, errors) and notice dead workers;
+2. supervise: a worker silent for ``stall_seconds`` is killed (failure "stalled"); a worker that
+   died mid-trial is a failure "crashed"; every held trial is checked against the store now and
+   then, and a trial whose lease is lost has its worker killed at once (nothing more is written);
+3. fill free slots through :class:`ablator.lease.Claimer` (released/orphaned trials, then
+   retryable failures, then new trials from the design);
+4. exit when the experiment is done (unless ``--watch``), on an operator stop, or after a
+   SIGTERM/SIGINT drain: running trials checkpoint and stop, releases are written, and another
+   agent resumes them at once.
+
+The heartbeat runs in :class:`ablator.lease.Membership`'s thread; after each renewal it passes
+the new fence deadline to the workers, which stop writing on their own when the deadline passes
+(this process paused, cut off or dead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import select
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+
+from ablator import layout, records
+from ablator.agent import protocol as P
+from ablator.agent.devices import Slot, discover_gpus, plan_slots
+from ablator.agent.worker import Worker
+from ablator.errors import AblatorError, ConfigError, LeaseLost
+from ablator.store.base import Store
+
+# A worker that dies before saying hello this many times in a row means the environment is
+# broken (not one trial): the agent stops instead of restarting workers forever.
+MAX_STARTUP_FAILURES = 3
+HELLO_TIMEOUT_S = 600.0
+
+
+class AgentError(AblatorError):
+    """The agent cannot run this experiment here (broken entry point, no usable device, ...)."""
+
+
+# --- console ---------------------------------------------------------------------------------
+
+
+class Console:
+    """Plain log lines, or on a terminal a live summary line under them."""
+
+    def __init__(self, stream: IO[str], *, quiet: bool = False, live: bool | None = None) -> None:
+        self.stream = stream
+        self.quiet = quiet
+        self.live = (stream.isatty() if live is None else live) and not quiet
+        self._status = ""
+        self._lock = threading.Lock()
+
+    def _write(self, text: str) -> None:
+        with self._lock:
+            if self.live and self._status:
+                self.stream.write("\r\x1b[K")
+            self.stream.write(text + "\n")
+            if self.live and self._status:
+                self.stream.write(self._status)
+            self.stream.flush()
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            self._write(f"{time.strftime('%H:%M:%S')} {msg}")
+
+    def warn(self, msg: str) -> None:
+        self._write(f"{time.strftime('%H:%M:%S')} warning: {msg}")
+
+    def error(self, msg: str) -> None:
+        self._write(f"{time.strftime('%H:%M:%S')} error: {msg}")
+
+    def status(self, line: str) -> None:
+        if not self.live:
+            return
+        with self._lock:
+            self._status = line
+            self.stream.write("\r\x1b[K" + line)
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.live and self._status:
+            with self._lock:
+                self.stream.write("\n")
+                self.stream.flush()
+                self._status = ""
+
+
+# --- bookkeeping -----------------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    """A trial this agent holds and one of its workers runs."""
+
+    held: Any  # lease.Held
+    started: float
+    last_progress: float
+    next_check: float
+    step: int | None = None
+    resumed_from: tuple[int, int] | None = None
+    stopping: bool = False
+
+
+@dataclass
+class SlotState:
+    slot: Slot
+    worker: Worker | None = None
+    run: Running | None = None
+    startup_failures: int = 0
+    trials_run: int = 0
+
+
+@dataclass
+class Counts:
+    done: int = 0
+    failed: int = 0
+    released: int = 0
+    lost: int = 0
+    started: int = 0
+    finish_times: list[float] = field(default_factory=list)
+
+
+# --- the agent -------------------------------------------------------------------------------
+
+
+class Agent:
+    """One agent process. ``run()`` returns the exit status."""
+
+    def __init__(self, args: argparse.Namespace, *, stream: IO[str] | None = None) -> None:
+        self.args = args
+        self.console = Console(stream or sys.stderr, quiet=bool(getattr(args, "quiet", False)))
+        self.slots: list[SlotState] = []
+        self.counts = Counts()
+        self.lock = threading.RLock()  # the slot table: the heartbeat thread reads it to renew workers
+        self.stop_reason: str | None = None
+        self.exit_code = 0
+        self.drain_deadline = math.inf
+        self.signals = 0
+        self.fatal: str | None = None
+        self.store: Store | None = None
+        self.membership: Any = None
+        self.claimer: Any = None
+        self.log_dir = Path(tempfile.mkdtemp(prefix="ablator-agent-"))
+        self.t_start = time.monotonic()
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _read_spec(self, store: Store) -> records.ExperimentSpec:
+        data = store.get(layout.EXPERIMENT)
+        if data is None:
+            raise AgentError(
+                f"no experiment in {store.url}: create it first with "
+                f"`python -m ablator launch EXPERIMENT_FILE --store {self.args.store}`"
+            )
+        return records.decode_json(data, records.ExperimentSpec, f"{store.url}/{layout.EXPERIMENT}")
+
+    def setup(self) -> None:
+        from ablator import experiment as X
+        from ablator.lease import Claimer, LeaseLimits, Membership
+        from ablator.store import open_store, self_test
+
+        args = self.args
+        store = self.store = open_store(args.store, force=bool(args.force))
+        self_test(store)  # two racing creates on a scratch key: refuses a store that lets both win
+        spec = self.spec = self._read_spec(store)
+        exp = self.exp = X.experiment_from_dict(spec.experiment, source=f"{store.url}/{layout.EXPERIMENT}")
+        self.limits = LeaseLimits.from_limits(
+            exp.limits, lease_seconds=args.lease_seconds, heartbeat_seconds=args.heartbeat_seconds
+        )
+        self.stall_s = float(exp.limits.stall_seconds)
+
+        # The code every agent runs: the snapshot named by the experiment, checked and unpacked.
+        self.code_dir: str | None = None
+        if spec.code_sha256:
+            from ablator.agent.codecache import activate, ensure_code
+
+            self.code_dir = str(ensure_code(store, spec.code_sha256))
+            activate(self.code_dir)
+
+        # Devices and slots.
+        gpus, _driver = ([], None) if args.cpu else discover_gpus()
+        slots, notes = plan_slots(
+            cpu=bool(args.cpu),
+            gpus_arg=args.gpus,
+            slots=args.slots,
+            slots_per_gpu=args.slots_per_gpu,
+            found=gpus,
+        )
+        for note in notes:
+            self.console.warn(note)
+        self.slots = [SlotState(s) for s in slots]
+        needs_gpu = exp.resources.gpu == "required"
+        if not any(s.can_run(needs_gpu, exp.resources.min_gpu_memory_mb) for s in slots):
+            what = (
+                "a GPU"
+                if not exp.resources.min_gpu_memory_mb
+                else f"a GPU with {exp.resources.min_gpu_memory_mb} MiB"
+            )
+            have = ", ".join(s.label for s in slots)
+            raise AgentError(
+                f"the experiment's trials need {what} (resources in {layout.EXPERIMENT}) and this agent "
+                f"has none ({have}); start it on a machine that has one"
+            )
+
+        # Workers import torch and the user's code in parallel with our own validation below.
+        self.init_msg = P.Init(
+            store_url=args.store,
+            force=bool(args.force),
+            entry=exp.entry,
+            code_dir=self.code_dir,
+            experiment=spec.experiment,
+            git_commit=spec.code_git_commit,
+        )
+        for st in self.slots:
+            self._start_worker(st)
+
+        # Fail fast, before claiming anything: the entry point imports and the config validates.
+        try:
+            self.entry = X.validate(exp)
+        except AblatorError as exc:
+            raise AgentError(f"cannot run experiment {exp.name!r} from {store.url}: {exc}") from exc
+        self._wait_for_workers()
+
+        self.tpe = None
+        if exp.design.kind == "tpe":
+            from ablator.space import load_space
+            from ablator.tpe import TpeDesign
+
+            self.tpe = TpeDesign(
+                store,
+                load_space(exp.design.space, self.entry.config_type),
+                metric=exp.metric.name,
+                mode=exp.metric.mode,
+                seed=exp.design.seed,
+            )
+        self.suggested: list[int] = []
+
+        self.membership = Membership(
+            store,
+            self.limits,
+            gpus=[s.gpu for s in slots if s.gpu is not None],
+            slots=len(slots),
+            cpu_ok=any(s.gpu is None for s in slots),
+            on_fenced=self._on_fenced,
+            on_renewed=self._on_renewed,
+        )
+        budget = spec.budget if spec.budget is not None else X.budget(exp, self.entry)
+        self.claimer = Claimer(store, self.membership, budget=budget)
+
+    def _start_worker(self, st: SlotState) -> None:
+        st.worker = Worker(st.slot.id, self.init_msg, st.slot.env(), self.log_dir)
+
+    def _wait_for_workers(self) -> None:
+        """The first worker must say hello (torch and the user's code imported, config valid)
+        before the first claim: a worker that cannot start is a broken environment, not a broken
+        trial. The other slots join the loop as their workers come up."""
+        deadline = time.monotonic() + HELLO_TIMEOUT_S
+        while True:
+            pending = [st for st in self.slots if st.worker is not None and not st.worker.ready]
+            if len(pending) < len(self.slots):
+                return
+            if time.monotonic() > deadline:
+                raise AgentError(f"workers did not start within {HELLO_TIMEOUT_S:g} s")
+            self._pump(0.1)
+            if self.fatal:
+                raise AgentError(self.fatal)
+            for st in pending:
+                w = st.worker
+                if w is not None and (w.eof or not w.alive()) and not w.ready:
+                    w.wait(1)
+                    log = w.take_log().decode("utf-8", "replace").strip()
+                    raise AgentError(
+                        f"worker for slot {st.slot.label} {w.exit_description()} while starting"
+                        + (f":\n{log[-4000:]}" if log else "")
+                    )
+
+    # -- callbacks from the heartbeat thread ------------------------------------------------------
+
+    def _on_renewed(self) -> None:
+        # Runs in the heartbeat thread: pass the new fence deadline to every running worker now,
+        # so that a busy main loop (a slow claim) cannot make healthy workers fence themselves.
+        with self.lock:
+            for st in self.slots:
+                run, w = st.run, st.worker
+                if run is not None and w is not None and not w.eof:
+                    with contextlib.suppress(OSError):
+                        w.send(P.Renew(valid_until=run.held.valid_until()), droppable=True)
+
+    def _on_fenced(self, pairs: list[tuple[int, int]]) -> None:
+        # The lease of these trials ran out on our own clock: kill their workers at once, from
+        # this thread (os.kill is safe here); the main loop cleans up when it sees them die.
+        wanted = set(pairs)
+        with self.lock:
+            for st in self.slots:
+                run, w = st.run, st.worker
+                if run is not None and w is not None and (run.held.trial, run.held.epoch) in wanted:
+                    w.kill()
+
+    # -- signals ----------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.signals += 1
+        if signum == signal.SIGINT and self.signals >= 2:
+            # A second Ctrl-C: exit now. Workers die with us; held trials are taken over after
+            # their lease (no releases are written).
+            for st in self.slots:
+                if st.worker is not None:
+                    st.worker.kill()
+            os.write(2, b"\nablator agent: second interrupt, exiting without releasing\n")
+            os._exit(130)
+        name = signal.Signals(signum).name
+        if self.stop_reason is None:
+            self.stop_reason = f"{name} received"
+            self.exit_code = 130 if signum == signal.SIGINT else 0
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            try:
+                self.setup()
+            except BaseException:
+                self._shutdown_workers(kill=True)
+                raise
+            assert self.membership is not None
+            if self.membership.store.exists(layout.STOP):
+                self.console.info(f"the experiment in {self.store_url} was stopped (ablator stop); exiting")
+                self._shutdown_workers(kill=False)
+                return 0
+            self.membership.start()
+            self._describe()
+            return self._loop()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            self._cleanup()
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url if self.store is not None else str(self.args.store)
+
+    def _describe(self) -> None:
+        slots = ", ".join(st.slot.label for st in self.slots)
+        kind = self.exp.design.kind
+        self.console.info(
+            f"agent {self.membership.agent_id}: experiment {self.exp.name!r} ({kind}, budget "
+            f"{self.claimer.budget(refresh=False)}) in {self.store_url}; slots: {slots}; lease "
+            f"{self.limits.lease_seconds:g} s, heartbeat {self.limits.heartbeat_seconds:g} s"
+        )
+
+    def _loop(self) -> int:
+        hb = self.limits.heartbeat_seconds
+        tick = min(0.1, hb / 4)
+        idle_backoff = min(max(hb / 4, 0.05), 1.0)
+        next_claim = 0.0
+        next_done_check = 0.0
+        next_status = 0.0
+        draining = False
+        max_trials = self.args.max_trials
+        while True:
+            self._pump(tick if not self._free_slots() or time.monotonic() < next_claim else 0.0)
+            now = time.monotonic()
+            self._supervise(now)
+            if self.fatal:
+                self.console.error(self.fatal)
+                self._begin_drain("agent error")
+                self.exit_code = 1
+                draining = True
+            if not draining and self.stop_reason is None and self.membership.stop_requested:
+                self.stop_reason = "stopped by the operator (ablator stop)"
+            if not draining and self.stop_reason is not None:
+                self._begin_drain(self.stop_reason)
+                draining = True
+            if draining:
+                if not self._busy():
+                    break
+                if now >= self.drain_deadline:
+                    self._abandon_running()
+                    break
+                continue
+            if now >= next_status:
+                next_status = now + 0.5
+                self._show_status()
+            limit_hit = max_trials is not None and self.counts.started >= max_trials
+            if not limit_hit and now >= next_claim and self._free_slots():
+                self._fill()
+                if self._free_slots():  # nothing (more) to claim now: do not spin on the store
+                    next_claim = now + idle_backoff
+            if self._busy():
+                continue
+            if limit_hit:
+                self.console.info(f"started {self.counts.started} trial(s) (--max-trials); exiting")
+                break
+            if now >= next_done_check:
+                next_done_check = now + max(idle_backoff, min(hb, 2.0))
+                if self.claimer.done():
+                    if not self.args.watch:
+                        self.console.info(f"experiment {self.exp.name!r} is done; exiting")
+                        break
+                    next_done_check = now + max(hb, 2.0)
+        self._show_status()
+        return self.exit_code
+
+    def _busy(self) -> bool:
+        return any(st.run is not None for st in self.slots)
+
+    def _free_slots(self) -> list[SlotState]:
+        return [st for st in self.slots if st.run is None and st.worker is not None and st.worker.ready]
+
+    # -- claiming -----------------------------------------------------------------------------------
+
+    def _new_spec(self, index: int) -> records.TrialSpec:
+        from ablator import experiment as X
+
+        self.suggested.append(index)
+        if self.tpe is None:
+            return X.trial_spec(self.exp, index, self.entry)
+        point, repeat = X.locate_trial(self.exp, index, self.entry)
+        overrides, params = self.tpe.choose(index, point)
+        spec = X.spec_from_overrides(self.exp, index, overrides, repeat, self.entry)
+        return msgspec.structs.replace(spec, params=params)
+
+    def _fill(self) -> None:
+        """Claim a trial for each free slot, until the claimer has nothing."""
+        max_trials = self.args.max_trials
+        for st in self._free_slots():
+            slot = st.slot
+
+            def can_run(spec: records.TrialSpec, slot: Slot = slot) -> bool:
+                return slot.can_run(spec.requires_gpu, spec.min_gpu_memory_mb)
+
+            self.suggested.clear()
+            held = self.claimer.claim_next(self._new_spec, can_run)
+            if self.tpe is not None:
+                for index in self.suggested:
+                    if held is None or held.trial != index:
+                        self.tpe.discard(index)  # lost the race: the winner's point counts
+            if held is None:
+                break
+            self._start_trial(st, held)
+            if max_trials is not None and self.counts.started >= max_trials:
+                break
+
+    def _device(self, st: SlotState) -> str:
+        if st.slot.gpu is None or self.exp.resources.gpu == "none":
+            return "cpu"
+        return "cuda"
+
+    def _start_trial(self, st: SlotState, held: Any) -> None:
+        now = time.monotonic()
+        assert st.worker is not None
+        run = Running(
+            held=held, started=now, last_progress=now, next_check=now + self.limits.heartbeat_seconds
+        )
+        with self.lock:
+            st.run = run
+        st.worker.send(
+            P.Run(
+                trial=held.trial,
+                epoch=held.epoch,
+                spec=held.spec,
+                valid_until=held.valid_until(),
+                agent_id=held.agent_id,
+                device=self._device(st),
+            )
+        )
+        self.counts.started += 1
+        kind = "new" if held.epoch == 0 else f"attempt {held.epoch + 1}"
+        variant = f" {held.spec.variant}" if held.spec.variant else ""
+        self.console.info(f"trial {held.trial}{variant} ({kind}) started on {st.slot.label}")
+
+    # -- messages -----------------------------------------------------------------------------------
+
+    def _pump(self, timeout: float) -> None:
+        workers = [st.worker for st in self.slots if st.worker is not None and not st.worker.eof]
+        fds = [w.fileno() for w in workers]
+        if fds:
+            try:
+                ready, _, _ = select.select(fds, [], [], timeout)
+            except InterruptedError:
+                ready = []
+        else:
+            if timeout:
+                time.sleep(timeout)
+            ready = []
+        ready_set = set(ready)
+        for st in self.slots:
+            w = st.worker
+            if w is None:
+                continue
+            w.flush()
+            if w.fileno() in ready_set:
+                for msg in w.receive():
+                    self._handle(st, msg)
+
+    def _handle(self, st: SlotState, msg: P.FromWorker) -> None:
+        w = st.worker
+        assert w is not None
+        if isinstance(msg, P.Hello):
+            if msg.error is not None:
+                self.fatal = f"the worker for slot {st.slot.label} cannot run this experiment: {msg.error}"
+                return
+            w.ready = True
+            w.hello = msg
+            st.startup_failures = 0
+            return
+        run = st.run
+        if run is None:
+            return  # a late message about a trial we already gave up
+        now = time.monotonic()
+        held = run.held
+        if isinstance(msg, P.Progress):
+            run.step = msg.step
+            run.last_progress = now
+        elif isinstance(msg, P.Resumed):
+            run.resumed_from = msg.resumed_from
+            run.last_progress = now
+            if msg.resumed_from is not None:
+                e, s = msg.resumed_from
+                self.console.info(f"trial {held.trial} resumes from epoch {e} step {s}")
+        elif isinstance(msg, P.Finished):
+            self._save_log(st)
+            try:
+                won = held.finish(
+                    status=msg.status,
+                    metrics=msg.metrics,
+                    best=msg.best,
+                    best_step=msg.best_step,
+                    steps=msg.steps,
+                    duration_s=msg.duration_s,
+                    message=msg.message,
+                )
+            except LeaseLost as exc:
+                self._lost(st, str(exc), kill=False)
+                return
+            if won:
+                self.counts.done += 1
+                self.counts.finish_times.append(now)
+                metric = self.exp.metric.name
+                value = msg.best.get(metric, msg.metrics.get(metric))
+                shown = f" {metric}={value:.4g}" if value is not None else ""
+                self.console.info(f"trial {held.trial} {msg.status}{shown} ({msg.duration_s:.1f} s)")
+            else:
+                self.console.warn(f"trial {held.trial}: another result was written first; ours is discarded")
+            self._end(st)
+        elif isinstance(msg, P.Errored):
+            self._save_log(st)
+            self._fail(st, "exception", msg.message, msg.traceback, msg.step)
+            self._end(st)
+        elif isinstance(msg, P.Stopped):
+            self._save_log(st)
+            reason = self.stop_reason or "stopped"
+            try:
+                held.release(reason, msg.step)
+                self.counts.released += 1
+                at = f" at step {msg.step}" if msg.step is not None else ""
+                self.console.info(f"trial {held.trial} checkpointed{at} and released ({reason})")
+            except LeaseLost as exc:
+                self._lost(st, str(exc), kill=False)
+                return
+            self._end(st)
+        elif isinstance(msg, P.Fenced):
+            self._lost(st, msg.message, kill=False)
+
+    def _fail(self, st: SlotState, kind: str, message: str, tb: str, step: int | None) -> None:
+        run = st.run
+        assert run is not None
+        held = run.held
+        try:
+            held.fail(kind, message, tb, step)
+        except LeaseLost as exc:
+            self.console.warn(f"trial {held.trial}: {kind} ({message}), but the lease was lost: {exc}")
+            self.counts.lost += 1
+            return
+        self.counts.failed += 1
+        self.console.warn(
+            f"trial {held.trial} attempt {held.epoch + 1} failed ({kind}): {message.splitlines()[0] if message else ''}"
+        )
+
+    def _save_log(self, st: SlotState) -> None:
+        """The worker's stdout/stderr during this trial, bounded, under the trial's epoch."""
+        run, w = st.run, st.worker
+        if run is None or w is None:
+            return
+        data = w.take_log()
+        if not data:
+            return
+        held = run.held
+        try:
+            held.check(remote=False)  # a fenced holder writes nothing more
+            assert self.store is not None
+            self.store.replace(layout.log(held.trial, held.epoch), data)
+        except LeaseLost:
+            pass
+        except AblatorError as exc:
+            self.console.warn(f"trial {held.trial}: log not saved: {exc}")
+
+    def _end(self, st: SlotState) -> None:
+        with self.lock:
+            st.run = None
+        st.trials_run += 1
+        if self.args.fresh_worker and st.worker is not None and not self.stop_reason:
+            self._retire(st)
+            self._start_worker(st)
+
+    def _lost(self, st: SlotState, reason: str, *, kill: bool) -> None:
+        run = st.run
+        if run is None:
+            return
+        self.counts.lost += 1
+        self.console.warn(f"trial {run.held.trial} epoch {run.held.epoch}: lease lost ({reason}); stopped it")
+        if kill and st.worker is not None:
+            st.worker.kill()
+        with self.lock:
+            st.run = None
+        if kill:
+            self._replace_worker(st)
+        else:
+            with contextlib.suppress(Exception):
+                st.worker.take_log() if st.worker is not None else None
+
+    def _retire(self, st: SlotState) -> None:
+        w = st.worker
+        if w is None:
+            return
+        w.kill()
+        w.wait(10)
+        w.close()
+        st.worker = None
+
+    def _replace_worker(self, st: SlotState) -> None:
+        self._retire(st)
+        if self.stop_reason is None and not self.fatal:
+            self._start_worker(st)
+
+    # -- supervision ----------------------------------------------------------------------------------
+
+    def _supervise(self, now: float) -> None:
+        for st in self.slots:
+            w = st.worker
+            run = st.run
+            if w is None:
+                continue
+            dead = w.eof or not w.alive()
+            if dead:
+                w.wait(2)
+                # Drain whatever it said before dying (its last message may be the result).
+                if not w.eof:
+                    for msg in w.receive():
+                        self._handle(st, msg)
+                    run = st.run
+                if run is not None:
+                    self._crashed(st, w)
+                elif not w.ready:
+                    st.startup_failures += 1
+                    log = w.take_log().decode("utf-8", "replace").strip()
+                    if st.startup_failures >= MAX_STARTUP_FAILURES:
+                        self.fatal = (
+                            f"the worker for slot {st.slot.label} {w.exit_description()} while starting, "
+                            f"{st.startup_failures} times in a row" + (f":\n{log[-4000:]}" if log else "")
+                        )
+                        return
+                if self.stop_reason is None and not self.fatal:
+                    self._replace_worker(st)
+                else:
+                    self._retire(st)
+                continue
+            if run is None:
+                continue
+            if not run.stopping and now - run.last_progress > self.stall_s:
+                self._stalled(st, now)
+                continue
+            if now >= run.next_check:
+                run.next_check = now + self.limits.heartbeat_seconds
+                try:
+                    run.held.check()
+                except LeaseLost as exc:
+                    self._lost(st, str(exc), kill=True)
+                except AblatorError as exc:  # the store is unreachable: the fence deadline decides
+                    self.console.warn(f"trial {run.held.trial}: lease check failed: {exc}")
+
+    def _crashed(self, st: SlotState, w: Worker) -> None:
+        run = st.run
+        assert run is not None
+        held = run.held
+        if held.closed is not None:
+            # Killed because its lease was lost (on_fenced): nothing more may be written.
+            self._lost(st, held.closed, kill=False)
+            return
+        try:
+            held.check(remote=False)
+        except LeaseLost as exc:
+            self._lost(st, str(exc), kill=False)
+            return
+        log = w.take_log()
+        tail = log[-16000:].decode("utf-8", "replace")
+        if log:
+            try:
+                assert self.store is not None
+                self.store.replace(layout.log(held.trial, held.epoch), log)
+            except AblatorError as exc:
+                self.console.warn(f"trial {held.trial}: log not saved: {exc}")
+        message = f"the worker process {w.exit_description()} while running the trial"
+        self._fail(st, "crashed", message, tail, run.step)
+        with self.lock:
+            st.run = None
+
+    def _stalled(self, st: SlotState, now: float) -> None:
+        run = st.run
+        assert run is not None and st.worker is not None
+        st.worker.kill()
+        st.worker.wait(5)
+        self._save_log(st)
+        at = f"after step {run.step}" if run.step is not None else "before its first step"
+        message = f"no step reported for {now - run.last_progress:.0f} s (limits.stall_seconds={self.stall_s:g}) {at}; worker killed"
+        self._fail(st, "stalled", message, "", run.step)
+        with self.lock:
+            st.run = None
+        self._replace_worker(st)
+
+    # -- draining and exit ----------------------------------------------------------------------------
+
+    def _begin_drain(self, reason: str) -> None:
+        grace = float(self.args.grace_seconds)
+        # Keep a margin to write the releases of trials that did not stop in time.
+        self.drain_deadline = time.monotonic() + max(0.0, grace - min(2.0, grace * 0.2))
+        if self.membership is not None:
+            with contextlib.suppress(Exception):
+                self.membership.drain()
+        n = 0
+        for st in self.slots:
+            if st.run is not None and st.worker is not None:
+                st.run.stopping = True
+                st.worker.send(P.StopTrial(reason=reason))
+                n += 1
+        if n:
+            self.console.info(
+                f"{reason}: checkpointing and releasing {n} running trial(s) (grace {grace:g} s)"
+            )
+        else:
+            self.console.info(f"{reason}: nothing running; exiting")
+
+    def _abandon_running(self) -> None:
+        """The grace period is over: kill what still runs and release it without a checkpoint
+        step (its newest checkpoint stays on the lineage; the next holder resumes from it)."""
+        for st in self.slots:
+            run = st.run
+            if run is None:
+                continue
+            if st.worker is not None:
+                st.worker.kill()
+                st.worker.wait(5)
+            self._save_log(st)
+            try:
+                run.held.release(f"{self.stop_reason}; did not stop within the grace period", None)
+                self.counts.released += 1
+                self.console.warn(
+                    f"trial {run.held.trial} did not stop in time; released without a new checkpoint"
+                )
+            except (LeaseLost, AblatorError) as exc:
+                self.console.warn(f"trial {run.held.trial}: release not written: {exc}")
+            with self.lock:
+                st.run = None
+
+    def _shutdown_workers(self, *, kill: bool) -> None:
+        for st in self.slots:
+            w = st.worker
+            if w is None:
+                continue
+            if not kill and not w.eof:
+                with contextlib.suppress(OSError):
+                    w.send(P.Quit())
+            else:
+                w.kill()
+        for st in self.slots:
+            w = st.worker
+            if w is None:
+                continue
+            if w.wait(5) is None:
+                w.kill()
+                w.wait(5)
+            w.close()
+            st.worker = None
+
+    def _cleanup(self) -> None:
+        self._shutdown_workers(kill=bool(self.fatal) or self.exit_code != 0)
+        if self.membership is not None:
+            with contextlib.suppress(Exception):
+                self.membership.close()
+        for st in self.slots:
+            st.slot.release()
+        self.console.close()
+        with contextlib.suppress(OSError):
+            for p in self.log_dir.iterdir():
+                p.unlink()
+            self.log_dir.rmdir()
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                self.store.close()
+
+    # -- display --------------------------------------------------------------------------------------
+
+    def _show_status(self) -> None:
+        if not self.console.live or self.claimer is None:
+            return
+        c = self.counts
+        busy = sum(1 for st in self.slots if st.run is not None)
+        elapsed = max(time.monotonic() - self.t_start, 1e-9)
+        rate = c.done / elapsed
+        budget = self.claimer.budget(refresh=False)
+        final = len(getattr(self.claimer, "_terminal", ()))  # known-final trials (display only)
+        eta = ""
+        if rate > 0 and budget > final:
+            left = (budget - final) / rate
+            eta = f" | ETA ~{int(left // 60)}m{int(left % 60):02d}s at this agent's pace"
+        self.console.status(
+            f"experiment {final}/{budget} final | this agent: {c.done} done, {c.failed} failed, "
+            f"{busy}/{len(self.slots)} slots busy | {rate * 60:.1f} trials/min{eta}"
+        )
+
+
+def run_agent(args: argparse.Namespace, *, stream: IO[str] | None = None) -> int:
+    """Run an agent with parsed ``args`` (see :mod:`ablator.agent_args`); returns its exit
+    status."""
+    if args.slots is not None and args.slots < 1:
+        raise ConfigError(f"--slots {args.slots}: must be at least 1")
+    if args.grace_seconds < 0:
+        raise ConfigError(f"--grace-seconds {args.grace_seconds}: must be >= 0")
+    return Agent(args, stream=stream).run()

@@ -1,0 +1,132 @@
+"""launch / stop / retry / gc against a store, without agents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ablator import layout, records
+from ablator.errors import AblatorError, ExperimentMismatch
+from ablator.experiment import experiment_from_dict
+from ablator.ops import gc, launch, resume, retry_failed, stop
+from ablator.store import open_store
+
+from .conftest import experiment
+
+
+def _launch(url: str, **kw: object) -> object:
+    return launch(experiment_from_dict(experiment()), url, **kw)  # type: ignore[arg-type]
+
+
+def test_launch_is_create_once(tmp_path: Path) -> None:
+    url = str(tmp_path / "s")
+    first = launch(experiment_from_dict(experiment()), url)
+    assert first.created and first.budget == 4 and first.spec.budget == 4
+    again = launch(experiment_from_dict(experiment()), url)
+    assert not again.created and "nothing to do" in again.message
+    assert again.spec.nonce == first.spec.nonce  # the stored record was not rewritten
+    other = experiment(config={"steps": 9})
+    with pytest.raises(ExperimentMismatch, match=r"config\.steps: \(absent\) -> 9"):
+        launch(experiment_from_dict(other), url)
+    with pytest.raises(ExperimentMismatch):
+        launch(experiment_from_dict(other), url, extend=2)  # extending needs the same experiment
+    e1 = launch(experiment_from_dict(experiment()), url, extend=2)
+    e2 = launch(experiment_from_dict(experiment()), url, extend=3)
+    assert (e1.extension, e1.budget, e2.extension, e2.budget) == (0, 6, 1, 9)
+    with pytest.raises(AblatorError, match="at least 1"):
+        launch(experiment_from_dict(experiment()), url, extend=0)
+
+
+def test_launch_with_code_and_a_different_snapshot_is_refused(tmp_path: Path) -> None:
+    url = str(tmp_path / "s")
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "helper.py").write_text("X = 1\n")
+    res = launch(experiment_from_dict(experiment()), url, code_dir=code)
+    store = open_store(url)
+    assert res.spec.code_sha256 and store.exists(layout.code(res.spec.code_sha256))
+    assert not launch(experiment_from_dict(experiment()), url, code_dir=code).created
+    (code / "helper.py").write_text("X = 2\n")
+    with pytest.raises(ExperimentMismatch, match="code snapshot"):
+        launch(experiment_from_dict(experiment()), url, code_dir=code)
+
+
+def test_stop_and_resume(tmp_path: Path) -> None:
+    url = str(tmp_path / "s")
+    with pytest.raises(AblatorError, match="no experiment"):
+        stop(url)
+    launch(experiment_from_dict(experiment()), url)
+    assert stop(url, "maintenance") and not stop(url)
+    store = open_store(url)
+    assert records.decode(store.read(layout.STOP), records.Stop).reason == "maintenance"
+    assert resume(url) and not resume(url)
+
+
+def _put(store: object, key: str, rec: object) -> None:
+    assert store.create(key, records.encode(rec))  # type: ignore[attr-defined, arg-type]
+
+
+def test_retry_forgives_failures_and_keeps_them(tmp_path: Path) -> None:
+    url = str(tmp_path / "s")
+    launch(experiment_from_dict(experiment()), url)
+    store = open_store(url)
+    assert retry_failed(url) is None
+    spec = records.TrialSpec(index=0, config={}, config_hash="h", seed=0)
+    for e in (0, 1):  # max_attempts = 2: failed for good
+        _put(
+            store,
+            layout.claim(0, e),
+            records.Claim(trial=0, epoch=e, agent_id="a", spec=spec if e == 0 else None),
+        )
+        _put(store, layout.failed(0, e), records.Failure(trial=0, epoch=e, agent_id="a", message="boom"))
+    _put(store, layout.claim(1, 0), records.Claim(trial=1, epoch=0, agent_id="a", spec=spec))
+    _put(store, layout.failed(1, 0), records.Failure(trial=1, epoch=0, agent_id="a"))  # retryable, not failed
+    rec = retry_failed(url)
+    assert rec is not None and rec.epochs == {0: 1}
+    assert store.exists(layout.failed(0, 1))
+    assert retry_failed(url) is None  # forgiven: not failed any more
+    with pytest.raises(AblatorError, match="not run yet"):
+        retry_failed(url, [3])
+
+
+def test_gc_keeps_best_and_last_of_the_canonical_lineage(tmp_path: Path) -> None:
+    url = str(tmp_path / "s")
+    launch(
+        experiment_from_dict(
+            experiment(design={"kind": "random", "trials": 2, "space": {"x": {"range": [0.0, 1.0]}}})
+        ),
+        url,
+    )
+    store = open_store(url)
+    spec = records.TrialSpec(index=0, config={}, config_hash="h", seed=0)
+    # Trial 0: attempt 0 checkpointed 2, 4 and (a zombie, after the takeover) 6; attempt 1
+    # resumed from step 4 and checkpointed 6 and 8; its best step is 6.
+    _put(store, layout.claim(0, 0), records.Claim(trial=0, epoch=0, agent_id="a", spec=spec))
+    _put(store, layout.claim(0, 1), records.Claim(trial=0, epoch=1, agent_id="b"))
+    _put(store, layout.attempt(0, 0), records.Attempt(trial=0, epoch=0, agent_id="a"))
+    _put(store, layout.attempt(0, 1), records.Attempt(trial=0, epoch=1, agent_id="b", resumed_from=(0, 4)))
+    for e, s in [(0, 2), (0, 4), (0, 6), (1, 6), (1, 8)]:
+        store.create(layout.checkpoint(0, e, s), b"x" * 10)
+    result = records.Result(trial=0, epoch=1, agent_id="b", best_step=6)
+    # Trial 1 is still running: gc must refuse.
+    _put(store, layout.claim(1, 0), records.Claim(trial=1, epoch=0, agent_id="c", spec=spec))
+    _put(store, layout.result(0), result)
+    with pytest.raises(AblatorError, match="not done"):
+        gc(url)
+    _put(store, layout.failed(1, 0), records.Failure(trial=1, epoch=0, agent_id="c"))
+    _put(store, layout.claim(1, 1), records.Claim(trial=1, epoch=1, agent_id="c"))
+    _put(store, layout.attempt(1, 0), records.Attempt(trial=1, epoch=0, agent_id="c"))
+    _put(store, layout.attempt(1, 1), records.Attempt(trial=1, epoch=1, agent_id="c", resumed_from=(0, 2)))
+    _put(store, layout.failed(1, 1), records.Failure(trial=1, epoch=1, agent_id="c"))
+    for e, s in [(0, 2), (1, 4), (1, 6)]:
+        store.create(layout.checkpoint(1, e, s), b"y" * 10)
+    dry = gc(url, dry_run=True)
+    assert len(store.list(layout.ckpt_dir(0))) == 5  # a dry run deletes nothing
+    report = gc(url)
+    assert sorted(report.deleted) == sorted(dry.deleted)
+    kept0 = [layout.basename(e.key) for e in store.list(layout.ckpt_dir(0))]
+    assert kept0 == ["e0001-s00000006.pt", "e0001-s00000008.pt"]
+    kept1 = [layout.basename(e.key) for e in store.list(layout.ckpt_dir(1))]
+    assert kept1 == ["e0001-s00000006.pt"]  # what a retry would resume from
+    assert report.freed_bytes == 50
