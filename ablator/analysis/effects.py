@@ -187,29 +187,43 @@ def assign_levels(trials: pl.DataFrame, factor: Factor, usable: np.ndarray | Non
     """Each trial's level of ``factor``, and the levels in display order: declared order (the
     baseline first for variants), ascending numbers, or quantile bins of a wide numeric range
     (bin edges from the ``usable`` trials' values)."""
-    raw = trials[factor.column].to_list()
+    column = trials[factor.column]
     baseline = format_level(factor.baseline) if factor.baseline is not None else None
     if factor.kind == "numeric":
-        xs = np.array([np.nan if v is None else float(v) for v in raw], dtype=np.float64)
-        finite = np.isfinite(xs) if usable is None else (np.isfinite(xs) & usable)
+        xs = column.cast(pl.Float64, strict=False).to_numpy().astype(np.float64, copy=False)
+        present = np.isfinite(xs)
+        finite = present if usable is None else (present & usable)
         distinct = np.unique(xs[finite])
         if distinct.size <= MAX_LEVELS:
-            order = [format_level(v) for v in distinct.tolist()]
-            labels = [format_level(float(x)) if math.isfinite(x) else None for x in xs.tolist()]
+            names = {float(v): format_level(float(v)) for v in distinct.tolist()}
+            labels = [
+                names.get(x) or format_level(x) if ok else None
+                for x, ok in zip(xs.tolist(), present.tolist(), strict=True)
+            ]
+            order = list(names.values())
             return Levels(order, labels, baseline if baseline in order else None)
         n_bins = int(min(5, max(2, round(math.sqrt(int(finite.sum())) / 2))))
         edges = np.unique(np.quantile(xs[finite], np.linspace(0.0, 1.0, n_bins + 1)))
-        names = [
+        bins = [
             f"[{edges[b]:.3g}, {edges[b + 1]:.3g}{']' if b == edges.size - 2 else ')'}"
             for b in range(edges.size - 1)
         ]
-        inner = edges[1:-1]
-        labels = [
-            names[int(np.searchsorted(inner, x, side="right"))] if math.isfinite(x) else None
-            for x in xs.tolist()
-        ]
-        return Levels(names, labels, None)
-    labels = [None if v is None else format_level(v) for v in raw]
+        where = np.searchsorted(edges[1:-1], xs, side="right")
+        labels = [bins[w] if ok else None for w, ok in zip(where.tolist(), present.tolist(), strict=True)]
+        return Levels(bins, labels, None)
+    seen_labels: dict[Any, str] = {}
+    labels = []
+    for v in column.to_list():
+        if v is None:
+            labels.append(None)
+            continue
+        try:
+            label = seen_labels.get(v)
+            if label is None:
+                label = seen_labels[v] = format_level(v)
+        except TypeError:  # unhashable (a list-valued config): format each
+            label = format_level(v)
+        labels.append(label)
     seen = [format_level(v) for v in factor.levels] if factor.levels is not None else []
     extra = sorted({lab for lab in labels if lab is not None} - set(seen))
     if factor.numeric:

@@ -55,7 +55,7 @@ BASE_COLUMNS: dict[str, pl.DataType] = {
 HISTORY_SCHEMA: dict[str, pl.DataType] = {
     "trial": pl.Int64(),
     "step": pl.Int64(),
-    "metric": pl.String(),
+    "metric": pl.Categorical(),  # a handful of names over millions of rows
     "value": pl.Float64(),
 }
 
@@ -424,7 +424,10 @@ def load(
     todo = [i for i in indices if i not in covered]
 
     if workers is None:
-        workers = 1 if type(reading).__name__ in ("PosixStore", "MemoryStore") else 16
+        from ablator.store.memory import MemoryStore
+        from ablator.store.posix import PosixStore
+
+        workers = 1 if isinstance(reading, (PosixStore, MemoryStore)) else 16
     if workers > 1 and len(todo) > 1:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ablator-load") as pool:
             fresh = list(pool.map(lambda i: reader.read_trial(reading, i, ctx), todo))

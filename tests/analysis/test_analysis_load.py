@@ -56,12 +56,12 @@ def test_trials_table_is_typed_and_flat(tmp_path: Path) -> None:
     assert row["steps"] == 20 and row["duration_s"] == 10.0 and row["seed"] == 1009
     assert res.metric == "val_accuracy" and res.mode == "max" and res.budget == 12
     assert res.metrics == ["train_loss", "val_accuracy"]
-    assert res.history.schema == {
-        "trial": pl.Int64,
-        "step": pl.Int64,
-        "metric": pl.String,
-        "value": pl.Float64,
-    }
+    assert list(res.history.schema.items()) == [
+        ("trial", pl.Int64),
+        ("step", pl.Int64),
+        ("metric", pl.Categorical()),
+        ("value", pl.Float64),
+    ]
     assert res.history.height == 12 * 20 * 2
 
 
@@ -279,3 +279,18 @@ def test_memory_store_and_running_copy(tmp_path: Path) -> None:
     shutil.copytree(tmp_path / "live", tmp_path / "copy")
     copy = load(tmp_path / "copy")
     assert copy.status_counts() == {"completed": 5, "pending": 7}
+
+
+def test_s3_store_loads_in_parallel_and_snapshots_in_the_bucket(s3_url: str) -> None:
+    exp = ablation_experiment(repeats=2)
+    b = StoreBuilder(open_store(s3_url), exp)
+    for i, (name, overrides) in enumerate([("", {}), *exp["design"]["ablations"].items()]):
+        b.finished(2 * i, overrides, 0.9 - 0.01 * i, variant=name, n_steps=4)
+        b.finished(2 * i + 1, overrides, 0.91 - 0.01 * i, variant=name, repeat=1, n_steps=4)
+    first = load(s3_url)
+    assert first.info.read == 8 and first.info.snapshot_written_to == "store"
+    assert first.trials["status"].to_list() == ["completed"] * 8 and first.history.height == 8 * 4 * 2
+    second = load(s3_url)
+    assert (second.info.from_snapshot, second.info.read) == (8, 0)
+    assert second.trials.equals(first.trials) and second.history.equals(first.history)
+    assert second.effects().factor("variant")["n"].to_list() == [2, 2, 2, 2]
