@@ -30,17 +30,20 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ablator import layout, records  # noqa: E402
-from ablator.analysis import load  # noqa: E402
-from ablator.store import open_store  # noqa: E402
+from ablator import layout, records
+from ablator.analysis import Effects, Results, load
+from ablator.store import open_store
 
+T = TypeVar("T")
 ROWS = 200
 CHUNK = 50
 SPACE = {
@@ -83,8 +86,13 @@ def synthesise(root: Path, trials: int) -> float:
         }
         overrides = {"model.dropout": dropout, "train.optimizer.lr": lr, "model.activation": act}
         ts = records.TrialSpec(index=i, config=config, config_hash=f"{i:064x}", seed=i, overrides=overrides)
-        store.create(layout.claim(i, 0), records.encode(records.Claim(trial=i, epoch=0, agent_id="a", spec=ts)))
-        store.create(layout.attempt(i, 0), records.encode(records.Attempt(trial=i, epoch=0, agent_id="a", environment=env)))
+        store.create(
+            layout.claim(i, 0), records.encode(records.Claim(trial=i, epoch=0, agent_id="a", spec=ts))
+        )
+        store.create(
+            layout.attempt(i, 0),
+            records.encode(records.Attempt(trial=i, epoch=0, agent_id="a", environment=env)),
+        )
         final = 0.3 + 0.05 * (math.log10(lr) + 2.5) ** 2 + 0.2 * dropout + (0.03 if act == "relu" else 0.0)
         final += rng.gauss(0, 0.02)
         rows = []
@@ -153,23 +161,27 @@ def naive(root: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
                 pl.col("final.val_loss").std().alias("std"),
                 pl.len().alias("n"),
             )
-            .select(pl.lit(col).alias("factor"), pl.col(col).cast(pl.String).alias("level"), "mean", "std", "n")
+            .select(
+                pl.lit(col).alias("factor"), pl.col(col).cast(pl.String).alias("level"), "mean", "std", "n"
+            )
             for col in ("model.dropout", "lr_bin", "model.activation")
         ]
     )
     return trials, history, tables
 
 
-def timed(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+def timed(fn: Callable[..., T], *args: Any) -> tuple[float, T]:
     t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
+    out = fn(*args)
     return time.perf_counter() - t0, out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=10_000)
-    p.add_argument("--store", default=None, help="where to build the store (default: a temp folder, removed after)")
+    p.add_argument(
+        "--store", default=None, help="where to build the store (default: a temp folder, removed after)"
+    )
     p.add_argument("--repeat", type=int, default=5, help="warm loads to time (median reported)")
     args = p.parse_args(argv)
 
@@ -190,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         files = sum(len(fs) for _, _, fs in os.walk(root / "trials"))
         print(f"record files under trials/: {files}")
 
-        def load_and_effects():  # type: ignore[no-untyped-def]
+        def load_and_effects() -> tuple[Results, Effects]:
             res = load(root)
             return res, res.effects()
 
@@ -208,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         assert plain.trials.equals(cold.trials) and plain.history.equals(cold.history)
         assert warm_eff.levels.equals(cold_eff.levels)
         assert n_trials.height == cold.trials.height and n_history.height == cold.history.height
+        assert n_tables.height == cold_eff.levels.height  # same factors, same levels
         snap = root / str(cold.info.snapshot_written)
         t_warm = statistics.median(warm_times)
 
@@ -227,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         ok_time = t_warm < 2.0
         ok_ratio = t_naive / t_warm >= 10.0
         print(f"target warm load + effects < 2 s: {'met' if ok_time else 'NOT met'} ({t_warm:.3f} s)")
-        print(f"target >= 10x faster than naive: {'met' if ok_ratio else 'NOT met'} ({t_naive / t_warm:.1f}x)")
+        print(
+            f"target >= 10x faster than naive: {'met' if ok_ratio else 'NOT met'} ({t_naive / t_warm:.1f}x)"
+        )
         return 0
     finally:
         if tmp is not None:
