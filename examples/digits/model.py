@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from ablator import ModelConfig, ModelWrapper, RunConfig
 
@@ -32,7 +32,7 @@ _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
 def build_mlp(m: DigitsModel, n_in: int = 64, n_out: int = 10) -> nn.Module:
-    layers: list[nn.Module] = []
+    layers: list[nn.Module] = [GaussianNoise(m.augment_noise)] if m.augment_noise > 0 else []
     width = n_in
     for _ in range(m.depth):
         layers.append(nn.Linear(width, m.hidden))
@@ -46,18 +46,16 @@ def build_mlp(m: DigitsModel, n_in: int = 64, n_out: int = 10) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-class _Noisy(Dataset):
-    """Training inputs with fresh Gaussian noise per access (torch's global RNG, so a resumed
-    run draws the same noise: the checkpoint restores that RNG)."""
+class GaussianNoise(nn.Module):
+    """Input-noise augmentation, active in training mode only. It draws from torch's global RNG,
+    which checkpoints restore, so a resumed run draws the same noise."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, std: float) -> None:
-        self.x, self.y, self.std = x, y, std
+    def __init__(self, std: float) -> None:
+        super().__init__()
+        self.std = std
 
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[i] + self.std * torch.randn_like(self.x[i]), self.y[i]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.std * torch.randn_like(x) if self.training else x
 
 
 def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -83,9 +81,6 @@ class DigitsWrapper(ModelWrapper[DigitsConfig]):
 
     def make_dataloaders(self, config: DigitsConfig) -> tuple[DataLoader, DataLoader]:
         x_tr, y_tr, x_va, y_va = load_digits_tensors()
-        train_set: Dataset = (
-            _Noisy(x_tr, y_tr, config.model.augment_noise) if config.model.augment_noise > 0 else TensorDataset(x_tr, y_tr)
-        )
-        train = DataLoader(train_set, batch_size=config.train.batch_size, shuffle=True)
+        train = DataLoader(TensorDataset(x_tr, y_tr), batch_size=config.train.batch_size, shuffle=True)
         val = DataLoader(TensorDataset(x_va, y_va), batch_size=512)
         return train, val
