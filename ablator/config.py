@@ -654,8 +654,11 @@ def _walk(value: Any, tp: Any, path: str, problems: list[str], allow_derived: bo
         options = _non_none(tp)
         if value is None and len(options) < len(args):
             return
-        if len(options) == 1 and value is not None:
-            _walk(value, options[0], path, problems, allow_derived)
+        inner = _strip_annotated(options[0]) if len(options) == 1 else None
+        if value is not None and (
+            _is_struct_type(inner) or typing.get_origin(inner) in (list, dict, set, tuple)
+        ):
+            _walk(value, options[0], path, problems, allow_derived)  # X | None: the details of X
             return
     elif origin in (list, set, frozenset) or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
         if isinstance(value, list) and args:
@@ -723,11 +726,22 @@ def from_dict(
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain data (dicts, lists, str, int, float, bool, None)."""
-    out = msgspec.to_builtins(cfg)
+    """The config as plain data (dicts, lists, str, int, float, bool, None): what JSON, YAML,
+    TOML and MessagePack give back, so that a stored config compares equal to a fresh one."""
+    out = _lists(msgspec.to_builtins(cfg))
     if not isinstance(out, dict):
         raise TypeError(f"to_dict expects a config Struct or a mapping, got {type(cfg).__name__}")
     return out
+
+
+def _lists(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _lists(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_lists(v) for v in data]
+    if isinstance(data, (set, frozenset)):
+        return sorted((_lists(v) for v in data), key=lambda v: json.dumps(v, sort_keys=True))
+    return data
 
 
 def load_config(path: str | os.PathLike[str], type_: type[T], overrides: Sequence[str] = ()) -> T:
@@ -1011,7 +1025,7 @@ def diff(a: Any, b: Any) -> list[tuple[str, Any, Any]]:
     out: list[tuple[str, Any, Any]] = []
 
     def plain(x: Any) -> Any:
-        return msgspec.to_builtins(x) if isinstance(x, msgspec.Struct) else x
+        return _lists(msgspec.to_builtins(x)) if isinstance(x, msgspec.Struct) else _lists(x)
 
     def walk(x: Any, y: Any, prefix: str) -> None:
         x, y = plain(x), plain(y)

@@ -389,18 +389,54 @@ def load_experiment(path: str | os.PathLike[str], overrides: Sequence[str] = ())
 
     exp, schema = check_data(data, Experiment)
     problems.extend(schema)
-    if exp is not None:
-        problems.extend(_schema_problems(exp))
-        if entry_problem:
-            problems.append(entry_problem)
-        elif entry is not None:
-            problems.extend(_type_problems(exp, entry))
+    # With a schema problem in one section, still check the others: stand-ins for the broken
+    # sections that other checks do not need (metric, limits, ...), and their problems dropped.
+    checked, replaced = (exp, set()) if exp is not None else _salvage(data, schema)
+    if entry_problem:
+        problems.append(entry_problem)
+    if checked is not None:
+        more = _schema_problems(checked)
+        if entry is not None:
+            more += _type_problems(checked, entry)
+        problems.extend(p for p in more if _section(p) not in replaced)
+    elif entry is not None and isinstance(data.get("config"), dict):  # the design is broken
+        problems.extend(check_data(data["config"], entry.config_type, path="$.config")[1])
     if problems:
         raise ConfigError(_dedupe(problems), source=f"{src} (with --set overrides)" if overrides else src)
     exp = typing.cast(Experiment, exp)
     if entry is not None:
         _ENTRIES[_exp_key(exp)] = entry
     return exp
+
+
+_STAND_INS: dict[str, Any] = {
+    "name": "unnamed",
+    "metric": {"name": "metric", "mode": "min"},
+    "limits": {},
+    "resources": {},
+    "description": "",
+}
+_SECTION = re.compile(r"^\$\.([A-Za-z_]+)")
+
+
+def _section(problem: str) -> str | None:
+    m = _SECTION.match(problem)
+    return m.group(1) if m else None
+
+
+def _salvage(data: dict[str, Any], problems: list[str]) -> tuple[Experiment | None, set[str]]:
+    """An Experiment with stand-ins for the sections that failed the schema (when those are
+    sections the other checks do not need), and the names of the replaced sections."""
+    fields = {f.encode_name for f in msgspec.structs.fields(Experiment)}
+    partial = {k: v for k, v in data.items() if k in fields}
+    replaced = {s for s in map(_section, problems) if s is not None}
+    replaced |= {k for k in _STAND_INS if k not in partial and k in ("name", "metric")}
+    if replaced - set(_STAND_INS):
+        return None, replaced
+    for key in replaced:
+        partial[key] = _STAND_INS[key]
+    exp, more = check_data(partial, Experiment)
+    return (typing.cast(Experiment, exp) if not more else None), replaced
 
 
 def _dedupe(items: list[str]) -> list[str]:
@@ -446,6 +482,10 @@ def _type_problems(exp: Experiment, entry: Entry) -> list[str]:
     space, problems = parse_space(d.space, ct)
     out.extend(problems)
     if space is None:
+        if d.kind == "grid":  # the grid rules of the specs that did parse
+            for path, spec in d.space.items():
+                one, _ = parse_space({path: spec}, ct)
+                out.extend(one.grid_problems() if one is not None else [])
         return out
     if d.kind == "grid":
         gp = space.grid_problems()
@@ -489,6 +529,8 @@ def _ablation_problems(exp: Experiment, ct: type, base: Any) -> list[str]:
     if base is not None:
         hashes[BASELINE] = config_hash(base)
     for name, overrides in exp.design.ablations.items():
+        if name == BASELINE or not overrides:
+            continue  # reported by _schema_problems
         vloc = join_path("$.design.ablations", name)
         before = len(out)
         for path, value in overrides.items():

@@ -80,6 +80,7 @@ class Range:
     bins: int | None = None
     integer: bool = False
     coord: int = 0
+    loc: str = ""  # where the spec is in the experiment file, for messages
 
     def grid_values(self) -> list[Any] | None:
         """The discrete values (for grids), or None for a continuous float range."""
@@ -264,7 +265,7 @@ class Space:
         for d in _all_dims(self.dims):
             if isinstance(d, Range) and d.grid_values() is None:
                 how = "a factor (step) or bins" if d.log else "a step or bins"
-                out.append(f"$.design.space: {d.name}: a grid needs {how} for a float range: {d.describe()}")
+                out.append(f"{d.loc or d.name}: a grid needs {how} for a float range ({d.describe()})")
         return out
 
     def describe(self) -> list[tuple[str, str]]:
@@ -505,6 +506,7 @@ class _Parser:
             bins=bins,
             integer=integer,
             coord=self.next_coord(),
+            loc=loc,
         )
 
     def group(self, template: dict[str, Any], tp: Any, name: str, loc: str) -> Group | None:
