@@ -262,9 +262,19 @@ class S3Store(Store):
         try:
             fs.call_s3("head_bucket", Bucket=self.bucket)
         except PermissionError:
-            return  # no s3:ListBucket on HEAD with some providers; the first real call will tell
+            pass  # no s3:ListBucket on HEAD with some providers; the first real call will tell
         except FileNotFoundError as exc:
             raise _MissingBucket(fs) from exc
+        # An old botocore (an unconstrained install can resolve s3fs beside an ancient
+        # aiobotocore) does not know If-None-Match and would refuse every create.
+        put = fs.s3.meta.service_model.operation_model("PutObject")
+        if "IfNoneMatch" not in put.input_shape.members:
+            import botocore
+
+            raise StoreError(
+                f"{self.url}: botocore {botocore.__version__} cannot send If-None-Match (conditional PUT), "
+                "which create-if-absent needs: pip install -U 'ablator[s3]' 'aiobotocore>=2.15'"
+            )
 
     def _missing_bucket(self, op: str, key: str, fs: Any) -> StoreError:
         endpoint = (

@@ -183,6 +183,20 @@ def test_keys_with_many_levels(store: Store) -> None:
     assert store.create(deep, b"other") is False
 
 
+def test_keys_with_spaces_unicode_and_url_characters(store: Store) -> None:
+    # Agent ids contain host names; S3 listings arrive URL-encoded and must decode exactly.
+    keys = ["agents/host name+1=ü%20.msgpack", "agents/a&b?c#d.msgpack", "agents/日本-ø.msgpack"]
+    for i, k in enumerate(keys):
+        assert store.create(k, bytes([i]))
+    assert [e.key for e in store.list("agents")] == sorted(keys)
+    for i, k in enumerate(keys):
+        assert store.read(k) == bytes([i])
+        st = store.stat(k)
+        assert st is not None and st.size == 1
+    store.delete(keys[0])
+    assert [e.key for e in store.list("agents")] == sorted(keys[1:])
+
+
 def test_list_sees_writes_of_another_store_object_at_once(make_url: Callable[[str], str]) -> None:
     # No listing cache: an agent must see a key another agent wrote a moment ago.
     a, b = open_store(make_url("shared")), open_store(make_url("shared"))

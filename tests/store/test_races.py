@@ -169,7 +169,7 @@ def test_processes_race_creates_exactly_one_winner_per_key(
 ) -> None:
     # moto handles one request at a time: fewer keys on S3 keep the default run short.
     _race_processes(
-        _url(kind, tmp_path, request), subprocess_env, procs=4, keys=100 if kind == "posix" else 40
+        _url(kind, tmp_path, request), subprocess_env, procs=4, keys=100 if kind == "posix" else 25
     )
 
 
