@@ -839,8 +839,8 @@ def _show(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, str):
         return v
-    if isinstance(v, float):
-        return f"{v:.4g}"  # the table is for reading; --json has the exact values
+    if isinstance(v, float):  # the table is for reading; --json has the exact values
+        return repr(v) if v.is_integer() and abs(v) < 1e6 else f"{v:.4g}"
     if isinstance(v, (dict, list)):
         return json.dumps(v, separators=(", ", ": "))
     return repr(v)

@@ -265,7 +265,7 @@ class Space:
         for d in _all_dims(self.dims):
             if isinstance(d, Range) and d.grid_values() is None:
                 how = "a factor (step) or bins" if d.log else "a step or bins"
-                out.append(f"{d.loc or d.name}: a grid needs {how} for a float range ({d.describe()})")
+                out.append(f"{d.loc or d.name}: a grid needs {how} for a continuous range ({d.describe()})")
         return out
 
     def describe(self) -> list[tuple[str, str]]:
@@ -307,7 +307,7 @@ def _dim_size(d: Dim) -> int:
     if isinstance(d, Range):
         values = d.grid_values()
         if values is None:
-            raise ConfigError(f"{d.name}: a grid needs a step or bins for a float range")
+            raise ConfigError(f"{d.name}: a grid needs a step or bins for a continuous range")
         return len(values)
     return sum(_grid_size(o.dims) if isinstance(o, Group) else 1 for o in d.options)
 

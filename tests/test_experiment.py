@@ -137,7 +137,7 @@ def test_config_space_and_entry_problems_reported_together(tmp_path: Path) -> No
         "$.config.model.hidden: expected int, found str 'big'",
         "$.config.train.optimizer.name: unknown torch.optim optimizer 'adamm'",
         "$.design.space['model.dropot']: unknown config path 'model.dropot'",
-        "$.design.space['model.dropout']: a grid needs a step or bins for a float range (range [0.0, 0.5])",
+        "$.design.space['model.dropout']: a grid needs a step or bins for a continuous range (range [0.0, 0.5])",
     ]:
         assert any(p.startswith(needle) for p in problems), (needle, problems)
     assert len(problems) == 4
@@ -155,7 +155,7 @@ def test_grid_needs_steps_and_refuses_a_wrong_trials(tmp_path: Path) -> None:
     data = experiment(kind="grid", trials=5, space={"model.dropout": {"range": [0.0, 0.5]}})
     with pytest.raises(ConfigError) as info:
         load_experiment(write(tmp_path, data))
-    assert "a grid needs a step or bins for a float range" in str(info.value)
+    assert "a grid needs a step or bins for a continuous range" in str(info.value)
     data = experiment(kind="grid", trials=5, space={"model.dropout": {"range": [0.0, 0.5], "bins": 3}})
     with pytest.raises(ConfigError, match=r"a grid runs each of its 3 points x 1 repeats = 3 trials"):
         load_experiment(write(tmp_path, data))

@@ -97,7 +97,7 @@ def test_plan_api_and_render(tmp_path: Path) -> None:
     rows = lines[header + 1 : header + 7]
     assert [r.split()[2] for r in rows] == ["baseline", "no_dropout", "sgd"] * 2
     assert rows[0].endswith(" -")
-    assert rows[1].endswith("model.dropout: 0.2 -> 0")
+    assert rows[1].endswith("model.dropout: 0.2 -> 0.0")
     assert (
         "train.optimizer.name: adam -> sgd; train.optimizer.lr: 0.001 -> 0.1; train.optimizer.args.momentum: (unset) -> 0.9"
         in rows[2]
@@ -187,7 +187,7 @@ def test_cli_broken_file_lists_every_problem(tmp_path: Path) -> None:
         "$.config.train: set epochs or max_steps",
         "$.config.train.optimizer.name: unknown torch.optim optimizer 'adamm' (did you mean 'adam'?)",
         "$.design.space['model.activation'].choice[1]: expected one of 'relu', 'gelu', 'tanh', found str 'swish'",
-        "$.design.space['model.dropout']: a grid needs a step or bins for a float range (range [0.0, 0.5])",
+        "$.design.space['model.dropout']: a grid needs a step or bins for a continuous range (range [0.0, 0.5])",
     ]
     for needle in needles:
         assert needle in err, (needle, err)
