@@ -467,6 +467,12 @@ def _role_of(tp: Any) -> str | None:
                 return "stateless"
             if meta is Derived:
                 return "derived"
+        return _role_of(typing.get_args(tp)[0])
+    if _is_union(tp):  # Annotated[int, Stateless] | None
+        for arg in typing.get_args(tp):
+            role = _role_of(arg)
+            if role is not None:
+                return role
     return None
 
 

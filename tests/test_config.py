@@ -335,6 +335,7 @@ def test_field_roles() -> None:
     assert roles["logging.depth"] == "stateless"  # inherited from the stateless sub-config
     assert roles["extra.depth"] == "stateful"
     assert roles["log_dir"] == "stateless"
+    assert roles["profile"] == "stateless"
 
 
 def test_stateless_fields_do_not_change_the_hash() -> None:
@@ -346,6 +347,7 @@ def test_stateless_fields_do_not_change_the_hash() -> None:
         msgspec.structs.replace(base, model=msgspec.structs.replace(base.model, num_workers=8)),
         msgspec.structs.replace(base, train=msgspec.structs.replace(base.train, log_every=1, num_workers=4)),
         msgspec.structs.replace(base, logging=Extra(depth=9, verbose=True)),
+        msgspec.structs.replace(base, profile=True),
     ]
     for cfg in same:
         assert config_hash(cfg) == h
