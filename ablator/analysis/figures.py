@@ -247,8 +247,9 @@ def ablation_figure(effects: Effects, factor: Factor) -> Figure | None:
     ax = fig.add_subplot()
     ys = np.arange(len(rows))
     diffs = np.array([r["diff"] for r in rows])
-    lo = np.array([r["diff"] - r["diff_ci_low"] if r["diff_ci_low"] is not None else 0.0 for r in rows])
-    hi = np.array([r["diff_ci_high"] - r["diff"] if r["diff_ci_high"] is not None else 0.0 for r in rows])
+    # No interval (fewer than two trials on a side): no error bar at all, rather than a flat one.
+    lo = np.array([r["diff"] - r["diff_ci_low"] if r["diff_ci_low"] is not None else np.nan for r in rows])
+    hi = np.array([r["diff_ci_high"] - r["diff"] if r["diff_ci_high"] is not None else np.nan for r in rows])
     colors = []
     for r in rows:
         known = r["diff_ci_low"] is not None
@@ -260,10 +261,10 @@ def ablation_figure(effects: Effects, factor: Factor) -> Figure | None:
             colors.append(NEUTRAL)
     ax.barh(ys, diffs, xerr=np.vstack([lo, hi]), color=colors, alpha=0.85, capsize=4, height=0.6)
     ax.axvline(0.0, color="black", linewidth=1)
-    left = float(np.min(np.concatenate([diffs - lo, [0.0]])))
-    right = float(np.max(np.concatenate([diffs + hi, [0.0]])))
+    left = float(np.min(np.concatenate([diffs - np.nan_to_num(lo), [0.0]])))
+    right = float(np.max(np.concatenate([diffs + np.nan_to_num(hi), [0.0]])))
     span = (right - left) or 1.0
-    for y, r, d, h in zip(ys, rows, diffs, hi, strict=True):
+    for y, r, d, h in zip(ys, rows, diffs, np.nan_to_num(hi), strict=True):
         p = r["p_value"]
         label = f"{d:+.3g}"
         if r["rel_change"] is not None:

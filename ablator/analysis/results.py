@@ -357,8 +357,11 @@ def _trial_indices(store: Store) -> list[int]:
     return sorted(out)
 
 
-def _writable(url: str | os.PathLike[str] | Store, store: Store) -> Store | None:
-    """A handle that may create snapshots in the store, or None when it takes no writes."""
+def _writable(url: str | os.PathLike[str] | Store) -> Store | None:
+    """A handle that may create snapshots in the store, or None when it takes no writes: a
+    Store object passed in is used as it is (opened read-only: no writes); a URL is opened
+    again for writing, and a store that then refuses the write (a read-only mount, a bucket
+    policy) falls back to the local folder."""
     if isinstance(url, Store):
         return None if url.read_only else url
     try:
@@ -417,7 +420,7 @@ def load(
     loaded = None
     if cache:
         snaps = SnapshotCache(
-            reading, spec.nonce, writable=_writable(store, reading), local=cache_root(cache_dir)
+            reading, spec.nonce, writable=lambda: _writable(store), local=cache_root(cache_dir)
         )
         loaded = snaps.best(set(indices))
     covered = set(loaded.trials) if loaded is not None else set()

@@ -21,7 +21,7 @@ import hashlib
 import io
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,14 +122,17 @@ def decode(data: bytes, key: str) -> tuple[Snapshot, pl.DataFrame, pl.DataFrame]
 class SnapshotCache:
     """Finds, checks and writes the snapshots of one experiment (the store's and the local ones).
 
-    ``writable`` is a handle that accepts writes to the same store, or None when the store takes
-    none; ``local`` is this machine's snapshot folder for the experiment.
+    ``writable`` returns a handle that accepts writes to the same store, or None when the store
+    takes none (called only when there is a snapshot to write); ``local`` is this machine's
+    snapshot folder root.
     """
 
-    def __init__(self, store: Store, experiment_nonce: str, *, writable: Store | None, local: Path) -> None:
+    def __init__(
+        self, store: Store, experiment_nonce: str, *, writable: Callable[[], Store | None], local: Path
+    ) -> None:
         self.store = store
         self.nonce = experiment_nonce
-        self.writable = writable
+        self._writable = writable
         self.local_dir = local / "snapshots" / experiment_nonce
         self._local: Store | None = None
 
@@ -211,11 +214,15 @@ class SnapshotCache:
         this call created, or None when another reader's was there first or nothing takes it."""
         key = layout.snapshot(FORMAT, len(trials), digest(trials))
         data = encode(self.nonce, trials, result_nonces, rows, history)
-        if self.writable is not None:
+        try:
+            writable = self._writable()
+        except (StoreError, OSError):
+            writable = None
+        if writable is not None:
             try:
                 # Losing the create to another reader is fine: in one store, the same result
                 # keys are the same results, so its snapshot holds the same rows.
-                return (key, "store") if self.writable.create(key, data) else None
+                return (key, "store") if writable.create(key, data) else None
             except (StoreError, OSError):
                 pass  # a read-only mount or bucket policy: fall back to the local folder
         try:

@@ -110,3 +110,29 @@ def test_cli_errors_name_the_store(tmp_path: Path, capsys: pytest.CaptureFixture
     ablation_store(tmp_path / "s")
     assert main(["analyze", str(tmp_path / "s"), "--metric", "bleu"]) == 1
     assert "bleu" in capsys.readouterr().err
+
+
+def test_report_of_a_store_mid_run(tmp_path: Path) -> None:
+    """One finished trial per variant (no spread, no intervals), the rest running or failed."""
+    from ablator.store import open_store
+    from analysis.synthstore import StoreBuilder, ablation_experiment
+
+    exp = ablation_experiment(repeats=2)
+    b = StoreBuilder(open_store(tmp_path / "s"), exp)
+    for i, (name, overrides) in enumerate([("", {}), *exp["design"]["ablations"].items()]):
+        b.finished(2 * i, overrides, 0.9 - 0.02 * i, variant=name, n_steps=6)
+        b.claim(2 * i + 1, 0, b.spec_for(2 * i + 1, overrides, variant=name, repeat=1))
+        b.attempt(2 * i + 1, 0)
+        if name == "gelu":
+            b.failed(2 * i + 1, 0, kind="lost", message="host vanished")
+    res = load(tmp_path / "s")
+    files = res.report(tmp_path / "out")
+    assert {f.name for f in files.figures} == {"ablation.png", "factor-variant.png", "curves-variant.png"}
+    md = files.markdown.read_text()
+    assert "not finished yet" in md and "## Failures" in md and "lost: host vanished" in md
+    assert "n<2" not in md  # tables show dashes, the chart says so in its labels
+    assert "| no_dropout | 1 | 0.88 | - | - | -0.02 | - | -2.2% | - | 2 |" in md
+    empty = StoreBuilder(open_store(tmp_path / "e"), ablation_experiment())
+    empty.claim(0, 0, empty.spec_for(0, {}))
+    files = load(tmp_path / "e").report(tmp_path / "out-empty")
+    assert files.figures == () and "No finished trial" in files.markdown.read_text()
