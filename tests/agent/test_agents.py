@@ -54,8 +54,10 @@ def test_three_agents_thirty_trials_exactly_once(
         claim = read(store, layout.claim(i, r.epoch), records.Claim)
         assert claim.agent_id == r.agent_id  # the result was written by the epoch's holder
         assert canonical_steps(store, i) == [1, 2]
-    # Every agent took part, and each trial's config is the one its claim recorded.
-    assert len({r.agent_id for r in res.values()}) >= 2
+    # Every agent joined and left cleanly (how the trials split between them is up to timing).
+    beats = [read(store, e.key, records.Heartbeat) for e in store.list(layout.AGENTS_DIR)]
+    assert len(beats) == 3 and all(h.state == "exited" and h.held == [] for h in beats)
+    # Each trial's config is the one its claim recorded.
     first = read(store, layout.claim(0, 0), records.Claim)
     assert first.spec is not None and first.spec.overrides["x"] == first.spec.config["x"]
     report = status_json(store_url, agent_env)
@@ -146,10 +148,13 @@ def test_sigstop_past_lease_old_holder_stops(local_store: str, agents: Any) -> N
     assert canonical_steps(store, 0) == list(range(1, 31))
 
 
-def test_sigterm_releases_and_another_agent_resumes_at_once(local_store: str, agents: Any) -> None:
+def test_sigterm_releases_and_another_agent_resumes_at_once(
+    local_store: str, agents: Any, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"  # the trials keep running until this file exists
     # A lease far longer than the test may run: B can only finish by picking up the releases.
     exp = experiment(
-        config={"steps": 40, "checkpoint_every": 2, "sleep": 0.1},
+        config={"steps": 4, "checkpoint_every": 2, "sleep": 0.05, "hold_file": str(go)},
         design={"kind": "random", "trials": 2, "space": {"x": {"range": [0.0, 1.0]}}},
         limits={"lease_seconds": 600, "heartbeat_seconds": 0.5},
     )
@@ -161,18 +166,24 @@ def test_sigterm_releases_and_another_agent_resumes_at_once(local_store: str, ag
     wait_for("B's heartbeat", lambda: len(store.list(layout.AGENTS_DIR)) == 2)
     a.signal(signal.SIGTERM)
     assert a.wait(60) == 0, a.output()
+    released = {}
     for t in (0, 1):
         rel = records_of(store, t, "release")[0]
         assert rel.step is not None and rel.step in _ckpts(store, t, 0)
         assert "SIGTERM" in rel.reason
+        released[t] = rel.step
     last = read(store, layout.agent(_holder_of(store, 0, 0) or ""), records.Heartbeat)
     assert last.state == "exited" and last.held == []
+    go.touch()
     assert b.wait(120) == 0, b.output()
     for t in (0, 1):
         att = records_of(store, t, "attempt")[1]
-        assert att.resumed_from == (0, records_of(store, t, "release")[0].step)
-        assert read(store, layout.result(t), records.Result).epoch == 1
-        assert canonical_steps(store, t) == list(range(1, 41))
+        assert att.resumed_from == (0, released[t])
+        res = read(store, layout.result(t), records.Result)
+        assert res.epoch == 1 and _agent_pid(res.agent_id) == b.pid
+        # The released checkpoint is where the history continues (the hold is over, so the
+        # resumed attempt ends right there): no step lost, none twice.
+        assert canonical_steps(store, t) == list(range(1, released[t] + 1))
 
 
 def test_failures_retried_then_failed_and_crashes_contained(local_store: str, agents: Any) -> None:

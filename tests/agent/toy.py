@@ -28,6 +28,7 @@ class ToyConfig(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     only_epoch: int = -1  # misbehave only in this attempt (-1: in every attempt)
     x: float = 0.0
     trace_dir: str = ""
+    hold_file: str = ""  # when set, keep stepping past ``steps`` until this file exists
 
 
 def trial(config: ToyConfig, ctx: Any) -> dict[str, float]:
@@ -46,8 +47,12 @@ def trial(config: ToyConfig, ctx: Any) -> dict[str, float]:
         and not (config.unless_file and os.path.exists(config.unless_file))
         and config.only_epoch in (-1, ctx.epoch)
     )
-    score = config.x
-    for step in range(start + 1, config.steps + 1):
+    score = config.x + start
+    step = start
+    while True:
+        step += 1
+        if step > config.steps and not (config.hold_file and not os.path.exists(config.hold_file)):
+            break
         if misbehave and step >= config.fail_at:
             if config.mode == "raise":
                 raise ValueError(f"toy trial {ctx.trial} raised at step {step} on purpose")
@@ -60,7 +65,7 @@ def trial(config: ToyConfig, ctx: Any) -> dict[str, float]:
         score = config.x + step
         print(f"toy trial {ctx.trial} epoch {ctx.epoch} step {step}", flush=True)
         ctx.report(step, {"score": score})
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        if step % config.checkpoint_every == 0:
             ctx.save_checkpoint({"step": step}, step)
             if ctx.should_stop:
                 break
