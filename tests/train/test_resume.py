@@ -47,14 +47,21 @@ def _child(
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def kill_and_resume(
+def start_killed(
     store_dir: Path, entry: str, spec: records.TrialSpec, env: dict[str, str], block_at: int, wait_ckpt: int
+) -> subprocess.Popen[str]:
+    """Attempt 0 in a child process that blocks once it passed ``block_at`` with checkpoint
+    ``wait_ckpt`` in the store (see child.py)."""
+    return _child(store_dir, 0, entry, spec, env, "--block-at", str(block_at), "--wait-ckpt", str(wait_ckpt))
+
+
+def kill_and_resume(
+    proc: subprocess.Popen[str], store_dir: Path, entry: str, spec: records.TrialSpec
 ) -> Outcome:
-    """Attempt 0 in a child, SIGKILLed once it passed ``block_at`` with checkpoint ``wait_ckpt``
-    in the store; attempt 1 in a fresh child resumes and finishes."""
-    proc = _child(store_dir, 0, entry, spec, env, "--block-at", str(block_at), "--wait-ckpt", str(wait_ckpt))
+    """SIGKILL the blocked child, then resume as attempt 1 in this process (a new process
+    relative to the killed one)."""
     try:
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
         line = proc.stdout.readline()  # blocks until READY (or the child died)
         assert line.strip() == "READY", (line, proc.stderr.read() if proc.poll() is not None else "")
         os.kill(proc.pid, signal.SIGKILL)
@@ -65,10 +72,7 @@ def kill_and_resume(
             proc.wait()
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
-    resumed = _child(store_dir, 1, entry, spec, env)
-    out, err = resumed.communicate(timeout=240)
-    assert resumed.returncode == 0, err
-    return msgspec.json.decode(out.strip().splitlines()[-1], type=Outcome)
+    return run_inline(open_store(store_dir), entry, spec, epoch=1)
 
 
 def final_state(store: Store, trial: int, epoch: int, step: int) -> dict[str, Any]:
@@ -95,75 +99,57 @@ def assert_same_tensors(a: Any, b: Any, path: str = "") -> None:
         assert a == b, f"{path}: {a!r} != {b!r}"
 
 
-@pytest.mark.parametrize(
-    "train",
-    [
-        # shuffled data with noise drawn by the dataset from the global RNG, dropout, a per-epoch
-        # schedule, evaluations and checkpoints off the log grid
-        dict(
-            batch_size=8,
-            epochs=3,
-            eval_every=6,
-            checkpoint_every=5,
-            log_every=4,
-            scheduler={"name": "step", "gamma": 0.5},
-            optimizer={"name": "adamw", "lr": 0.01, "weight_decay": 0.01},
-            model={"noise": 0.2},
-        ),
-        # gradient accumulation with a short last group, bf16 autocast, clipping, a per-step schedule
-        dict(
-            batch_size=8,
-            epochs=2,
-            grad_accum=3,
-            amp="bf16",
-            grad_clip=0.5,
-            eval_every=3,
-            checkpoint_every=2,
-            log_every=3,
-            scheduler={"name": "warmup_cosine", "warmup_steps": 3},
-            optimizer={"name": "sgd", "lr": 0.05, "args": {"momentum": 0.9}},
-            model={"n_samples": 104, "with_test": True},
-        ),
-    ],
-    ids=["adamw-noise", "accum-bf16"],
+ADAMW_NOISE = dict(
+    # shuffled data with noise drawn by the dataset from the global RNG, dropout, a per-epoch
+    # schedule, evaluations and checkpoints off the log grid
+    batch_size=8,
+    epochs=3,
+    eval_every=6,
+    checkpoint_every=5,
+    log_every=4,
+    scheduler={"name": "step", "gamma": 0.5},
+    optimizer={"name": "adamw", "lr": 0.01, "weight_decay": 0.01},
+    model={"noise": 0.2},
 )
-def test_sigkill_and_resume_is_bit_identical(
-    tmp_path: Path, child_env: dict[str, str], train: dict[str, Any]
-) -> None:
-    cfg = T.tiny_config(**train)
-    spec = T.spec_for(cfg, seed=11)
-    ref_store = open_store(tmp_path / "reference")
-    ref = run_inline(ref_store, "trainlib:TinyWrapper", spec)
-    assert ref.status == "completed" and ref.resumed_from is None
 
-    total = ref.steps
-    block_at, wait_ckpt = (22, 20) if total == 36 else (9, 8)
-    store_dir = tmp_path / "killed"
-    out = kill_and_resume(store_dir, "trainlib:TinyWrapper", spec, child_env, block_at, wait_ckpt)
-    store = open_store(store_dir)
 
-    assert out.status == "completed" and out.steps == total
-    assert (
-        out.resumed_from is not None and out.resumed_from[0] == 0 and wait_ckpt <= out.resumed_from[1] < total
-    )
-    # the killed attempt wrote rows past its last checkpoint; the lineage drops them
-    killed_rows = [r.step for r in lineage.canonical_rows(store, 0, 0)]
-    assert max(killed_rows) >= block_at > out.resumed_from[1]
+def check_same_run(store: Store, ref_store: Store, out: Outcome, ref: Outcome) -> None:
+    """Same metric history, outcome and final checkpoint (weights, optimizer, schedule, RNG...)."""
+    assert out.status == ref.status and out.steps == ref.steps
     assert history(store, 0, 1) == history(ref_store, 0, 0)
-    assert [s for s, _ in history(store, 0, 1)] == sorted({s for s, _ in history(ref_store, 0, 0)})
     assert out.metrics == ref.metrics and out.best == ref.best and out.best_step == ref.best_step
-    a, b = final_state(ref_store, 0, 0, total), final_state(store, 0, 1, total)
-    for part in ("model", "optimizer", "scheduler", "rng", "loop", "window"):
+    a, b = final_state(ref_store, 0, 0, ref.steps), final_state(store, 0, 1, out.steps)
+    for part in ("model", "optimizer", "scheduler", "scaler", "rng", "loop", "window"):
         assert_same_tensors(a[part], b[part], part)
+
+
+def test_sigkill_and_resume_is_bit_identical(tmp_path: Path, child_env: dict[str, str]) -> None:
+    cfg = T.tiny_config(**ADAMW_NOISE)
+    spec = T.spec_for(cfg, seed=11)
+    store_dir = tmp_path / "killed"
+    proc = start_killed(store_dir, "trainlib:TinyWrapper", spec, child_env, block_at=22, wait_ckpt=20)
+    ref_store = open_store(tmp_path / "reference")  # the uninterrupted run, while the child starts
+    ref = run_inline(ref_store, "trainlib:TinyWrapper", spec)
+    assert ref.status == "completed" and ref.resumed_from is None and ref.steps == 36
+
+    out = kill_and_resume(proc, store_dir, "trainlib:TinyWrapper", spec)
+    store = open_store(store_dir)
+    # resumed mid-epoch (12 batches per epoch) from the newest checkpoint before the kill
+    assert out.resumed_from is not None and out.resumed_from[0] == 0 and 20 <= out.resumed_from[1] < 22
+    assert out.resumed_from[1] % 12 != 0
+    # the killed attempt wrote rows past its last checkpoint; the lineage drops them
+    assert max(r.step for r in lineage.canonical_rows(store, 0, 0)) >= 22
+    check_same_run(store, ref_store, out, ref)
 
 
 def test_function_trial_sigkill_and_resume(tmp_path: Path, child_env: dict[str, str]) -> None:
     cfg = T.tiny_config(batch_size=8, epochs=3, optimizer={"lr": 0.05})
     spec = T.spec_for(cfg, seed=5)
+    store_dir = tmp_path / "killed"
+    proc = start_killed(store_dir, "trainlib:tiny_trial", spec, child_env, block_at=24, wait_ckpt=20)
     ref_store = open_store(tmp_path / "reference")
     ref = run_inline(ref_store, "trainlib:tiny_trial", spec)
-    store_dir = tmp_path / "killed"
-    out = kill_and_resume(store_dir, "trainlib:tiny_trial", spec, child_env, block_at=24, wait_ckpt=20)
+    out = kill_and_resume(proc, store_dir, "trainlib:tiny_trial", spec)
     store = open_store(store_dir)
     assert out.resumed_from == (0, 20)
     assert history(store, 0, 1) == history(ref_store, 0, 0)
@@ -171,6 +157,61 @@ def test_function_trial_sigkill_and_resume(tmp_path: Path, child_env: dict[str, 
     a, b = final_state(ref_store, 0, 0, 36), final_state(store, 0, 1, 36)
     assert_same_tensors(a["state"], b["state"], "state")
     assert_same_tensors(a["ctx"], b["ctx"], "ctx")
+
+
+@pytest.mark.parametrize(
+    ("train", "crash_at"),
+    [
+        (ADAMW_NOISE, 17),
+        # gradient accumulation with a short last group, bf16 autocast, clipping, per-step schedule
+        (
+            dict(
+                batch_size=8,
+                epochs=2,
+                grad_accum=3,
+                amp="bf16",
+                grad_clip=0.5,
+                eval_every=3,
+                checkpoint_every=2,
+                log_every=3,
+                scheduler={"name": "warmup_cosine", "warmup_steps": 3},
+                optimizer={"name": "sgd", "lr": 0.05, "args": {"momentum": 0.9}},
+                model={"n_samples": 104, "with_test": True},
+            ),
+            7,
+        ),
+        # fp16 with a GradScaler, a plateau schedule on the metric, early stopping state
+        (
+            dict(
+                batch_size=8,
+                epochs=3,
+                amp="fp16",
+                eval_every=4,
+                early_stopping_patience=20,
+                scheduler={"name": "plateau", "patience": 1},
+                optimizer={"lr": 0.02},
+            ),
+            14,
+        ),
+    ],
+    ids=["adamw-noise", "accum-bf16", "fp16-plateau"],
+)
+def test_crash_and_resume_is_bit_identical(tmp_path: Path, train: dict[str, Any], crash_at: int) -> None:
+    """The same exactness after an exception (in-process, so many configurations stay cheap)."""
+    cfg = T.tiny_config(**train)
+    spec = T.spec_for(cfg, seed=2)
+    ref_store = open_store(tmp_path / "reference")
+    ref = run_inline(ref_store, "trainlib:TinyWrapper", spec)
+    store = open_store(tmp_path / "crashed")
+    _claim(store, 0, 0, spec)
+    entry = experiment.Entry(
+        kind="wrapper", obj=T.CrashingWrapper(crash_at=crash_at), config_type=T.TinyConfig
+    )
+    with pytest.raises(T.Crash):
+        execute_trial(entry, spec, store, 0, 0, fence=NoFence(), device="cpu", progress=False, metric=METRIC)
+    out = run_inline(store, "trainlib:TinyWrapper", spec, epoch=1)
+    assert out.resumed_from is not None and out.resumed_from[1] < crash_at
+    check_same_run(store, ref_store, out, ref)
 
 
 def test_outcome_json_round_trip() -> None:
