@@ -1,0 +1,366 @@
+"""``python -m ablator status STORE [--json] [--check]``: what a store's experiment is doing.
+
+Trial counts by state, every agent (live or dead) with its host, GPUs, held trials and heartbeat
+age, and progress. Works from any machine that can read the store; it writes nothing but a tiny
+clock probe (and, with ``--check``, the self-test's scratch keys), both deleted again.
+
+A one-shot reader cannot time heartbeats on its own clock the way agents do (it looks once), so
+it judges ages by the *store's* clock: a heartbeat's modification time against that of a probe
+key it writes itself. Wall clocks of other machines are never used. Where the probe cannot be
+written (a read-only store), ages are "unknown" and claimed trials count as running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import secrets
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgspec
+
+from ablator import layout, records
+from ablator.errors import AblatorError, StoreError
+from ablator.lease import LeaseLimits, TrialState, group_by_trial, read_budget, read_forgiven, read_trial
+from ablator.store import Capabilities, Store, open_store
+
+#: State names in the order they are printed.
+STATES = ("pending", "running", "done", "failed", "retryable", "released", "orphaned", "needs_repair")
+
+
+class AgentStatus(msgspec.Struct, kw_only=True):
+    """One agent as ``status`` sees it. ``age_s``: seconds since its last heartbeat by the
+    store's clock (None: unknown); ``live``: age within its declared lease and not exited."""
+
+    agent_id: str
+    host: str = ""
+    pid: int | None = None
+    state: str = "unknown"
+    live: bool | None = None
+    age_s: float | None = None
+    lease_s: float | None = None
+    heartbeat_s: float | None = None
+    gpus: list[str] = []
+    slots: int | None = None
+    held: list[tuple[int, int]] = []
+    counter: int | None = None
+    corrupt: bool = False
+
+
+class Progress(msgspec.Struct, kw_only=True):
+    finished: int  # done + failed for good (+ needs repair: they will not run again)
+    total: int | None
+    fraction: float | None
+
+
+class StatusReport(msgspec.Struct, kw_only=True):
+    """What ``status --json`` prints."""
+
+    store: str
+    experiment: str | None
+    budget: int | None
+    base_budget: int | None
+    counts: dict[str, int]
+    progress: Progress
+    agents: list[AgentStatus]
+    clock: str  # "store" or "unknown: <why>"
+    needs_repair: list[int] = []
+    orphaned: list[int] = []
+    running: list[int] = []
+    problems: list[str] = []
+    check: dict[str, Any] | None = None
+
+
+def _store_now(store: Store, url: str) -> tuple[float | None, str]:
+    """The store's clock: write a probe, read back its modification time, delete it."""
+    try:
+        writable = store if not store.read_only else open_store(url)
+    except (AblatorError, OSError) as exc:
+        return None, f"unknown: the store cannot be written from here ({exc})"
+    key = layout.selftest(f"clock-{secrets.token_hex(6)}.msgpack")
+    try:
+        writable.replace(key, records.encode(records.SelfTestProbe(writer="status clock probe")))
+        entry = writable.stat(key)
+    except (AblatorError, OSError) as exc:
+        return None, f"unknown: the clock probe could not be written ({exc})"
+    finally:
+        with contextlib.suppress(AblatorError, OSError):
+            writable.delete(key)
+    if entry is None or entry.mtime is None:
+        return None, "unknown: the store reports no modification times"
+    return entry.mtime, "store"
+
+
+def _base_budget(spec: records.ExperimentSpec | None) -> tuple[int | None, str | None]:
+    if spec is None:
+        return None, "no experiment.json: budget unknown"
+    if spec.budget is not None:
+        return spec.budget, None
+    try:
+        from ablator.experiment import budget, experiment_from_dict
+
+        return budget(experiment_from_dict(spec.experiment, source=layout.EXPERIMENT)), None
+    except Exception as exc:  # the user's code may not be importable here (a grid needs its config type)
+        return None, f"budget unknown: {exc}"
+
+
+def collect(store: Store, *, url: str | None = None) -> StatusReport:
+    """Read the store once and judge every trial and agent (see the module docstring)."""
+    problems: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", records.CorruptRecordWarning)
+        report = _collect(store, url or store.url, problems)
+    for w in caught:
+        msg = str(w.message)
+        if msg not in problems:
+            problems.append(msg)
+    report.problems = problems
+    return report
+
+
+def _collect(store: Store, url: str, problems: list[str]) -> StatusReport:
+    raw = store.get(layout.EXPERIMENT)
+    spec: records.ExperimentSpec | None = None
+    if raw is not None:
+        try:
+            spec = records.decode_json(raw, records.ExperimentSpec, layout.EXPERIMENT)
+        except AblatorError as exc:
+            problems.append(str(exc))
+    limits = LeaseLimits()
+    if spec is not None:
+        lim = spec.experiment.get("limits")
+        if isinstance(lim, dict):
+            with contextlib.suppress(AblatorError, TypeError, ValueError):
+                limits = LeaseLimits.from_limits(_Obj(lim))
+    base, why = _base_budget(spec)
+    if why:
+        problems.append(why)
+    budget = read_budget(store, base) if base is not None else None
+
+    now, clock = _store_now(store, url)
+
+    # agents
+    agents: dict[str, AgentStatus] = {}
+    beats: dict[str, records.Heartbeat] = {}
+    for e in store.list(layout.AGENTS_DIR):
+        agent_id = layout.parse_agent(e.key)
+        if agent_id is None:
+            continue
+        data = store.get(e.key)
+        hb = None if data is None else records.try_decode(data, records.Heartbeat, e.key)
+        age = None if now is None or e.mtime is None else max(0.0, now - e.mtime)
+        if hb is None:
+            agents[agent_id] = AgentStatus(
+                agent_id=agent_id, age_s=age, corrupt=True, live=False if age is not None else None
+            )
+            continue
+        beats[agent_id] = hb
+        live: bool | None = None
+        if hb.state == "exited":
+            live = False
+        elif age is not None:
+            live = age <= hb.lease_s
+        agents[agent_id] = AgentStatus(
+            agent_id=agent_id,
+            host=hb.host,
+            pid=hb.pid,
+            state=hb.state,
+            live=live,
+            age_s=age,
+            lease_s=hb.lease_s,
+            heartbeat_s=hb.heartbeat_s,
+            gpus=[g.name or f"gpu{g.index}" for g in hb.gpus],
+            slots=hb.slots,
+            held=[(int(t), int(ep)) for t, ep in hb.held],
+            counter=hb.counter,
+        )
+
+    def judge(trial: int, epoch: int, holder: str | None, entry: Any) -> bool:
+        if now is None or entry.mtime is None:
+            return False  # no clock: cannot tell; counted as running
+        claim_age = now - entry.mtime
+        a = agents.get(holder) if holder is not None else None
+        if a is None or a.corrupt or a.lease_s is None:
+            return claim_age > limits.lease_seconds  # holder unknown
+        if a.state == "exited" or a.live is False:
+            return True
+        if (trial, epoch) in set(a.held):
+            return False
+        return claim_age > a.lease_s  # claimed a lease ago and still not listed
+
+    # trials: one recursive listing, then the reads each state needs (in parallel: S3 latency)
+    grouped = group_by_trial(store.list(layout.TRIALS_DIR))
+    forgiven = read_forgiven(store)
+
+    def one(i: int) -> TrialState:
+        return read_trial(
+            store,
+            i,
+            grouped[i],
+            judge=judge,
+            limits=limits,
+            forgiven=forgiven.get(i, -1),
+            validate_result=True,
+        )
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        states = list(pool.map(one, sorted(grouped)))
+
+    counts = dict.fromkeys(STATES, 0)
+    for st in states:
+        counts[st.status] += 1
+        for p in st.problems:
+            if st.status == "needs_repair":
+                problems.append(
+                    f"trial {st.index}: {p} is corrupt: needs repair (it is never treated as absent)"
+                )
+    claimed = {st.index for st in states if st.status != "pending"}
+    if budget is not None:
+        counts["pending"] += sum(1 for i in range(budget) if i not in grouped)
+        extra = sorted(i for i in claimed if i >= budget)
+        if extra:
+            problems.append(f"{len(extra)} trial(s) at or beyond the budget {budget}: {extra[:10]}")
+    finished = counts["done"] + counts["failed"] + counts["needs_repair"]
+    return StatusReport(
+        store=url,
+        experiment=spec.name if spec is not None else None,
+        budget=budget,
+        base_budget=base,
+        counts=counts,
+        progress=Progress(
+            finished=finished,
+            total=budget,
+            fraction=(finished / budget if budget else None) if budget is not None else None,
+        ),
+        agents=sorted(agents.values(), key=lambda a: (a.live is not True, a.agent_id)),
+        clock=clock,
+        needs_repair=[st.index for st in states if st.status == "needs_repair"],
+        orphaned=[st.index for st in states if st.status == "orphaned"],
+        running=[st.index for st in states if st.status == "running"],
+    )
+
+
+class _Obj:
+    """Attribute access over the ``limits`` mapping of experiment.json."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.__dict__.update(data)
+
+
+def _fmt_age(age: float | None) -> str:
+    if age is None:
+        return "age unknown"
+    if age < 120:
+        return f"{age:.1f}s ago"
+    if age < 7200:
+        return f"{age / 60:.1f}min ago"
+    return f"{age / 3600:.1f}h ago"
+
+
+def render(report: StatusReport) -> str:
+    """The human-readable report."""
+    lines = [f"store       {report.store}"]
+    if report.experiment is not None:
+        lines.append(f"experiment  {report.experiment}")
+    if report.budget is not None:
+        ext = report.budget - (report.base_budget or 0)
+        lines.append(
+            f"budget      {report.budget} trials"
+            + (f" ({report.base_budget} + {ext} extended)" if ext else "")
+        )
+    c = report.counts
+    lines.append(
+        "trials      "
+        + "  ".join(
+            f"{name.replace('_', ' ')} {c[name]}"
+            for name in STATES
+            if c[name] or name in ("pending", "running", "done")
+        )
+    )
+    p = report.progress
+    if p.total:
+        lines.append(f"progress    {p.finished}/{p.total} finished ({100 * (p.fraction or 0):.1f}%)")
+    else:
+        lines.append(f"progress    {p.finished} finished (budget unknown)")
+    live = sum(1 for a in report.agents if a.live)
+    dead = sum(1 for a in report.agents if a.live is False)
+    clock = "ages by the store's clock" if report.clock == "store" else f"liveness {report.clock}"
+    lines.append(f"agents      {live} live, {dead} dead or exited, {len(report.agents)} in all ({clock})")
+    for a in report.agents:
+        if a.corrupt:
+            lines.append(f"  {a.agent_id:<36} corrupt heartbeat  {_fmt_age(a.age_s)}")
+            continue
+        status = (
+            "live" if a.live else ("exited" if a.state == "exited" else "dead" if a.live is False else "?")
+        )
+        if a.state == "draining" and a.live:
+            status = "draining"
+        gpus = f"{len(a.gpus)} GPU ({', '.join(sorted(set(a.gpus)))})" if a.gpus else "CPU"
+        held = ", ".join(f"{t}" + (f" (e{e})" if e else "") for t, e in a.held) or "-"
+        lines.append(
+            f"  {a.agent_id:<36} {status:<8} {a.host:<16} {gpus:<24} heartbeat {_fmt_age(a.age_s):<14} held: {held}"
+        )
+    if report.orphaned:
+        lines.append(
+            f"orphaned    {_short(report.orphaned)} (takeable: the next agent to look takes them over)"
+        )
+    if report.needs_repair:
+        lines.append(
+            f"repair      {_short(report.needs_repair)} (corrupt result; never re-run automatically)"
+        )
+    for prob in report.problems:
+        lines.append(f"warning     {prob}")
+    if report.check is not None:
+        lines.append(f"self-test   {report.check.get('self_test')}")
+        for k, v in report.check.items():
+            if k not in ("self_test", "notes") and v is not None:
+                lines.append(f"  {k:<14} {v}")
+        for n in report.check.get("notes") or []:
+            lines.append(f"  note           {n}")
+    return "\n".join(lines)
+
+
+def _short(items: list[int], n: int = 20) -> str:
+    s = ", ".join(str(i) for i in items[:n])
+    return s + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def run_check(store: Store, url: str) -> Capabilities:
+    """The store self-test (``ablator.store.self_test``), reported rather than raised."""
+    from ablator.store import self_test
+
+    target = store
+    if store.read_only:
+        try:
+            target = open_store(url)
+        except AblatorError:
+            target = store  # self_test reports "not run: read-only"
+    return self_test(target, raise_on_failure=False)
+
+
+def cli_status(args: argparse.Namespace) -> int:
+    """``ablator status STORE [--json] [--check]``. Exit 0; 1 when ``--check`` found the store
+    untrustworthy."""
+    url = args.store
+    store = open_store(url, read_only=True)
+    # Reads go through a read-only handle: a mistyped local path is an error, not a new folder.
+    exists = store.get(layout.EXPERIMENT) is not None or store.list_dirs("")
+    if not exists:
+        raise StoreError(f"status {url}: no experiment here (no {layout.EXPERIMENT}, nothing stored)")
+    report = collect(store, url=store.url)
+    ok = True
+    if getattr(args, "check", False):
+        caps = run_check(store, url)
+        report.check = msgspec.to_builtins(caps)
+        ok = caps.self_test == "passed" or caps.self_test.startswith("not run")
+    if getattr(args, "json", False):
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
+    else:
+        print(render(report))
+    return 0 if ok else 1
+
+
+__all__ = ["AgentStatus", "Progress", "StatusReport", "cli_status", "collect", "render", "run_check"]
