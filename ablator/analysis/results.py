@@ -125,6 +125,7 @@ def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
     frames = [f for f in frames if f.width]
     if not frames:
         return pl.DataFrame()
+    frames = [f for f in frames if f.height] or frames[:1]  # empty parts add nothing but work
     if len(frames) == 1:
         return frames[0]
     try:
@@ -371,6 +372,22 @@ def _writable(url: str | os.PathLike[str] | Store) -> Store | None:
     return None if handle.read_only else handle
 
 
+def _read_trials(
+    store: Store, indices: list[int], ctx: reader.Context, workers: int | None
+) -> list[TrialData]:
+    """Read ``indices`` record by record, in parallel where reads are round trips."""
+    if workers is None:
+        from ablator.store.memory import MemoryStore
+        from ablator.store.posix import PosixStore
+
+        # Local reads are fast and decoding holds the GIL: threads would only add overhead.
+        workers = 1 if isinstance(store, (PosixStore, MemoryStore)) else 16
+    if workers > 1 and len(indices) > 1:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ablator-load") as pool:
+            return list(pool.map(lambda i: reader.read_trial(store, i, ctx), indices))
+    return [reader.read_trial(store, i, ctx) for i in indices]
+
+
 def _should_snapshot(covered: int, new_done: int, settled: bool) -> bool:
     """Write a new snapshot when it saves real work: the experiment has settled, or the finished
     trials outside the current snapshot reach a quarter of it (at most 2,000). Snapshots thus
@@ -426,55 +443,34 @@ def load(
     covered = set(loaded.trials) if loaded is not None else set()
     todo = [i for i in indices if i not in covered]
 
-    if workers is None:
-        from ablator.store.memory import MemoryStore
-        from ablator.store.posix import PosixStore
-
-        workers = 1 if isinstance(reading, (PosixStore, MemoryStore)) else 16
-    if workers > 1 and len(todo) > 1:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ablator-load") as pool:
-            fresh = list(pool.map(lambda i: reader.read_trial(reading, i, ctx), todo))
-    else:
-        fresh = [reader.read_trial(reading, i, ctx) for i in todo]
-
-    new_done = [t for t in fresh if t.done]
-    new_done_rows = rows_frame([t.row for t in new_done])
-    new_done_history = history_frame(new_done)
-    unsettled = [t for t in fresh if not t.done and t.row.get("status") != "failed"]
-    settled = not unsettled and (budget is None or len(indices) >= budget)
+    fresh = _read_trials(reading, todo, ctx, workers)
+    done = [t for t in fresh if t.done]
+    others = [t for t in fresh if not t.done]
+    base_rows = [loaded.rows] if loaded is not None else []
+    base_history = [loaded.history] if loaded is not None else []
+    done_rows = _concat([*base_rows, rows_frame([t.row for t in done])])
+    done_history = _concat([*base_history, history_frame(done)])
 
     written: tuple[str, str] | None = None
-    if snaps is not None and _should_snapshot(len(covered), len(new_done), settled):
-        base_trials = loaded.trials if loaded is not None else []
-        base_nonces = loaded.result_nonces if loaded is not None else []
+    settled = all(t.row.get("status") == "failed" for t in others) and (
+        budget is None or len(indices) >= budget
+    )
+    if snaps is not None and _should_snapshot(len(covered), len(done), settled):
         pairs = sorted(
             [
-                *zip(base_trials, base_nonces, strict=True),
-                *((t.index, t.result_nonce or "") for t in new_done),
+                *(zip(loaded.trials, loaded.result_nonces, strict=True) if loaded is not None else ()),
+                *((t.index, t.result_nonce or "") for t in done),
             ]
         )
-        done_rows = _concat([loaded.rows, new_done_rows] if loaded is not None else [new_done_rows]).sort(
-            "index"
+        written = snaps.write(
+            [i for i, _ in pairs],
+            [nonce for _, nonce in pairs],
+            done_rows.sort("index"),
+            done_history.sort("trial", maintain_order=True),
         )
-        done_history = _concat(
-            [loaded.history, new_done_history] if loaded is not None else [new_done_history]
-        )
-        done_history = done_history.sort("trial", maintain_order=True)
-        written = snaps.write([p[0] for p in pairs], [p[1] for p in pairs], done_rows, done_history)
-        rows_all = _concat([done_rows, rows_frame([t.row for t in fresh if not t.done])])
-        history_all = _concat([done_history, history_frame(t for t in fresh if not t.done)])
-    else:
-        others = [t for t in fresh if not t.done]
-        rows_all = _concat(
-            [
-                *([loaded.rows] if loaded is not None else []),
-                new_done_rows,
-                rows_frame([t.row for t in others]),
-            ]
-        )
-        history_all = _concat(
-            [*([loaded.history] if loaded is not None else []), new_done_history, history_frame(others)]
-        )
+
+    rows_all = _concat([done_rows, rows_frame([t.row for t in others])])
+    history_all = _concat([done_history, history_frame(others)])
     if history_all.width == 0:
         history_all = pl.DataFrame(schema=HISTORY_SCHEMA)
     if fresh and history_all.height:
