@@ -136,3 +136,15 @@ def test_report_of_a_store_mid_run(tmp_path: Path) -> None:
     empty.claim(0, 0, empty.spec_for(0, {}))
     files = load(tmp_path / "e").report(tmp_path / "out-empty")
     assert files.figures == () and "No finished trial" in files.markdown.read_text()
+
+
+def test_analysis_does_not_import_torch(cli_env: dict[str, str]) -> None:
+    code = (
+        "import sys, ablator.analysis, ablator.analysis.cli, ablator.analysis.report; "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
