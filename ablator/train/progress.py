@@ -62,6 +62,21 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
 
 
+def _headline(values: Mapping[str, float], n: int) -> list[str]:
+    """The ``n`` names most worth showing: the training loss, evaluation metrics, then the rest."""
+
+    def rank(name: str) -> int:
+        if name == "train_loss":
+            return 0
+        if name.startswith("val_"):
+            return 1
+        if name.startswith("test_"):
+            return 2
+        return 4 if name == "lr" else 3
+
+    return sorted(values, key=rank)[:n]  # stable: equal ranks keep their order
+
+
 def _duration(s: float) -> str:
     s = round(s)
     if s < 60:
@@ -111,7 +126,7 @@ class LogProgress:
         parts = [self._name, f"step {step}" + (f"/{self._total}" if self._total else "")]
         if train_epoch is not None:
             parts.append(f"epoch {train_epoch}")
-        shown = list(self._values.items())[: self.max_values]
+        shown = [(k, self._values[k]) for k in _headline(self._values, self.max_values)]
         if shown:
             parts.append(" ".join(f"{k} {_fmt(v)}" for k, v in shown))
         elapsed = now - self._t0
@@ -168,7 +183,7 @@ class BarProgress:
             return
         self._values.update(values)
         post = {} if train_epoch is None else {"epoch": str(train_epoch)}
-        post.update((k, _fmt(v)) for k, v in list(self._values.items())[: self.max_values])
+        post.update((k, _fmt(self._values[k])) for k in _headline(self._values, self.max_values))
         bar.set_postfix(post, refresh=False)
         if step > bar.n:
             bar.update(step - bar.n)

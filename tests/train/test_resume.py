@@ -221,3 +221,22 @@ def test_outcome_json_round_trip() -> None:
     )
     assert msgspec.json.decode(msgspec.json.encode(o), type=Outcome) == o
     assert json.loads(msgspec.json.encode(o))["resumed_from"] == [0, 2]
+
+
+def test_resume_with_loader_workers_is_bit_identical(tmp_path: Path) -> None:
+    """Worker processes draw the augmentation noise: their seeds come from the epoch's generator,
+    so re-reading the consumed batches reproduces the stream."""
+    cfg = T.tiny_config(batch_size=8, epochs=2, eval_every=6, checkpoint_every=5, model={"noise": 0.3})
+    spec = T.spec_for(cfg, seed=4)
+    ref_store = open_store(tmp_path / "reference")
+    ref = run_inline(ref_store, "trainlib:WorkersWrapper", spec)
+    store = open_store(tmp_path / "crashed")
+    _claim(store, 0, 0, spec)
+    entry = experiment.Entry(
+        kind="wrapper", obj=T.CrashingWorkersWrapper(crash_at=17), config_type=T.TinyConfig
+    )
+    with pytest.raises(T.Crash):
+        execute_trial(entry, spec, store, 0, 0, fence=NoFence(), device="cpu", progress=False, metric=METRIC)
+    out = run_inline(store, "trainlib:WorkersWrapper", spec, epoch=1)
+    assert out.resumed_from == (0, 15)  # mid-epoch: 12 batches per epoch
+    check_same_run(store, ref_store, out, ref)

@@ -264,3 +264,20 @@ def lightning_trial(config: TinyConfig, ctx: TrialContext) -> dict[str, float]:
             torch.save(loaded[0], ckpt_path)
         trainer.fit(module, train, val, ckpt_path=ckpt_path, weights_only=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+class WorkersWrapper(TinyWrapper):
+    """The train loader uses two worker processes (noise is then drawn in the workers)."""
+
+    def make_dataloaders(self, config: TinyConfig) -> tuple[Any, ...]:
+        train, val = super().make_dataloaders(config)[:2]
+        return DataLoader(train.dataset, batch_size=config.train.batch_size, shuffle=True, num_workers=2), val
+
+
+class CrashingWorkersWrapper(WorkersWrapper):
+    def __init__(self, crash_at: int) -> None:
+        self.crash_at = crash_at
+
+    def on_step_end(self, state: Any) -> None:
+        if state.step == self.crash_at:
+            raise Crash(f"crash at step {state.step}")
