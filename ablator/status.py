@@ -72,6 +72,8 @@ class StatusReport(msgspec.Struct, kw_only=True):
     running: list[int] = []
     problems: list[str] = []
     check: dict[str, Any] | None = None
+    waiting: list[str] = []  # why takeable trials are not running (no agent, no GPU, stopped, ...)
+    warnings: list[str] = []  # e.g. agents on different torch/CUDA versions
 
 
 def _store_now(store: Store, url: str) -> tuple[float | None, str]:
@@ -224,7 +226,10 @@ def _collect(store: Store, url: str, problems: list[str]) -> StatusReport:
         if extra:
             problems.append(f"{len(extra)} trial(s) at or beyond the budget {budget}: {extra[:10]}")
     finished = counts["done"] + counts["failed"] + counts["needs_repair"]
+    waiting, version_warnings = _explain(store, spec, counts, agents, beats)
     return StatusReport(
+        waiting=waiting,
+        warnings=version_warnings,
         store=url,
         experiment=spec.name if spec is not None else None,
         budget=budget,
@@ -241,6 +246,57 @@ def _collect(store: Store, url: str, problems: list[str]) -> StatusReport:
         orphaned=[st.index for st in states if st.status == "orphaned"],
         running=[st.index for st in states if st.status == "running"],
     )
+
+
+def _explain(
+    store: Store,
+    spec: records.ExperimentSpec | None,
+    counts: dict[str, int],
+    agents: dict[str, AgentStatus],
+    beats: dict[str, records.Heartbeat],
+) -> tuple[list[str], list[str]]:
+    """Why work is waiting, and warnings about the agents (added for issue 5: the agent)."""
+    waiting: list[str] = []
+    takeable = sum(counts[k] for k in ("pending", "retryable", "released", "orphaned"))
+    live = [beats[a.agent_id] for a in agents.values() if a.live and a.agent_id in beats]
+    if takeable:
+        resources = spec.experiment.get("resources") if spec is not None else None
+        resources = resources if isinstance(resources, dict) else {}
+        need_gpu = resources.get("gpu") == "required"
+        min_mb = int(resources.get("min_gpu_memory_mb") or 0)
+        if store.exists(layout.STOP):
+            waiting.append(
+                f"{takeable} trial(s) wait: the experiment was stopped (ablator stop); "
+                "`ablator stop STORE --undo` lets agents run it again"
+            )
+        elif min_mb and not any(g.memory_total_mb >= min_mb for hb in live for g in hb.gpus):
+            waiting.append(
+                f"{takeable} trial(s) need a GPU with at least {min_mb} MiB that no live agent has"
+            )
+        elif need_gpu and not any(hb.gpus for hb in live):
+            waiting.append(f"{takeable} trial(s) need a GPU that no live agent has")
+        elif not live:
+            waiting.append(
+                f"{takeable} trial(s) wait for an agent: none is live (start one: python -m ablator.agent STORE)"
+            )
+        elif all(len(hb.held) >= hb.slots for hb in live):
+            slots = sum(hb.slots for hb in live)
+            waiting.append(
+                f"{takeable} trial(s) wait for a free slot: all {slots} slot(s) of the live agents are busy"
+            )
+    warnings_: list[str] = []
+    for name in ("torch", "cuda"):
+        seen: dict[str, int] = {}
+        for hb in beats.values():
+            v = hb.versions.get(name)
+            if v is not None:
+                seen[v] = seen.get(v, 0) + 1
+        if len(seen) > 1:
+            shown = ", ".join(f"{v} ({n} agent{'s' if n > 1 else ''})" for v, n in sorted(seen.items()))
+            warnings_.append(
+                f"agents run different {name} versions: {shown}; results may not be comparable across them"
+            )
+    return waiting, warnings_
 
 
 class _Obj:
@@ -311,6 +367,10 @@ def render(report: StatusReport) -> str:
         lines.append(
             f"repair      {_short(report.needs_repair)} (corrupt result; never re-run automatically)"
         )
+    for why in report.waiting:
+        lines.append(f"waiting     {why}")
+    for w in report.warnings:
+        lines.append(f"warning     {w}")
     for prob in report.problems:
         lines.append(f"warning     {prob}")
     if report.check is not None:
