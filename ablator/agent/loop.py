@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -134,7 +134,6 @@ class Counts:
     released: int = 0
     lost: int = 0
     started: int = 0
-    finish_times: list[float] = field(default_factory=list)
 
 
 # --- the agent -------------------------------------------------------------------------------
@@ -255,6 +254,7 @@ class Agent:
         self.membership = Membership(
             store,
             self.limits,
+            versions=self._versions(),
             gpus=[s.gpu for s in slots if s.gpu is not None],
             slots=len(slots),
             cpu_ok=any(s.gpu is None for s in slots),
@@ -263,6 +263,22 @@ class Agent:
         )
         budget = spec.budget if spec.budget is not None else X.budget(exp, self.entry)
         self.claimer = Claimer(store, self.membership, budget=budget)
+
+    def _versions(self) -> dict[str, str]:
+        """What the heartbeat says this agent runs (``status`` warns when agents differ)."""
+        import platform
+
+        from ablator.cli import _version
+
+        out = {"ablator": _version(), "python": platform.python_version()}
+        hello = next(
+            (st.worker.hello for st in self.slots if st.worker is not None and st.worker.hello), None
+        )
+        if hello is not None:
+            out["torch"] = hello.environment.torch
+            if hello.environment.cuda:
+                out["cuda"] = hello.environment.cuda
+        return out
 
     def _start_worker(self, st: SlotState) -> None:
         st.worker = Worker(st.slot.id, self.init_msg, st.slot.env(), self.log_dir)
@@ -438,10 +454,20 @@ class Agent:
         spec = X.spec_from_overrides(self.exp, index, overrides, repeat, self.entry)
         return msgspec.structs.replace(spec, params=params)
 
-    def _fill(self) -> None:
-        """Claim a trial for each free slot, until the claimer has nothing."""
+    def _may_claim(self) -> bool:
+        limit = self.args.max_trials
+        return (
+            self.stop_reason is None
+            and not self.fatal
+            and not self.membership.stop_requested
+            and (limit is None or self.counts.started < limit)
+        )
+
+    def _fill(self, only: list[SlotState] | None = None) -> None:
+        """Claim a trial for each free slot (of ``only``), until the claimer has nothing."""
         max_trials = self.args.max_trials
-        for st in self._free_slots():
+        free = self._free_slots()
+        for st in free if only is None else [s for s in only if s in free]:
             slot = st.slot
 
             def can_run(spec: records.TrialSpec, slot: Slot = slot) -> bool:
@@ -538,6 +564,11 @@ class Agent:
                 self.console.info(f"trial {held.trial} resumes from epoch {e} step {s}")
         elif isinstance(msg, P.Finished):
             self._save_log(st)
+            self._end(st)
+            if self._may_claim():
+                # The slot is free: its worker starts the next trial while we write this one's
+                # result (a durable write, the slowest step of a short trial).
+                self._fill([st])
             try:
                 won = held.finish(
                     status=msg.status,
@@ -549,18 +580,19 @@ class Agent:
                     message=msg.message,
                 )
             except LeaseLost as exc:
-                self._lost(st, str(exc), kill=False)
+                self.counts.lost += 1
+                self.console.warn(
+                    f"trial {held.trial} epoch {held.epoch}: finished, but the lease was lost ({exc})"
+                )
                 return
             if won:
                 self.counts.done += 1
-                self.counts.finish_times.append(now)
                 metric = self.exp.metric.name
                 value = msg.best.get(metric, msg.metrics.get(metric))
                 shown = f" {metric}={value:.4g}" if value is not None else ""
                 self.console.info(f"trial {held.trial} {msg.status}{shown} ({msg.duration_s:.1f} s)")
             else:
                 self.console.warn(f"trial {held.trial}: another result was written first; ours is discarded")
-            self._end(st)
         elif isinstance(msg, P.Errored):
             self._save_log(st)
             self._fail(st, "exception", msg.message, msg.traceback, msg.step)
