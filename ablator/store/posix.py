@@ -140,9 +140,12 @@ class PosixStore(Store):
     def list(self, prefix: str) -> list[Entry]:
         base = self._folder(prefix)
         out: list[Entry] = []
-        stack = [base]
+        # (folder path, its key prefix): keys are built by concatenation, not os.path.relpath,
+        # which dominated listing a large store.
+        root_rel = os.path.relpath(base, self.root).replace(os.sep, "/")
+        stack = [(base, "" if root_rel == "." else root_rel + "/")]
         while stack:
-            d = stack.pop()
+            d, key_prefix = stack.pop()
             try:
                 it = os.scandir(d)
             except (FileNotFoundError, NotADirectoryError):
@@ -154,14 +157,13 @@ class PosixStore(Store):
                     if de.name.startswith(_TMP_PREFIX):
                         continue
                     if de.is_dir(follow_symlinks=False):
-                        stack.append(de.path)
+                        stack.append((de.path, f"{key_prefix}{de.name}/"))
                         continue
                     try:
                         st = de.stat()
                     except FileNotFoundError:
                         continue  # deleted while we listed
-                    rel = os.path.relpath(de.path, self.root).replace(os.sep, "/")
-                    out.append(Entry(rel, st.st_size, st.st_mtime))
+                    out.append(Entry(key_prefix + de.name, st.st_size, st.st_mtime))
         out.sort(key=lambda e: e.key)
         return out
 
