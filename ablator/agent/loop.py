@@ -48,6 +48,7 @@ from ablator.store.base import Store
 # broken (not one trial): the agent stops instead of restarting workers forever.
 MAX_STARTUP_FAILURES = 3
 HELLO_TIMEOUT_S = 600.0
+LOG_EVERY_S = 30.0  # a running trial's log is copied to the store this often
 
 
 class AgentError(AblatorError):
@@ -113,6 +114,7 @@ class Running:
     started: float
     last_progress: float
     next_check: float
+    next_log: float = math.inf
     step: int | None = None
     resumed_from: tuple[int, int] | None = None
     stopping: bool = False
@@ -290,7 +292,7 @@ class Agent:
         deadline = time.monotonic() + HELLO_TIMEOUT_S
         while True:
             pending = [st for st in self.slots if st.worker is not None and not st.worker.ready]
-            if len(pending) < len(self.slots):
+            if len(pending) < len(self.slots) or self.stop_reason is not None:
                 return
             if time.monotonic() > deadline:
                 raise AgentError(f"workers did not start within {HELLO_TIMEOUT_S:g} s")
@@ -357,6 +359,9 @@ class Agent:
                 self._shutdown_workers(kill=True)
                 raise
             assert self.membership is not None
+            if self.stop_reason is not None:  # a signal while starting: nothing was claimed
+                self.console.info(f"{self.stop_reason} while starting; exiting")
+                return self.exit_code
             if self.membership.store.exists(layout.STOP):
                 self.console.info(f"the experiment in {self.store_url} was stopped (ablator stop); exiting")
                 self._shutdown_workers(kill=False)
@@ -627,12 +632,13 @@ class Agent:
             f"trial {held.trial} attempt {held.epoch + 1} failed ({kind}): {message.splitlines()[0] if message else ''}"
         )
 
-    def _save_log(self, st: SlotState) -> None:
-        """The worker's stdout/stderr during this trial, bounded, under the trial's epoch."""
+    def _save_log(self, st: SlotState, *, final: bool = True) -> None:
+        """The worker's stdout/stderr during this trial, bounded, under the trial's epoch;
+        ``final`` at the end of the attempt (the next trial's log starts afresh)."""
         run, w = st.run, st.worker
         if run is None or w is None:
             return
-        data = w.take_log()
+        data = w.take_log() if final else w.read_log()
         if not data:
             return
         held = run.held
@@ -720,6 +726,9 @@ class Agent:
             if not run.stopping and now - run.last_progress > self.stall_s:
                 self._stalled(st, now)
                 continue
+            if now >= run.next_log:
+                run.next_log = now + LOG_EVERY_S
+                self._save_log(st, final=False)  # so that a long trial's output can be watched
             if now >= run.next_check:
                 run.next_check = now + self.limits.heartbeat_seconds
                 try:
@@ -817,7 +826,7 @@ class Agent:
             w = st.worker
             if w is None:
                 continue
-            if not kill and not w.eof:
+            if not kill and not w.eof and w.ready:
                 with contextlib.suppress(OSError):
                     w.send(P.Quit())
             else:

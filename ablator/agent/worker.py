@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -404,19 +403,28 @@ class Worker:
         except subprocess.TimeoutExpired:
             return None
 
-    def take_log(self, limit: int = LOG_LIMIT) -> bytes:
-        """The child's output since the last call, at most ``limit`` bytes (head and tail)."""
+    def read_log(self, limit: int = LOG_LIMIT, *, truncate: bool = False) -> bytes:
+        """The child's output since the last truncation, at most ``limit`` bytes (its head and
+        tail, reading no more than that); ``truncate`` starts the next trial's log afresh."""
         try:
             with open(self.log_path, "r+b") as f:
-                data = f.read()
-                f.truncate(0)
+                size = os.fstat(f.fileno()).st_size
+                if size <= limit:
+                    data = f.read(size)
+                else:
+                    half = limit // 2
+                    head = f.read(half)
+                    f.seek(size - half)
+                    data = head + f"\n[... {size - 2 * half} bytes cut ...]\n".encode() + f.read(half)
+                if truncate:
+                    f.truncate(0)
         except OSError:
             return b""
-        if len(data) > limit:
-            half = limit // 2
-            cut = len(data) - 2 * half
-            data = data[:half] + f"\n[... {cut} bytes cut ...]\n".encode() + data[-half:]
         return data
+
+    def take_log(self, limit: int = LOG_LIMIT) -> bytes:
+        """The child's output since the last call, at most ``limit`` bytes (head and tail)."""
+        return self.read_log(limit, truncate=True)
 
     def close(self) -> None:
         for fd in (self.to_child, self.from_child):
@@ -424,15 +432,6 @@ class Worker:
                 os.close(fd)
         with contextlib.suppress(OSError):
             self.log_path.unlink()
-
-
-def terminate_all(workers: list[Worker], on_each: Callable[[Worker], None] | None = None) -> None:
-    for w in workers:
-        w.kill()
-    for w in workers:
-        w.wait(5)
-        if on_each is not None:
-            on_each(w)
 
 
 if __name__ == "__main__":
