@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import IO, Any, Protocol, runtime_checkable
 
-from tqdm import tqdm
-
 from ablator.errors import AblatorError
 
 
@@ -145,8 +143,17 @@ class LogProgress:
         print(line, file=self.file if self.file is not None else sys.stderr, flush=True)
 
 
-class _Bar(tqdm):
-    monitor_interval = 0  # no tqdm monitor thread: a trial leaves no threads behind
+def _bar_class() -> Any:
+    """tqdm without its monitor thread (a trial leaves no threads behind); None without tqdm."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+
+    class _Bar(tqdm):
+        monitor_interval = 0
+
+    return _Bar
 
 
 class BarProgress:
@@ -155,12 +162,18 @@ class BarProgress:
     def __init__(self, file: IO[str] | None = None, *, max_values: int = 4) -> None:
         self.file = file
         self.max_values = max_values
-        self._bar: tqdm[Any] | None = None
+        self._bar: Any = None
+        self._fallback: LogProgress | None = None
         self._values: dict[str, float] = {}
 
     def start(self, *, trial: int, epoch: int, total: int | None, initial: int) -> None:
         self._values = {}
-        self._bar = _Bar(
+        bar = _bar_class()
+        if bar is None:  # tqdm is not installed: log lines instead
+            self._fallback = LogProgress(self.file)
+            self._fallback.start(trial=trial, epoch=epoch, total=total, initial=initial)
+            return
+        self._bar = bar(
             total=total,
             initial=initial,
             desc=f"trial {trial} e{epoch}",
@@ -180,6 +193,8 @@ class BarProgress:
     ) -> None:
         bar = self._bar
         if bar is None:
+            if self._fallback is not None:
+                self._fallback.update(step, values, train_epoch=train_epoch, important=important)
             return
         self._values.update(values)
         post = {} if train_epoch is None else {"epoch": str(train_epoch)}
