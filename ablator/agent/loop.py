@@ -346,7 +346,8 @@ class Agent:
         name = signal.Signals(signum).name
         if self.stop_reason is None:
             self.stop_reason = f"{name} received"
-            self.exit_code = 130 if signum == signal.SIGINT else 0
+            if signum == signal.SIGINT and self.exit_code == 0:
+                self.exit_code = 130
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -400,7 +401,7 @@ class Agent:
             self._pump(tick if not self._free_slots() or time.monotonic() < next_claim else 0.0)
             now = time.monotonic()
             self._supervise(now)
-            if self.fatal:
+            if self.fatal and not draining:
                 self.console.error(self.fatal)
                 self._begin_drain("agent error")
                 self.exit_code = 1

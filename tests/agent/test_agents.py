@@ -331,3 +331,28 @@ def test_retry_extend_stop_while_a_tpe_agent_runs(local_store: str, agents: Any,
         assert point.overrides == spec.overrides
         xs.append(spec.config["x"])
     assert len(set(xs)) == 6
+
+
+def test_reused_workers_claim_while_results_are_written(local_store: str, agents: Any) -> None:
+    # Short trials on two slots, and a budget grown while the agent waits (--watch): the agent
+    # claims the next trial while it still holds the previous one. Every trial must run once,
+    # under its first claim, and no hold may be lost on the way (a long lease: any takeover
+    # here would be a bug, not a slow machine).
+    from ablator.ops import stop
+
+    exp = experiment(
+        config={"mode": "noop"},
+        design={"kind": "random", "trials": 1, "space": {"x": {"range": [0.0, 1.0]}}},
+        limits={"lease_seconds": 300, "heartbeat_seconds": 1},
+    )
+    launch_toy(local_store, exp)
+    store = open_(local_store)
+    a = agents(local_store, "--watch", "--slots", "2")
+    wait_for("the first result", lambda: store.exists(layout.result(0)))
+    launch_toy(local_store, exp, extend=60)
+    wait_for("60 more results", lambda: len(results(store)) == 61)
+    stop(local_store)
+    assert a.wait(60) == 0, a.output()
+    assert "lease lost" not in a.output() and "warning" not in a.output(), a.output()
+    for t in range(61):
+        assert sorted(records_of(store, t, "claim")) == [0], t

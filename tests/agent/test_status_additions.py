@@ -13,9 +13,7 @@ from ablator.store import open_store
 from .conftest import experiment
 
 
-def _beat(
-    store: object, agent_id: str, *, torch: str, gpus: list[records.GpuInfo], held: list[tuple[int, int]] = []
-) -> None:  # noqa: B006
+def _beat(store: object, agent_id: str, *, torch: str, gpus: list[records.GpuInfo]) -> None:
     hb = records.Heartbeat(
         agent_id=agent_id,
         host="h",
@@ -23,7 +21,6 @@ def _beat(
         counter=1,
         lease_s=600,
         heartbeat_s=10,
-        held=held,
         gpus=gpus,
         slots=1,
         versions={"torch": torch},
