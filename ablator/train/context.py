@@ -248,7 +248,7 @@ def run_function(
     """Run one attempt of a trial function."""
     t_start = time.monotonic()
     seeding.seed_everything(spec.seed)
-    loaded = load_latest(store, trial, epoch, spec, kind="function")
+    loaded = None if smoke else load_latest(store, trial, epoch, spec, kind="function")
     start_attempt(None if loaded is None else (loaded.epoch, loaded.step))
     writer = StoreWriter(name=f"ablator-writer-{trial}-{epoch}")
     try:

@@ -119,11 +119,12 @@ def train(
     micro = 0  # micro-batches in that window
 
     # --- resume: the newest usable checkpoint on this attempt's lineage ---------------------
-    loaded = load_latest(store, trial, epoch, spec, kind="wrapper")
+    # (a smoke run checks the wiring from scratch: it never resumes)
+    loaded = None if smoke else load_latest(store, trial, epoch, spec, kind="wrapper")
     pending_rng: dict[str, Any] | None = None
     if loaded is not None:
         p = loaded.payload
-        if p["plan"]["batches_per_epoch"] != plan.batches_per_epoch and not smoke:
+        if p["plan"]["batches_per_epoch"] != plan.batches_per_epoch:
             raise CheckpointError(
                 f"checkpoint {loaded.key!r} was taken with {p['plan']['batches_per_epoch']} batches per epoch, "
                 f"the data now gives {plan.batches_per_epoch}: the run cannot continue where it stopped"
@@ -143,6 +144,7 @@ def train(
             lp["best_loss"],
         )
         state.best_metrics, state.latest = dict(lp["best_metrics"]), dict(lp["latest"])
+        state.stop, state.message = lp["stop"], lp["message"]
         loss_sum = p["window"]["loss_sum"].to(device)
         micro = p["window"]["micro"]
         pending_rng = p["rng"]  # restored once the epoch's consumed batches were re-read
@@ -198,6 +200,8 @@ def train(
                 "best_loss": state.best_loss,
                 "best_metrics": dict(state.best_metrics),
                 "latest": dict(state.latest),
+                "stop": state.stop,  # an early-stopped trial that crashed before its result stays stopped
+                "message": state.message,
             },
         )
         key = ckpt.save(state.step, serialize(payload), best_step=state.best_step)
@@ -209,7 +213,7 @@ def train(
         with seeding.deterministic_mode(tc.deterministic):
             model.train()
             wrapper.on_train_start(state)
-            finished = state.step >= plan.total_steps
+            finished = state.step >= plan.total_steps or state.stop is not None
             while not finished:
                 # --- one epoch: its own seeded order; a resumed attempt re-reads what it consumed
                 _seed_loader(

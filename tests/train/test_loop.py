@@ -113,6 +113,18 @@ def test_early_stopping_is_a_result_not_a_failure(store: Store) -> None:
     assert ckpt_steps(store)[-1] == 9
 
 
+def test_an_early_stopped_trial_resumed_after_its_last_checkpoint_stays_stopped(store: Store) -> None:
+    cfg = T.tiny_config(
+        batch_size=8, epochs=10, eval_every=3, early_stopping_patience=2, optimizer={"lr": 0.0}
+    )
+    spec = T.spec_for(cfg)
+    with pytest.raises(T.Crash):
+        run(store, spec, obj=T.EndCrashWrapper, metric=("val_loss", "min"))
+    out = run(store, spec, epoch=1, metric=("val_loss", "min"))
+    assert out.resumed_from == (0, 9) and out.status == "early_stopped" and out.steps == 9
+    assert "no improvement" in out.message and out.best_step == 3
+
+
 def test_nonfinite_loss_diverges_without_checkpointing_it(store: Store) -> None:
     cfg = T.tiny_config(batch_size=8, epochs=3, log_every=2, eval_every=4)
     out = run(store, T.spec_for(cfg), obj=T.NanWrapper(at=5))

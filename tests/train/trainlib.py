@@ -281,3 +281,10 @@ class CrashingWorkersWrapper(WorkersWrapper):
     def on_step_end(self, state: Any) -> None:
         if state.step == self.crash_at:
             raise Crash(f"crash at step {state.step}")
+
+
+class EndCrashWrapper(TinyWrapper):
+    """Crashes after its final checkpoint (before a result could be written)."""
+
+    def on_train_end(self, state: Any) -> None:
+        raise Crash("after the final checkpoint")
