@@ -172,7 +172,7 @@ def train(
         _seed_loader(loader, seeding.generator(spec.seed, seeding.STREAM_EVAL_DATA), 0)
         model.eval()
         try:
-            values = wrapper.evaluate(model, _limit(loader, SMOKE_EVAL_BATCHES) if smoke else loader)
+            values = wrapper.evaluate(model, _Limited(loader, SMOKE_EVAL_BATCHES) if smoke else loader)
         finally:
             model.train()
         return _to_host(values, prefix)
@@ -334,7 +334,7 @@ def train(
                         or now - last_ckpt_time >= ckpt_every_s
                     ) and not (smoke and not finished)
                     if want:
-                        if not row and not bool(torch.isfinite(loss_sum)):
+                        if tc.diverge_on_nonfinite and not row and not bool(torch.isfinite(loss_sum)):
                             state.stop, state.message = (
                                 "diverged",
                                 f"non-finite training loss before step {step}",
@@ -444,7 +444,9 @@ def _seed_loader(loader: Any, gen: torch.Generator, epoch: int) -> None:
     if not isinstance(loader, DataLoader):
         return
     loader.generator = gen  # workers' base seed (drawn from the global RNG when None)
-    sampler = getattr(loader.batch_sampler, "sampler", None) or loader.sampler
+    sampler = getattr(loader.batch_sampler, "sampler", None)
+    if sampler is None:
+        sampler = loader.sampler
     if hasattr(sampler, "generator"):
         sampler.generator = gen
     set_epoch = getattr(sampler, "set_epoch", None)
@@ -454,7 +456,7 @@ def _seed_loader(loader: Any, gen: torch.Generator, epoch: int) -> None:
         loader.worker_init_fn = seeding.seed_worker
 
 
-class _limit:
+class _Limited:
     """The first ``n`` batches of a loader (smoke runs)."""
 
     def __init__(self, loader: Iterable[Any], n: int) -> None:
