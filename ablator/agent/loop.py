@@ -179,8 +179,8 @@ class Agent:
 
         args = self.args
         store = self.store = open_store(args.store, force=bool(args.force))
-        self_test(store)  # two racing creates on a scratch key: refuses a store that lets both win
         spec = self.spec = self._read_spec(store)
+        self_test(store)  # two racing creates on a scratch key: refuses a store that lets both win
         exp = self.exp = X.experiment_from_dict(spec.experiment, source=f"{store.url}/{layout.EXPERIMENT}")
         self.limits = LeaseLimits.from_limits(
             exp.limits, lease_seconds=args.lease_seconds, heartbeat_seconds=args.heartbeat_seconds
