@@ -349,10 +349,10 @@ def test_reused_workers_claim_while_results_are_written(local_store: str, agents
     store = open_(local_store)
     a = agents(local_store, "--watch", "--slots", "2")
     wait_for("the first result", lambda: store.exists(layout.result(0)))
-    launch_toy(local_store, exp, extend=60)
-    wait_for("60 more results", lambda: len(results(store)) == 61)
+    launch_toy(local_store, exp, extend=30)
+    wait_for("30 more results", lambda: len(results(store)) == 31)
     stop(local_store)
     assert a.wait(60) == 0, a.output()
     assert "lease lost" not in a.output() and "warning" not in a.output(), a.output()
-    for t in range(61):
+    for t in range(31):
         assert sorted(records_of(store, t, "claim")) == [0], t
