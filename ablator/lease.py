@@ -1005,6 +1005,7 @@ class Claimer:
         # the walk over new indexes
         self._cursor: int | None = None
         self._max_seen = -1
+        self._taken_blocks: set[int] = set()  # blocks (index // block) known to be claimed
         self._exhausted = False
         self._shard = self.rng.randrange(FRONTIER_SHARDS)
         self._since_hint = 0
@@ -1016,6 +1017,7 @@ class Claimer:
         self._check_at: dict[int, float] = {}
         self._free: list[int] = []  # sorted
         self._free_pos = 0
+        self._tails: set[int] = set()  # free block tails seen by the last sweep
         self._declined: set[int] = set()
         self._specs: dict[int, records.TrialSpec] = {}
         self._hinted: set[tuple[int, int]] = set()
@@ -1272,6 +1274,11 @@ class Claimer:
 
     # -- new trials ------------------------------------------------------------------------
     def _create_new(self, i: int, new_spec: NewSpec, can_run: CanRun | None) -> Held | None:
+        if i in self._specs:
+            # Claimed already, by this agent (a stale entry of the free list, or the cursor met
+            # it): trying again would _hold and then _drop a pair we may still be running,
+            # unlisting it from our heartbeat until an observer takes it over.
+            return None
         spec = new_spec(i)
         if can_run is not None and not can_run(spec):
             self._declined.add(i)
@@ -1284,6 +1291,7 @@ class Claimer:
         self.membership._hold(i, 0, self.clock())
         won = self.store.create(layout.claim(i, 0), records.encode(claim))
         self._max_seen = max(self._max_seen, i)
+        self._taken_blocks.add(i // self.block)  # ours or somebody else's: not a landing place
         if not won:
             self.membership._drop(i, 0, released=False)
             self.stats.lost_races += 1
@@ -1297,7 +1305,8 @@ class Claimer:
         """Claim one of the free indexes the last sweep found. Agents that swept together hold
         the same list: each walks it in order from a random place and jumps elsewhere at random
         after a lost race (somebody is working there), so that they rarely meet. After a run of
-        lost races the list is refreshed with one ``list_dirs`` (cheaper than blind creates)."""
+        lost races the list is refreshed with one ``list_dirs``; after the first lost race each
+        candidate is looked at (``exists``) before it is created."""
         lost_run = 0
         while self._free:
             if self._free_pos >= len(self._free):
@@ -1305,18 +1314,28 @@ class Claimer:
             i = self._free.pop(self._free_pos)
             if i in self._terminal or i in self._declined or i >= self._budget:
                 continue
-            held = self._create_new(i, new_spec, can_run)
+            held = None if lost_run and self._taken(i) else self._create_new(i, new_spec, can_run)
             if held is not None:
                 return held
             if i in self._declined:
                 continue
             lost_run += 1
-            if lost_run >= 8:
+            self.stats.extra["lost_in_gaps"] = self.stats.extra.get("lost_in_gaps", 0) + 1
+            if lost_run >= 4:
                 existing = {int(n) for n in self.store.list_dirs(layout.TRIALS_DIR) if n.isdigit()}
                 self._free = [k for k in self._free if k not in existing]
                 lost_run = 0
             self._free_pos = self.rng.randrange(len(self._free)) if self._free else 0
         return None
+
+    def _taken(self, i: int) -> bool:
+        """Whether new index ``i`` is already claimed (a look before a likely-lost create)."""
+        if self.store.exists(layout.claim(i, 0)):
+            self._max_seen = max(self._max_seen, i)
+            self._taken_blocks.add(i // self.block)
+            self.stats.lost_races += 1
+            return True
+        return False
 
     def _read_frontier(self) -> int:
         best = -1
@@ -1346,17 +1365,25 @@ class Claimer:
             self._last_hint_time = now
 
     def _jump(self, after: int, budget: int) -> int | None:
-        """A block head above ``after``: one of the next W blocks at random (W grows with the
-        number of live agents), so that agents spread over different blocks; None when no index
-        above ``after`` is left below the budget."""
-        if after + 1 >= budget:
-            return None
+        """A block head above ``after``: one of the next W blocks not known to be taken, at
+        random (W grows with the number of live agents), so that agents spread over different
+        blocks and fill the lowest free ones first; None when no such head is left below the
+        budget."""
         b = self.block
         first = (after + 1 + b - 1) // b
         width = min(2 * self._n_live - 1, 64)
-        heads = [h * b for h in range(first, first + width) if h * b < budget]
+        heads: list[int] = []
+        h = first
+        # Skipping blocks this agent knows are taken costs no store operation; the bound keeps
+        # a jump cheap even when it knows thousands of them.
+        while h * b < budget and len(heads) < width and h - first < width + 4096:
+            if h not in self._taken_blocks:
+                heads.append(h * b)
+            h += 1
         if not heads:
-            return after + 1  # the last, partial block: walk it
+            # Only the rest of a block somebody else started, or blocks known to be taken: leave
+            # them to their owners (and to the gap sweep) rather than lose a race at every index.
+            return None
         return self.rng.choice(heads)
 
     def _claim_new(self, new_spec: NewSpec, can_run: CanRun | None) -> Held | None:
@@ -1390,14 +1417,19 @@ class Claimer:
             if i in self._declined or i in self._terminal:
                 self._cursor = i + 1
                 continue
-            held = self._create_new(i, new_spec, can_run)
+            # A block head is where other agents start: look before creating. A stat (or an S3
+            # HEAD) costs far less than a lost create (temp file, link, read-back; or a PUT
+            # answered 412 and a GET), and a free head costs one cheap stat per block.
+            held = None if i % self.block == 0 and self._taken(i) else self._create_new(i, new_spec, can_run)
             if held is not None:
                 self._cursor = i + 1
                 return held
             if i in self._declined:
                 self._cursor = i + 1
                 continue
-            nxt = self._jump(max(self._max_seen, i), budget)
+            where = "lost_at_head" if i % self.block == 0 else "lost_in_block"
+            self.stats.extra[where] = self.stats.extra.get(where, 0) + 1
+            nxt = self._jump(i, budget)
             if nxt is None:
                 self._exhausted = True
                 self._cursor = budget
@@ -1423,8 +1455,15 @@ class Claimer:
         grouped: dict[int, list[Entry]] | None = None
         if len(unknown) > BULK_LIST_THRESHOLD:
             grouped = group_by_trial(self.store.list(layout.TRIALS_DIR))
-        self._free = [i for i in range(budget) if i not in existing and i not in self._declined]
-        open_trials = 0
+        free = [i for i in range(budget) if i not in existing and i not in self._declined]
+        # A free index whose block head is claimed is most likely the tail of a block its owner
+        # is still walking: racing the owner for it would lose almost every time. Such tails
+        # become claimable only if a later sweep finds them still free (an owner that stopped).
+        b = self.block
+        tails = {i for i in free if i % b and (i - i % b) in existing}
+        self._free = [i for i in free if i not in tails or i in self._tails]
+        self._tails = tails
+        open_trials = len(tails)
         for i in unknown:
             entries = grouped.get(i, []) if grouped is not None else None
             st = read_trial(

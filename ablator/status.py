@@ -27,6 +27,8 @@ from ablator.errors import AblatorError, StoreError
 from ablator.lease import LeaseLimits, TrialState, group_by_trial, read_budget, read_forgiven, read_trial
 from ablator.store import Capabilities, Store, open_store
 
+#: Slack for the store clock's resolution (S3 LastModified has whole seconds).
+CLOCK_SLACK_S = 1.0
 #: State names in the order they are printed.
 STATES = ("pending", "running", "done", "failed", "retryable", "released", "orphaned", "needs_repair")
 
@@ -164,7 +166,7 @@ def _collect(store: Store, url: str, problems: list[str]) -> StatusReport:
         if hb.state == "exited":
             live = False
         elif age is not None:
-            live = age <= hb.lease_s
+            live = age <= hb.lease_s + CLOCK_SLACK_S
         agents[agent_id] = AgentStatus(
             agent_id=agent_id,
             host=hb.host,
@@ -183,7 +185,7 @@ def _collect(store: Store, url: str, problems: list[str]) -> StatusReport:
     def judge(trial: int, epoch: int, holder: str | None, entry: Any) -> bool:
         if now is None or entry.mtime is None:
             return False  # no clock: cannot tell; counted as running
-        claim_age = now - entry.mtime
+        claim_age = now - entry.mtime - CLOCK_SLACK_S
         a = agents.get(holder) if holder is not None else None
         if a is None or a.corrupt or a.lease_s is None:
             return claim_age > limits.lease_seconds  # holder unknown

@@ -146,12 +146,15 @@ def main() -> int:
         took.append([h.trial, h.epoch])
         emit(took=[h.trial, h.epoch])
         if args.finish:
-            h.check()
-            store.create(
-                layout.metrics(h.trial, h.epoch, 1),
-                records.encode(records.MetricsChunk(trial=h.trial, epoch=h.epoch, rows=[])),
-            )
-            emit(finished=[h.trial, h.epoch], won=h.finish(metrics={"x": 1.0}))
+            try:
+                h.check()
+                store.create(
+                    layout.metrics(h.trial, h.epoch, 1),
+                    records.encode(records.MetricsChunk(trial=h.trial, epoch=h.epoch, rows=[])),
+                )
+                emit(finished=[h.trial, h.epoch], won=h.finish(metrics={"x": 1.0}))
+            except LeaseLost as exc:
+                emit(lost=[h.trial, h.epoch], reason=str(exc))
     emit(took_all=took)
     if args.finish:
         membership.close()

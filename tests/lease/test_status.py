@@ -95,7 +95,7 @@ def test_status_counts_agents_and_progress(
     store = open_store(url)
     live = _build(store)
     try:
-        time.sleep(2.5)  # the dead agent's heartbeat (lease 1 s) ages past its lease by the store's clock
+        time.sleep(3)  # the dead agent's heartbeat (lease 1 s) ages past lease + slack by the store's clock
         live.beat()
         out = _status(url, env, "--json")
         assert out.returncode == 0, out.stderr
@@ -128,7 +128,9 @@ def test_status_counts_agents_and_progress(
         # read-only apart from the probe: nothing left behind
         assert not [e for e in store.list(layout.SELFTEST_DIR)]
 
-        text = _status(url, env)
+        if backend == "s3":
+            return  # the text and --check paths do not depend on the backend (and moto is slow)
+        text = _status(url, env, "--check")
         assert text.returncode == 0, text.stderr
         for needle in (
             "experiment  demo",
@@ -138,12 +140,9 @@ def test_status_counts_agents_and_progress(
             "gpubox",
             "oldbox",
             "2 GPU (H100)",
+            "self-test   passed",
         ):
             assert needle in text.stdout, (needle, text.stdout)
-
-        check = _status(url, env, "--json", "--check")
-        assert check.returncode == 0, check.stderr
-        assert json.loads(check.stdout)["check"]["self_test"] == "passed"
     finally:
         live.close()
 
