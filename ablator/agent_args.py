@@ -13,11 +13,19 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpu", action="store_true", help="run trials on the CPU")
     p.add_argument("--slots", type=int, default=None, help="concurrent trials (CPU: default 1)")
     p.add_argument("--slots-per-gpu", type=int, default=1, help="concurrent trials per GPU")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per CPU trial (default: this machine's cores split among the CPU slots of all its agents)",
+    )
     p.add_argument("--max-trials", type=int, default=None, help="exit after starting N trials")
     p.add_argument("--watch", action="store_true", help="keep waiting for work when the experiment is done")
     p.add_argument("--lease-seconds", type=float, default=None, help="override the experiment's lease")
     p.add_argument("--heartbeat-seconds", type=float, default=None, help="override the heartbeat interval")
-    p.add_argument("--grace-seconds", type=float, default=30.0, help="time to checkpoint and release on SIGTERM")
+    p.add_argument(
+        "--grace-seconds", type=float, default=30.0, help="time to checkpoint and release on SIGTERM"
+    )
     p.add_argument("--fresh-worker", action="store_true", help="a new worker process for every trial")
     p.add_argument("--force", action="store_true", help="trust a store that failed the trust checks")
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")

@@ -44,7 +44,9 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ablator", description="Coordinator-free ablation studies for PyTorch.")
+    parser = argparse.ArgumentParser(
+        prog="ablator", description="Coordinator-free ablation studies for PyTorch."
+    )
     parser.add_argument("--version", action="version", version=f"ablator {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -60,8 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("launch")
     p.add_argument("experiment", help="experiment file (YAML, TOML or JSON)")
     p.add_argument("--store", required=True, help="store URL: a folder, file://, s3://bucket/prefix")
-    p.add_argument("--extend", type=int, default=None, metavar="N", help="add N trials to a launched experiment")
-    p.add_argument("--code", default=None, metavar="DIR", help="snapshot DIR (respecting .gitignore) for every agent")
+    p.add_argument(
+        "--extend", type=int, default=None, metavar="N", help="add N trials to a launched experiment"
+    )
+    p.add_argument(
+        "--code", default=None, metavar="DIR", help="snapshot DIR (respecting .gitignore) for every agent"
+    )
     p.add_argument("--force", action="store_true", help="trust a store that failed the trust checks")
     _add_set(p)
 
@@ -92,9 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run")
     p.add_argument("experiment", nargs="?", default=None, help="experiment file (omit with --from)")
     p.add_argument("--store", default=None, help="store URL (default ./ablator-runs/<name>)")
-    p.add_argument("--trial", type=int, default=None, help="run trial N of the plan (default: the baseline, 0)")
+    p.add_argument(
+        "--trial", type=int, default=None, help="run trial N of the plan (default: the baseline, 0)"
+    )
     p.add_argument("--smoke", action="store_true", help="train and evaluate a few batches only")
-    p.add_argument("--from", dest="from_store", default=None, metavar="STORE", help="reproduce a trial of STORE")
+    p.add_argument(
+        "--from", dest="from_store", default=None, metavar="STORE", help="reproduce a trial of STORE"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     _add_set(p)
@@ -104,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("store", help="store URL or a copied store folder")
         p.add_argument("--metric", default=None, help="metric to analyse (default: the experiment's)")
         p.add_argument(
-            "--mode", choices=["min", "max"], default=None, help="direction of --metric (default: the experiment's)"
+            "--mode",
+            choices=["min", "max"],
+            default=None,
+            help="direction of --metric (default: the experiment's)",
         )
         if name == "report":
             p.add_argument("--out", required=True, help="output folder")

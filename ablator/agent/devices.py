@@ -156,6 +156,53 @@ def lock_dir() -> Path:
     return d
 
 
+# --- CPU threads shared by the agents of one host ------------------------------------------
+#
+# torch gives every process as many intra-op threads as there are cores. Two agents on a 2-core
+# machine then run 4 spinning threads on 2 cores, which made a small MLP ~10x slower here. Each
+# CPU slot of every agent on this host holds a local lock file ``cpu-slot<k>.lock`` while it
+# lives; before each trial a CPU worker counts the held ones and takes its share of the cores.
+# (Local files and filelock only: host-local exclusion never touches the shared store.)
+
+_CPU_SLOT_SCAN = 256
+
+
+def take_cpu_slot_lock() -> FileLock:
+    """Hold the first free ``cpu-slot<k>.lock`` of this host (for the agent's lifetime)."""
+    for k in range(_CPU_SLOT_SCAN):
+        lock = FileLock(str(lock_dir() / f"cpu-slot{k}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue
+        return lock
+    raise ConfigError(f"more than {_CPU_SLOT_SCAN} CPU slots are held on this machine")
+
+
+def local_cpu_slots() -> int:
+    """How many CPU slots the agents of this host hold now (at least 1). A probe that gets a
+    lock was free; flock locks conflict between processes, so a worker sees its parent's."""
+    held = 0
+    d = lock_dir()
+    for k in range(_CPU_SLOT_SCAN):
+        path = d / f"cpu-slot{k}.lock"
+        if not path.exists():
+            continue
+        probe = FileLock(str(path))
+        try:
+            probe.acquire(timeout=0)
+        except Timeout:
+            held += 1
+        else:
+            probe.release()
+    return max(1, held)
+
+
+def cpu_threads_share() -> int:
+    """Intra-op threads for one CPU trial: this host's cores split among its CPU slots."""
+    return max(1, (os.cpu_count() or 1) // local_cpu_slots())
+
+
 def parse_gpu_list(text: str) -> list[int]:
     try:
         return [int(p) for p in text.split(",") if p.strip()]
@@ -183,7 +230,7 @@ def plan_slots(
     if slots_per_gpu < 1:
         raise ConfigError(f"--slots-per-gpu {slots_per_gpu}: must be at least 1")
     if cpu:
-        return [Slot(i) for i in range(slots or 1)], notes
+        return [Slot(i, None, take_cpu_slot_lock()) for i in range(slots or 1)], notes
     chosen = found
     if gpus_arg is not None:
         wanted = parse_gpu_list(gpus_arg)
@@ -195,7 +242,7 @@ def plan_slots(
         chosen = [by_index[i] for i in wanted]
     if not chosen:
         notes.append("found no GPU: running CPU-allowed trials on one CPU slot (use --cpu to silence this)")
-        return [Slot(0)], notes
+        return [Slot(0, None, take_cpu_slot_lock())], notes
     out: list[Slot] = []
     busy = 0
     for gpu in chosen:

@@ -283,7 +283,10 @@ class Agent:
         return out
 
     def _start_worker(self, st: SlotState) -> None:
-        st.worker = Worker(st.slot.id, self.init_msg, st.slot.env(), self.log_dir)
+        env = st.slot.env()
+        if getattr(self.args, "threads", None):
+            env["ABLATOR_THREADS"] = str(self.args.threads)
+        st.worker = Worker(st.slot.id, self.init_msg, env, self.log_dir)
 
     def _wait_for_workers(self) -> None:
         """The first worker must say hello (torch and the user's code imported, config valid)

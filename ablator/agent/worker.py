@@ -209,6 +209,8 @@ class _Child:
             self.send(P.Resumed(resumed_from=resumed_from))
 
         exp = ctx["experiment"]
+        if run.device == "cpu" or os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+            _share_cpu_threads()
         try:
             outcome = execute_trial(
                 ctx["entry"],
@@ -246,6 +248,20 @@ class _Child:
             sys.stdout.flush()
             sys.stderr.flush()
         self.send(reply)
+
+
+def _share_cpu_threads() -> None:
+    """Set torch's intra-op threads for a CPU trial: ``ABLATOR_THREADS`` (the agent's
+    ``--threads``) or this host's cores split among the CPU slots of all its agents, counted
+    afresh before each trial since agents come and go."""
+    import torch
+
+    from ablator.agent.devices import cpu_threads_share
+
+    wanted = os.environ.get("ABLATOR_THREADS")
+    n = int(wanted) if wanted else cpu_threads_share()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def _is_ablator_error(exc: BaseException) -> bool:
