@@ -24,4 +24,4 @@ python -m ablator status "$STORE"
 python -m ablator analyze "$STORE"
 python -m ablator report "$STORE" --out "$REPORT"
 echo
-echo "Report: $REPORT/report.html (and report.md, figures/*.png)"
+echo "Report: $REPORT/report.html (and report.md and the PNG figures beside it)"
