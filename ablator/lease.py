@@ -473,13 +473,13 @@ class Membership:
                     self._cond.wait(min(wake - now, hb))
                 due = now >= self._next_beat
                 if due:
-                    # After a failed write, retry sooner than a full interval.
                     self._next_beat = now + hb
                 else:
-                    fenced = self._expire(now)
+                    fenced = self._expire(now)  # woken by a deadline: fence without waiting
             if due:
                 ok = self.beat()
                 if not ok:
+                    # After a failed write, retry sooner than a full interval.
                     with self._lock:
                         self._next_beat = min(self._next_beat, self.clock() + hb / 4)
             elif fenced:
@@ -1022,6 +1022,7 @@ class Claimer:
         self._specs: dict[int, records.TrialSpec] = {}
         self._hinted: set[tuple[int, int]] = set()
         self._exited: set[str] = set()
+        self._prev_held: dict[str, frozenset[tuple[int, int]]] = {}
         self._n_live = 1
         self._last_scan = -math.inf
         self._last_sweep: float | None = None
@@ -1092,6 +1093,7 @@ class Claimer:
         """Every index below the budget (extensions re-read now) has a result or failed for good.
         Sweeps when the last sweep is older than ``poll_s``."""
         with self._lock:
+            self._maybe_scan()
             if self._sweep_due():
                 self._sweep()  # re-reads the budget too
             if not self._all_terminal or self.membership.held():
@@ -1161,6 +1163,14 @@ class Claimer:
                 if (t, ep) not in self._hinted:
                     self._hinted.add((t, ep))
                     self._check_at.setdefault(t, now)
+            # A trial that left a live agent's held list finished, failed or was released:
+            # look at it now. (Running trials held and listed by live agents are otherwise not
+            # re-read: the heartbeats say all there is to say about them.)
+            held_now = frozenset((int(t), int(ep)) for t, ep in hb.held)
+            for t, _ in self._prev_held.get(agent_id, frozenset()) - held_now:
+                if t not in self._terminal:
+                    self._check_at[t] = now
+            self._prev_held[agent_id] = held_now
             dead = self.liveness.is_dead(agent_id)
             if dead:
                 for t, ep in hb.held:
@@ -1186,7 +1196,14 @@ class Claimer:
         elif st.status == "retryable":
             self._ready[i] = _Ready(st, 1)
         elif st.status == "running":
-            self._check_at[i] = self.clock() + self.poll_s
+            # Held and listed by a live agent: its heartbeat (read at every scan) tells when it
+            # lets go, so a re-read once a lease is only a safety net. Otherwise (unlisted, holder
+            # unknown) the liveness timers must be fed: look again after poll_s.
+            v = self.liveness.agents.get(st.holder) if st.holder is not None else None
+            listed = v is not None and st.epoch is not None and (i, st.epoch) in v.held
+            if st.holder == self.membership.agent_id:
+                listed = True
+            self._check_at[i] = self.clock() + (self.limits.lease_seconds if listed else self.poll_s)
         elif st.status == "pending" and i < self._budget and i not in self._declined and i not in self._free:
             bisect.insort(self._free, i)
 
@@ -1451,7 +1468,14 @@ class Claimer:
                 self._terminal.discard(t)  # an operator's retry reopened it
         existing = {int(n) for n in self.store.list_dirs(layout.TRIALS_DIR) if n.isdigit()}
         mine = {t for t, _ in self.membership.held()}
-        unknown = sorted(i for i in existing if i < budget and i not in self._terminal and i not in mine)
+        now = self.clock()
+        # Trials with a re-check scheduled for later (running elsewhere) are not re-read: the
+        # scan of heartbeats brings their re-check forward when their holder lets go or dies.
+        unknown = sorted(
+            i
+            for i in existing
+            if i < budget and i not in self._terminal and i not in mine and self._check_at.get(i, now) <= now
+        )
         grouped: dict[int, list[Entry]] | None = None
         if len(unknown) > BULK_LIST_THRESHOLD:
             grouped = group_by_trial(self.store.list(layout.TRIALS_DIR))
@@ -1463,7 +1487,6 @@ class Claimer:
         tails = {i for i in free if i % b and (i - i % b) in existing}
         self._free = [i for i in free if i not in tails or i in self._tails]
         self._tails = tails
-        open_trials = len(tails)
         for i in unknown:
             entries = grouped.get(i, []) if grouped is not None else None
             st = read_trial(
@@ -1475,8 +1498,13 @@ class Claimer:
                 forgiven=self._forgiven.get(i, -1),
             )
             self._classify(st)
-            if st.status not in TERMINAL:
-                open_trials += 1
+        # Everything not final is somewhere: free (or a deferred tail), ready to take, held by
+        # us, or scheduled for a re-check (running elsewhere).
+        open_trials = (
+            len(tails)
+            + len(self._ready)
+            + sum(1 for i in self._check_at if i not in self._terminal and i < budget)
+        )
         self._free.sort()
         # agents sweeping together should not all start at the same gap
         self._free_pos = self.rng.randrange(len(self._free)) if self._free else 0

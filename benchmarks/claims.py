@@ -62,7 +62,7 @@ def _ablator_worker(url: str, trials: int, go: Any, out: Any) -> None:
         if held is None:
             if c.done():
                 break
-            time.sleep(0.005)
+            time.sleep(0.05)  # an idle agent polls (real agents: every few seconds)
             continue
         held.attempt()
         held.finish(metrics={"loss": 0.0})
