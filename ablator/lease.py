@@ -1404,12 +1404,13 @@ class Claimer:
         return self.rng.choice(heads)
 
     def _claim_new(self, new_spec: NewSpec, can_run: CanRun | None) -> Held | None:
-        """Walk new indexes. The cursor starts at a block head past the frontier hint (O(1)
-        reads, however many trials exist) and walks up; a lost race means somebody owns that
-        stretch, so it jumps to a random block head past the highest index seen. Blocks make
-        collisions rare (mostly one lost race per block), and the jump's spread keeps
-        throughput up as agents are added; a block skipped by a jump is walked into by the
-        agent below it, and whatever is left at the end is found by the gap sweep."""
+        """Walk new indexes in blocks. The cursor starts at a block head past the frontier hint
+        (O(1) reads, however many trials exist) and walks up. At a block head it looks first (a
+        stat is far cheaper than a lost create); a taken head or a lost race means somebody owns
+        that stretch, so it jumps to a random block head above it not known to be taken. Most
+        blocks cost one look, agents spread out as more join, low blocks fill first, and what
+        is left at the end (blocks nobody walked into, trials others declined) is found by the
+        gap sweep."""
         budget = self._budget if self._budget_read else self.budget()
         if self._cursor is None:
             start = self._jump(max(self._read_frontier(), self._max_seen), budget)
