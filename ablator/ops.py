@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import subprocess
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 MAX_SNAPSHOT_BYTES = 256 * 1024**2
 # Never worth shipping, with or without a .gitignore: byte code is rebuilt on import.
+log = logging.getLogger(__name__)
+
 _ALWAYS_SKIPPED_DIRS = {".git", "__pycache__"}
 _ALWAYS_SKIPPED_SUFFIXES = (".pyc", ".pyo")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so that the same files always hash the same
@@ -204,6 +207,7 @@ def snapshot_code(directory: str | os.PathLike[str]) -> Snapshot:
     if not root.is_dir():
         raise ConfigError(f"--code {os.fspath(directory)!r}: not a folder")
     files, commit = _list_files(root)
+    outputs = _output_folders(root, files)
     buf = io.BytesIO()
     kept: list[str] = []
     skipped: list[str] = []
@@ -213,6 +217,8 @@ def snapshot_code(directory: str | os.PathLike[str]) -> Snapshot:
             parts = rel.split("/")
             if any(p in _ALWAYS_SKIPPED_DIRS for p in parts[:-1]) or rel.endswith(_ALWAYS_SKIPPED_SUFFIXES):
                 continue
+            if any(rel.startswith(o) for o in outputs):
+                continue  # a store or report inside the code folder is output, not code
             path = root / rel
             try:
                 real = path.resolve()
@@ -239,6 +245,27 @@ def snapshot_code(directory: str | os.PathLike[str]) -> Snapshot:
             kept.append(rel)
     data = buf.getvalue()
     return Snapshot(data=data, sha256=sha256_hex(data), files=kept, git_commit=commit, skipped=skipped)
+
+
+def _output_folders(root: Path, files: list[str]) -> list[str]:
+    """Folders under ``root`` that hold ablator's own output: a store (``experiment.json`` beside
+    ``trials/``, ``code/`` or ``agents/``) or a report (``report.html`` beside ``effects.json``).
+    Without this, a store or report written inside the code folder (untracked, not yet in
+    .gitignore) would change the snapshot's hash at every launch."""
+    names = set(files)
+    out: list[str] = []
+    for rel in files:
+        folder, _, base = rel.rpartition("/")
+        prefix = f"{folder}/" if folder else ""
+        if not prefix:
+            continue  # the code folder itself is never output
+        is_store = base == layout.EXPERIMENT and any(
+            (root / prefix / d).is_dir() for d in (layout.TRIALS_DIR, layout.CODE_DIR, layout.AGENTS_DIR)
+        )
+        is_report = base == "report.html" and f"{prefix}effects.json" in names
+        if is_store or is_report:
+            out.append(prefix)
+    return out
 
 
 # --- launch ----------------------------------------------------------------------------------
@@ -357,6 +384,29 @@ def launch(
         ablator_version=_ablator_version(),
         budget=p.budget,
     )
+    existing = _read_experiment(st)
+    if existing is not None and existing.experiment_hash == spec.experiment_hash:
+        # Already launched. The experiment pins its code snapshot for good (every agent must run
+        # the same code), so a changed --code folder cannot change it: say so, upload nothing.
+        if snap is not None and existing.code_sha256 != snap.sha256:
+            note = (
+                f"the code in {code_root} differs from the snapshot this experiment pinned "
+                f"({(existing.code_sha256 or 'none')[:12]} vs {snap.sha256[:12]}); agents keep running the "
+                "launched snapshot. To run changed code, launch into a new store"
+            )
+            if extend is None:
+                raise ExperimentMismatch(f"{st.url} already holds experiment {existing.name!r}: {note}")
+            log.warning("%s", note)
+        snap = None
+        spec = records.ExperimentSpec(
+            name=spec.name,
+            experiment=spec.experiment,
+            experiment_hash=spec.experiment_hash,
+            code_sha256=existing.code_sha256,
+            code_git_commit=existing.code_git_commit,
+            ablator_version=spec.ablator_version,
+            budget=spec.budget,
+        )
     if snap is not None:
         _upload_code(st, snap)
     created = st.create(layout.EXPERIMENT, records.encode_json(spec), durable=True)

@@ -48,8 +48,28 @@ def test_launch_with_code_and_a_different_snapshot_is_refused(tmp_path: Path) ->
     assert res.spec.code_sha256 and store.exists(layout.code(res.spec.code_sha256))
     assert not launch(experiment_from_dict(experiment()), url, code_dir=code).created
     (code / "helper.py").write_text("X = 2\n")
-    with pytest.raises(ExperimentMismatch, match="code snapshot"):
+    with pytest.raises(ExperimentMismatch, match="differs from the snapshot this experiment pinned"):
         launch(experiment_from_dict(experiment()), url, code_dir=code)
+    # The refused snapshot was not uploaded; extending keeps the pinned snapshot.
+    assert [e.key for e in store.list(layout.CODE_DIR)] == [layout.code(res.spec.code_sha256)]
+    ext = launch(experiment_from_dict(experiment()), url, code_dir=code, extend=1)
+    assert ext.extension == 0 and ext.spec.code_sha256 == res.spec.code_sha256
+
+
+def test_stores_and_reports_inside_the_code_folder_are_not_code(tmp_path: Path) -> None:
+    code = tmp_path / "project"
+    code.mkdir()
+    (code / "model.py").write_text("X = 1\n")
+    url = str(code / "runs" / "a")
+    first = launch(experiment_from_dict(experiment()), url, code_dir=code)
+    # The store now lives inside the code folder (untracked, not ignored), and so does a report.
+    (code / "report").mkdir()
+    (code / "report" / "report.html").write_text("<html></html>")
+    (code / "report" / "effects.json").write_text("{}")
+    again = launch(experiment_from_dict(experiment()), url, code_dir=code)
+    assert not again.created and again.spec.code_sha256 == first.spec.code_sha256
+    other = launch(experiment_from_dict(experiment()), str(code / "runs" / "b"), code_dir=code)
+    assert other.spec.code_sha256 == first.spec.code_sha256
 
 
 def test_stop_and_resume(tmp_path: Path) -> None:
