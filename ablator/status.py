@@ -363,11 +363,13 @@ def render(report: StatusReport) -> str:
         )
     if report.orphaned:
         lines.append(
-            f"orphaned    {_short(report.orphaned)} (takeable: the next agent to look takes them over)"
+            f"orphaned    trials {_short(report.orphaned)} (holder dead or not listing them: an agent that "
+            "has watched them for a lease takes them over)"
         )
     if report.needs_repair:
         lines.append(
-            f"repair      {_short(report.needs_repair)} (corrupt result; never re-run automatically)"
+            f"repair      trials {_short(report.needs_repair)} (corrupt result.msgpack; never re-run "
+            "automatically: see docs/failures.md, 'needs repair')"
         )
     for why in report.waiting:
         lines.append(f"waiting     {why}")

@@ -328,6 +328,9 @@ def curves_figure(res: Results, effects: Effects, factor: Factor) -> Figure | No
             mean,
             color=color,
             linewidth=2 if name == ref else 1.4,
+            # A curve of a few evaluations (or one) is invisible as a bare line: mark its points.
+            marker="o" if len(steps) <= 20 else None,
+            markersize=4,
             label=f"{_short(name)} (n={counts.get(name, 0)})",
         )
         ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)

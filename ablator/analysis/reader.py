@@ -23,7 +23,15 @@ from ablator.store.base import Entry, Store
 #: Result statuses: the trial is done (its result is immutable).
 DONE_STATUSES: tuple[str, ...] = ("completed", "early_stopped", "diverged", "pruned")
 #: Every status a trial row can have, done ones first.
-STATUSES: tuple[str, ...] = (*DONE_STATUSES, "failed", "retrying", "released", "running", "pending")
+STATUSES: tuple[str, ...] = (
+    *DONE_STATUSES,
+    "failed",
+    "needs_repair",
+    "retrying",
+    "released",
+    "running",
+    "pending",
+)
 
 CONFIG_PREFIX = "config."
 FINAL_PREFIX = "final."
@@ -171,6 +179,10 @@ def read_trial(store: Store, index: int, ctx: Context) -> TrialData:
         data.result_nonce = result.nonce
     else:
         epoch = _state(index, kinds, ctx, row)
+        if has_result:
+            # A result file that does not decode: the trial finished, but its outcome is lost.
+            # Never shown as running (nothing will rerun it): `status` calls it "needs repair".
+            row["status"] = "needs_repair"
     row["epoch"] = epoch
 
     att = attempts.get(epoch) if epoch is not None else None

@@ -11,7 +11,7 @@ python -m pip install -q -e ".[examples]"
 STORE="${STORE:-ablator-runs/digits}"
 REPORT="${REPORT:-ablator-report/digits}"
 python -m ablator launch examples/digits/experiment.yaml --store "$STORE"
-# Two agents on this machine; each would run on its own GPU if there were any. They share
+# Two agents on this machine (on the CPU here; without --cpu each would take its own GPU). They share
 # nothing but the store.
 python -m ablator.agent "$STORE" --cpu &
 first=$!
