@@ -281,7 +281,7 @@ def _schema_problems(exp: Experiment) -> list[str]:
         if d.kind != "grid":
             if d.trials is None:
                 out.append(f"$.design.trials: kind {d.kind} needs a budget: trials (repeats included)")
-            elif d.trials >= 1 and d.trials % d.repeats:
+            elif d.trials >= 1 and d.repeats >= 1 and d.trials % d.repeats:
                 out.append(
                     f"$.design.trials: {d.trials} is not a multiple of repeats ({d.repeats}); every point "
                     "runs all its repeats"

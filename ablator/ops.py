@@ -385,6 +385,14 @@ def launch(
         budget=p.budget,
     )
     existing = _read_experiment(st)
+    if existing is None and st.list_dirs(layout.TRIALS_DIR):
+        # Trials without an experiment: a private `ablator run` store (or a damaged one). Their
+        # results came from configs this launch knows nothing about; mixing them in would count
+        # them as this experiment's trials.
+        raise ExperimentMismatch(
+            f"{st.url} holds trials but no {layout.EXPERIMENT} (a private `ablator run` store?); "
+            "launch into a new store"
+        )
     if existing is not None and existing.experiment_hash == spec.experiment_hash:
         # Already launched. The experiment pins its code snapshot for good (every agent must run
         # the same code), so a changed --code folder cannot change it: say so, upload nothing.

@@ -33,7 +33,7 @@ from types import FrameType
 from typing import Any
 
 from ablator import layout, lineage, records
-from ablator.errors import AblatorError, ExperimentMismatch, LeaseLost
+from ablator.errors import AblatorError, ExperimentMismatch, LeaseLost, TrialFailed
 from ablator.store import open_store
 from ablator.store.base import Store
 from ablator.train.outcome import Outcome
@@ -108,7 +108,6 @@ def run(
     exp, spec_recorded = _load(experiment, from_store, overrides, trial or 0)
     entry = X.validate(exp)
     index = trial or 0
-    spec = spec_recorded if spec_recorded is not None else _spec(exp, index, entry)
     metric = (exp.metric.name, exp.metric.mode)
     if smoke:
         if store is not None:
@@ -118,6 +117,14 @@ def run(
         target = open_store(store if store is not None else Path(DEFAULT_ROOT) / exp.name)
 
     launched = target.get(layout.EXPERIMENT)
+    if spec_recorded is not None:
+        spec = spec_recorded
+    else:
+        from ablator.lease import read_budget
+
+        budget = X.budget(exp, entry)
+        # A launched experiment may have grown (--extend); a private store runs the plan as is.
+        spec = _spec(exp, index, entry, read_budget(target, budget) if launched is not None else budget)
     if launched is not None:
         return _run_launched(exp, entry, spec, target, launched, index, metric, device, progress, smoke)
 
@@ -141,7 +148,7 @@ def run(
             raise
         except BaseException as exc:
             _write_failure(target, index, epoch, exc)
-            raise
+            _raise_trial_failed(exc, index, target.url, layout.failed(index, epoch))
     if outcome.status == "stopped":
         rec = records.Release(
             trial=index, epoch=epoch, agent_id=_agent_id(), reason="interrupted", step=outcome.checkpoint_step
@@ -212,11 +219,30 @@ def _load(
     return exp, claim.spec
 
 
-def _spec(exp: Any, index: int, entry: Any) -> records.TrialSpec:
+def _raise_trial_failed(exc: BaseException, index: int, url: str, key: str) -> None:
+    """Re-raise ``exc`` as a :class:`TrialFailed` when it came from the user's code (the CLI
+    reports that as the trial's failure, exit 1, not as a bug of ablator); ablator's own errors,
+    Ctrl-C and exits pass through unchanged."""
+    if isinstance(exc, AblatorError) or not isinstance(exc, Exception):
+        raise exc
+    traceback.print_exception(exc, file=sys.stderr)
+    raise TrialFailed(
+        f"trial {index} raised {type(exc).__name__}: {exc} (traceback above; recorded in {url}/{key})"
+    ) from exc
+
+
+def _spec(exp: Any, index: int, entry: Any, budget: int | None = None) -> records.TrialSpec:
     from ablator import experiment as X
 
     if index < 0:
         raise AblatorError(f"--trial {index}: trial indexes start at 0")
+    if budget is None:
+        budget = X.budget(exp, entry)
+    if index >= budget:
+        raise AblatorError(
+            f"--trial {index}: the experiment has {budget} trials (0 to {budget - 1}); "
+            "grow a launched experiment with `ablator launch --extend N`"
+        )
     if exp.design.kind == "tpe":
         if index != 0:
             raise AblatorError(
@@ -235,13 +261,6 @@ def _claim_private(store: Store, spec: records.TrialSpec, index: int) -> int:
     recorded config differs from this one."""
     from ablator import config as config_mod
 
-    if store.exists(layout.result(index)):
-        res = records.try_decode(store.read(layout.result(index)), records.Result, layout.result(index))
-        what = f"{res.status}, {_fmt_metrics(res.metrics)}" if res is not None else "unreadable result"
-        raise AblatorError(
-            f"trial {index} in {store.url} is done ({what}). To run it again, delete "
-            f"{layout.trial_dir(index)} there, or pass --store for a fresh store"
-        )
     first = store.get(layout.claim(index, 0))
     if first is not None:
         claim0 = records.decode(first, records.Claim, layout.claim(index, 0))
@@ -250,8 +269,15 @@ def _claim_private(store: Store, spec: records.TrialSpec, index: int) -> int:
             lines = "\n".join(f"  {p}: {a!r} (stored) -> {b!r} (now)" for p, a, b in changes)
             raise AblatorError(
                 f"trial {index} in {store.url} was started with another config:\n{lines}\n"
-                f"Delete {layout.trial_dir(index)} there to start over, or pass --store for a fresh store"
+                f"Delete {layout.trial_dir(index)} there to start over, or use another --store"
             )
+    if store.exists(layout.result(index)):
+        res = records.try_decode(store.read(layout.result(index)), records.Result, layout.result(index))
+        what = f"{res.status}, {_fmt_metrics(res.metrics)}" if res is not None else "unreadable result"
+        raise AblatorError(
+            f"trial {index} in {store.url} is done ({what}). To run it again, delete "
+            f"{layout.trial_dir(index)} there, or use another --store"
+        )
     epochs = [
         parsed[1]
         for e in store.list(layout.trial_dir(index))
@@ -388,7 +414,7 @@ def _run_launched(
                     held.fail(
                         "exception", f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc))
                     )
-                raise
+                _raise_trial_failed(exc, index, store.url, layout.failed(index, held.epoch))
         if outcome.status == "stopped":
             held.release("interrupted", outcome.checkpoint_step)
         else:

@@ -150,3 +150,13 @@ def test_gc_keeps_best_and_last_of_the_canonical_lineage(tmp_path: Path) -> None
     kept1 = [layout.basename(e.key) for e in store.list(layout.ckpt_dir(1))]
     assert kept1 == ["e0001-s00000006.pt"]  # what a retry would resume from
     assert report.freed_bytes == 50
+
+
+def test_launch_refuses_a_store_with_trials_but_no_experiment(tmp_path: Path) -> None:
+    url = str(tmp_path / "s")
+    store = open_store(url)
+    claim = records.Claim(trial=0, epoch=0, agent_id="run-1")
+    assert store.create(layout.claim(0, 0), records.encode(claim))
+    with pytest.raises(ExperimentMismatch, match=r"holds trials but no experiment\.json"):
+        launch(experiment_from_dict(experiment()), url)
+    assert not store.exists(layout.EXPERIMENT)

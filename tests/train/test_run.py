@@ -159,3 +159,33 @@ def test_a_launched_store_is_claimed_like_an_agent(tmp_path: Path) -> None:
     # --from reruns trial 1 with its recorded spec elsewhere: same seed and code, same numbers
     again = run(from_store=url, trial=1, store=tmp_path / "repro", progress=False)
     assert again.metrics == out.metrics and again.best == out.best
+
+
+def test_a_trial_index_past_the_budget_is_refused(tmp_path: Path) -> None:
+    exp = write_experiment(tmp_path)  # baseline + 2 variants, 1 repeat: trials 0..2
+    store = open_store(tmp_path / "runs")
+    with pytest.raises(AblatorError, match=r"--trial 3: the experiment has 3 trials \(0 to 2\)"):
+        run(exp, store=store, trial=3, progress=False)
+    assert not store.list_dirs(layout.TRIALS_DIR)
+
+
+def test_a_done_trial_run_with_another_config_shows_the_diff(tmp_path: Path) -> None:
+    exp = write_experiment(tmp_path, epochs=1)
+    store = open_store(tmp_path / "runs")
+    assert run(exp, store=store, trial=0, progress=False).status == "completed"
+    with pytest.raises(AblatorError, match=r"another config:\n  train\.epochs: 1 \(stored\) -> 2 \(now\)"):
+        run(exp, store=store, trial=0, progress=False, overrides=["config.train.epochs=2"])
+
+
+def test_an_exception_in_user_code_is_the_trials_failure_not_a_bug(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exp = write_experiment(tmp_path, entry="CrashAtTwoWrapper")
+    store_dir = tmp_path / "runs"
+    assert main(["run", str(exp), "--store", str(store_dir), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ablator run: error: trial 0 raised Crash" in err
+    assert "internal error" not in err
+    store = open_store(store_dir)
+    failure = records.decode(store.read(layout.failed(0, 0)), records.Failure)
+    assert failure.kind == "exception" and "Crash" in failure.traceback

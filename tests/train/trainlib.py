@@ -152,6 +152,13 @@ class CrashingWrapper(TinyWrapper):
             raise Crash(f"crash at step {state.step}")
 
 
+class CrashAtTwoWrapper(CrashingWrapper):
+    """A user bug: always raises at step 2 (constructed by the entry point with no arguments)."""
+
+    def __init__(self) -> None:
+        super().__init__(crash_at=2)
+
+
 class NanWrapper(TinyWrapper):
     """The loss turns NaN from optimizer step ``at`` on."""
 
