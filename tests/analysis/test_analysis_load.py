@@ -177,7 +177,9 @@ def test_corrupt_records_are_skipped_with_a_warning_naming_them(tmp_path: Path) 
         assert key in messages
     t = res.trials
     assert t.row(0, named=True)["status"] == "completed"
-    assert t.row(1, named=True)["status"] == "needs_repair"  # unreadable result: never "running", never absent
+    assert (
+        t.row(1, named=True)["status"] == "needs_repair"
+    )  # unreadable result: never "running", never absent
     assert t.row(3, named=True)["seed"] is None and t.row(3, named=True)["status"] == "completed"
     steps2 = res.history.filter((pl.col("trial") == 2) & (pl.col("metric") == "val_accuracy"))["step"]
     assert steps2.to_list() == list(range(1, 11))  # the second chunk is gone, the first is there
