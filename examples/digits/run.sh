@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-# A CPU build of torch when none is installed (an unpinned torch pulls a multi-GB CUDA build).
+# torch 2.13.0 when none is installed: pinned, so that pip takes the build that lies on this
+# machine kind's disk (a CPU build) rather than downloading the newest multi-GB CUDA build.
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[examples]"
 
