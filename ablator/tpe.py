@@ -121,6 +121,10 @@ def objective_value(result: records.Result, metric: str) -> float | None:
     return float(value)
 
 
+EAGER_LOOKS = 8  # an open trial is read at every claim this many times...
+MAX_LOOK_GAP = 32  # ...then with doubling gaps, up to this many claims between two reads
+
+
 class TpeDesign:
     """One agent's view of a ``tpe`` experiment; call :meth:`suggest` with the index it is about
     to claim."""
@@ -146,6 +150,12 @@ class TpeDesign:
             self.study = self.optuna.create_study(direction="maximize" if mode == "max" else "minimize")
         self._scanned = 0  # every index below this was looked at once
         self._open: dict[int, int | None] = {}  # index -> optuna trial number while not finished
+        # Open trials are looked at again with a growing gap (in refreshes, capped): a trial that
+        # failed for good never gets a result, and re-reading every such trial at every claim
+        # would make a claim's cost grow with the experiment's failures.
+        self._refreshes = 0
+        self._look_at: dict[int, int] = {}  # index -> the refresh at which to read it again
+        self._gap: dict[int, int] = {}  # index -> reads that found no result
         self._done: set[int] = set()
         self._points: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
 
@@ -172,8 +182,11 @@ class TpeDesign:
     def refresh(self, upto: int) -> None:
         """Learn about every trial below ``upto``: newly claimed ones become pending points,
         newly finished ones get their value. Reads only trials not yet seen finished."""
+        self._refreshes += 1
         for index in [*sorted(self._open), *range(self._scanned, upto)]:
             if index >= upto or index in self._done:
+                continue
+            if self._look_at.get(index, 0) > self._refreshes:
                 continue
             number = self._open.get(index)
             if index not in self._open:
@@ -190,6 +203,11 @@ class TpeDesign:
                     number = self._open[index] = self._add_pending(spec.params)
             data = self.store.get(layout.result(index))
             if data is None:
+                misses = self._gap.get(index, 0) + 1
+                self._gap[index] = misses
+                # Every claim for the first few misses (a running trial), then doubling gaps.
+                gap = 1 if misses <= EAGER_LOOKS else min(2 ** (misses - EAGER_LOOKS), MAX_LOOK_GAP)
+                self._look_at[index] = self._refreshes + gap
                 continue
             result = records.try_decode(data, records.Result, layout.result(index))
             if result is None:
@@ -202,6 +220,8 @@ class TpeDesign:
                 else:
                     self.study.tell(number, value)
             self._open.pop(index, None)
+            self._look_at.pop(index, None)
+            self._gap.pop(index, None)
             self._done.add(index)
         self._scanned = max(self._scanned, upto)
 

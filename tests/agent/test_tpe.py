@@ -125,3 +125,22 @@ def test_objective_value() -> None:
     assert objective_value(diverged, "score") is None
     nan = records.Result(trial=0, epoch=0, agent_id="t", metrics={"score": float("nan")})
     assert objective_value(nan, "score") is None
+
+
+def test_claim_cost_does_not_grow_with_failed_trials() -> None:
+    """A trial that fails for good never gets a result; it must not be re-read at every claim."""
+    inner = open_store("memory://tpe-cost-failures")
+    store = CountingStore(inner)
+    design = TpeDesign(store, load_space(SPACE), metric="score", mode="max", seed=1)  # type: ignore[arg-type]
+    per_claim = []
+    for i in range(400):
+        before = store.reads
+        overrides, params = design.choose(i, i)
+        per_claim.append(store.reads - before)
+        _claim(inner, i, overrides, params)
+        if i >= 2 and (i - 2) % 5:  # every fifth trial never finishes
+            _finish(inner, i - 2, float(overrides["x"]))
+    early = sum(per_claim[100:150]) / 50
+    late = sum(per_claim[350:400]) / 50
+    # 80 never-finishing trials by the end: with re-reads at every claim `late` would be ~4x `early`.
+    assert late <= early + 2.5, (early, late)
