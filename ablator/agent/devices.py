@@ -142,7 +142,12 @@ class Slot:
     def can_run(self, requires_gpu: bool, min_gpu_memory_mb: int) -> bool:
         if self.gpu is None:
             return not requires_gpu and min_gpu_memory_mb <= 0
-        return self.gpu.memory_total_mb >= min_gpu_memory_mb or self.gpu.memory_total_mb == 0
+        if min_gpu_memory_mb <= 0:
+            return True
+        # Free memory at discovery when it is known (another process may already use the GPU),
+        # else its total; a GPU that reported neither is given the benefit of the doubt.
+        have = self.gpu.memory_free_mb or self.gpu.memory_total_mb
+        return have == 0 or have >= min_gpu_memory_mb
 
     def release(self) -> None:
         if self.lock is not None:

@@ -94,3 +94,14 @@ def test_worker_fence(tmp_path: Path) -> None:
     store.create(layout.result(6), b"x")
     with pytest.raises(LeaseLost, match="result"):
         done.check()
+
+
+def test_gpu_memory_requirement_uses_free_memory_when_known() -> None:
+    from ablator.agent.devices import Slot
+
+    busy = Slot(0, GpuInfo(index=0, memory_total_mb=80000, memory_free_mb=5000))
+    idle = Slot(1, GpuInfo(index=1, memory_total_mb=80000, memory_free_mb=79000))
+    unknown = Slot(2, GpuInfo(index=2))
+    assert not busy.can_run(True, 40000) and busy.can_run(True, 0)
+    assert idle.can_run(True, 40000)
+    assert unknown.can_run(True, 40000)  # nothing reported: not refused on a guess
