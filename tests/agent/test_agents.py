@@ -98,15 +98,15 @@ def _pair(agents: Any, store_url: str) -> tuple[Any, Any, Any]:
     return victim, other, store
 
 
-def test_sigkill_takeover_resumes_from_checkpoint(local_store: str, agents: Any, tmp_path: Path) -> None:
+def test_sigkill_takeover_resumes_from_checkpoint(store_url: str, agents: Any, tmp_path: Path) -> None:
     trace = tmp_path / "trace"
     trace.mkdir()
     exp = experiment(
         config={"steps": 24, "checkpoint_every": 2, "sleep": 0.15, "trace_dir": str(trace)},
         design={"kind": "random", "trials": 1, "space": {"x": {"range": [0.0, 1.0]}}},
     )
-    launch_toy(local_store, exp)
-    a, b, store = _pair(agents, local_store)
+    launch_toy(store_url, exp)
+    a, b, store = _pair(agents, store_url)
     wait_for("a checkpoint at step 4", lambda: [s for s in _ckpts(store, 0, 0) if s >= 4])
     a.signal(signal.SIGKILL)  # no release: B must wait out A's lease, then take over
     assert b.wait(240) == 0, b.output()
@@ -149,7 +149,7 @@ def test_sigstop_past_lease_old_holder_stops(local_store: str, agents: Any) -> N
 
 
 def test_sigterm_releases_and_another_agent_resumes_at_once(
-    local_store: str, agents: Any, tmp_path: Path
+    store_url: str, agents: Any, tmp_path: Path
 ) -> None:
     go = tmp_path / "go"  # the trials keep running until this file exists
     # A lease far longer than the test may run: B can only finish by picking up the releases.
@@ -158,11 +158,11 @@ def test_sigterm_releases_and_another_agent_resumes_at_once(
         design={"kind": "random", "trials": 2, "space": {"x": {"range": [0.0, 1.0]}}},
         limits={"lease_seconds": 600, "heartbeat_seconds": 0.5},
     )
-    launch_toy(local_store, exp)
-    store = open_(local_store)
-    a = agents(local_store, "--slots", "2", "--grace-seconds", "30")
+    launch_toy(store_url, exp)
+    store = open_(store_url)
+    a = agents(store_url, "--slots", "2", "--grace-seconds", "30")
     wait_for("both trials checkpointed", lambda: _ckpts(store, 0, 0) and _ckpts(store, 1, 0))
-    b = agents(local_store)  # idle: everything is held by A, whose lease is long
+    b = agents(store_url)  # idle: everything is held by A, whose lease is long
     wait_for("B's heartbeat", lambda: len(store.list(layout.AGENTS_DIR)) == 2)
     a.signal(signal.SIGTERM)
     assert a.wait(60) == 0, a.output()
