@@ -406,14 +406,8 @@ def launch(
                 raise ExperimentMismatch(f"{st.url} already holds experiment {existing.name!r}: {note}")
             log.warning("%s", note)
         snap = None
-        spec = records.ExperimentSpec(
-            name=spec.name,
-            experiment=spec.experiment,
-            experiment_hash=spec.experiment_hash,
-            code_sha256=existing.code_sha256,
-            code_git_commit=existing.code_git_commit,
-            ablator_version=spec.ablator_version,
-            budget=spec.budget,
+        spec = msgspec.structs.replace(
+            spec, code_sha256=existing.code_sha256, code_git_commit=existing.code_git_commit
         )
     if snap is not None:
         _upload_code(st, snap)
