@@ -51,6 +51,7 @@ from ablator.config import (
     typed_value,
 )
 from ablator.errors import AblatorError, ConfigError, EntryPointError
+from ablator.pruners import config_problems
 from ablator.records import TrialSpec
 from ablator.samplers import SAMPLERS, locate, trial_seed
 from ablator.space import ExtremePicker, Space, parse_space
@@ -86,6 +87,10 @@ class Design(_Schema, frozen=True, kw_only=True, forbid_unknown_fields=True):
     ablations: dict[str, dict[str, Any]] = {}
     space: dict[str, Any] = {}
     trials: int | None = None
+    # early stopping across trials (ablator.pruners); an ablation takes one only with allow_pruning
+    # (a mapping here, parsed by ablator.pruners.parse_pruner: its errors name the field and kind)
+    pruner: dict[str, Any] | None = None
+    allow_pruning: bool = False
 
 
 class Limits(_Schema, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -286,6 +291,7 @@ def _schema_problems(exp: Experiment) -> list[str]:
                     f"$.design.trials: {d.trials} is not a multiple of repeats ({d.repeats}); every point "
                     "runs all its repeats"
                 )
+    out += config_problems(d.pruner, d.kind, d.allow_pruning)
     lim = exp.limits
     for fname in ("lease_seconds", "heartbeat_seconds", "stall_seconds"):
         value = getattr(lim, fname)
@@ -459,7 +465,14 @@ _RESOLVED: dict[tuple[bytes, int], _Resolved] = {}
 
 
 def _exp_key(exp: Experiment) -> bytes:
-    return canonical_json(msgspec.to_builtins(exp))
+    data = msgspec.to_builtins(exp)
+    # Design fields added later are left out at their defaults, so that an experiment launched
+    # before they existed keeps its hash (a relaunch of it stays a no-op).
+    design = data.get("design", {})
+    for name, default in (("pruner", None), ("allow_pruning", False)):
+        if design.get(name, default) == default:
+            design.pop(name, None)
+    return canonical_json(data)
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,9 @@ FRONTIER_DIR = "frontier/"
 SELFTEST_DIR = "selftest/"
 RETRY_DIR = "control/retry/"
 DESIGN_POINTS_DIR = "design/points/"
+DESIGN_LOG_DIR = "design/log/"
+PRUNING_DIR = "pruning/"
+CURVES_DIR = "pruning/curves/"
 
 _TRIAL_W = 6
 _EPOCH_W = 4
@@ -63,6 +66,27 @@ def selftest(name: str) -> str:
 def design_point(point: int) -> str:
     """An adaptive design's create-once choice for one point (``records.DesignPoint``)."""
     return f"{DESIGN_POINTS_DIR}{point:0{_TRIAL_W}d}.msgpack"
+
+
+def design_event(seq: int) -> str:
+    """An adaptive design's journal entry ``seq`` (``records.DesignEvent``), create-once; entries
+    are numbered from 0 without gaps, so a reader follows the journal by reading the next one."""
+    return f"{DESIGN_LOG_DIR}{seq:08d}.msgpack"
+
+
+def rung_dir(rung: int) -> str:
+    """The folder of the values that trials recorded at ASHA rung ``rung``."""
+    return f"{PRUNING_DIR}rung-{rung:03d}/"
+
+
+def rung(rung: int, trial: int) -> str:
+    """Trial ``trial``'s value and decision at ASHA rung ``rung`` (``records.RungValue``), create-once."""
+    return f"{rung_dir(rung)}{trial:0{_TRIAL_W}d}.msgpack"
+
+
+def curve(trial: int) -> str:
+    """A finished trial's learning curve for the median rule (``records.Curve``), create-once."""
+    return f"{CURVES_DIR}{trial:0{_TRIAL_W}d}.msgpack"
 
 
 def retry(k: int) -> str:

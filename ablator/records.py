@@ -94,6 +94,42 @@ class DesignPoint(Record, frozen=True, kw_only=True):
     params: dict[str, Any] = {}
 
 
+class DesignEvent(Record, frozen=True, kw_only=True):
+    """``design/log/<seq>.msgpack``: one entry of an adaptive design's journal (tpe), appended by
+    the agent that saw it happen. ``claimed``: trial ``trial`` (epoch ``epoch``) started running
+    the point ``params``; ``finished``: it ended with a result whose objective is ``value`` (None:
+    no usable value); ``ended``: it stopped running without a result (failed, released)."""
+
+    seq: int
+    trial: int
+    epoch: int = 0
+    kind: Literal["claimed", "finished", "ended"] = "claimed"
+    params: dict[str, Any] = {}
+    value: float | None = None
+
+
+class RungValue(Record, frozen=True, kw_only=True):
+    """``pruning/rung-<r>/<trial>.msgpack``: the experiment metric of ``trial`` when it reached
+    ASHA rung ``rung`` (at ``step``), and the decision it took there from the values recorded
+    before it. Created once: a resumed trial keeps the decision."""
+
+    trial: int
+    rung: int
+    step: int
+    value: float
+    promoted: bool = True
+
+
+class Curve(Record, frozen=True, kw_only=True):
+    """``pruning/curves/<trial>.msgpack``: a finished trial's values of ``metric`` by step, for the
+    median rule. Created once, when the trial finishes its training."""
+
+    trial: int
+    metric: str = ""
+    steps: list[int] = []
+    values: list[float] = []
+
+
 # --- agents --------------------------------------------------------------------------------
 
 

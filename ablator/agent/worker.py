@@ -189,6 +189,7 @@ class _Child:
         }
 
     def run_trial(self, ctx: dict[str, Any], run: P.Run) -> None:
+        from ablator.pruners import pruner_of
         from ablator.train import execute_trial
 
         fence = WorkerFence(ctx["store"], run.trial, run.epoch, max(run.valid_until, self.valid_until))
@@ -226,6 +227,7 @@ class _Child:
                 agent_id=run.agent_id,
                 environment=ctx["environment"],
                 on_attempt=on_attempt,
+                pruner=pruner_of(exp.design),
             )
         except LeaseLost as exc:
             reply: Any = P.Fenced(message=str(exc))

@@ -37,6 +37,7 @@ import torch
 
 from ablator.config import TrainConfig
 from ablator.errors import AblatorError, CheckpointError
+from ablator.pruners import Pruning
 from ablator.records import TrialSpec
 from ablator.store.base import Store
 from ablator.train import seeding
@@ -68,6 +69,7 @@ class TrialContext:
         loaded: Loaded | None,
         writer: StoreWriter,
         clock_origin: float,
+        pruning: Pruning | None = None,
     ) -> None:
         self.config = config
         self.spec = spec
@@ -102,20 +104,25 @@ class TrialContext:
         self._best_step: int | None = restored.get("best_step")
         self._best_metrics: dict[str, float] = dict(restored.get("best_metrics", {}))
         self._bad_evals: int = restored.get("bad_evals", 0)
+        self._pruning = pruning
+        if pruning is not None:
+            pruning.restore(restored.get("pruning"))  # decided rungs, the curve so far
         self._last_ckpt_step: int | None = None if loaded is None else loaded.step
-        self.status: str | None = None  # "early_stopped" / "diverged" once decided
+        self.status: str | None = None  # "early_stopped" / "diverged" / "pruned" once decided
         self.message = ""
 
     # -- the contract ---------------------------------------------------------------------------
     @property
     def should_stop(self) -> bool:
         """True when the trial should save a checkpoint and return: early stopping fired, the
-        metric diverged, or the agent asked this trial to stop (drain, operator stop)."""
+        metric diverged, the experiment's pruner pruned the trial (it ends ``pruned``), or the
+        agent asked this trial to stop (drain, operator stop)."""
         return self.status is not None or bool(getattr(self._fence, "should_stop", False))
 
     def report(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Record ``metrics`` (numbers or 0-d tensors) at ``step``. A report that carries the
-        experiment metric counts as an evaluation for best tracking and early stopping."""
+        experiment metric counts as an evaluation for best tracking and early stopping, and is
+        where the experiment's pruner decides (then :attr:`should_stop` turns True)."""
         values = {str(k): float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
         self._rows.add(step, values)
         self._latest.update(values)
@@ -141,6 +148,10 @@ class TrialContext:
                     self._bad_evals += 1
                 if self._patience is not None and self._bad_evals >= self._patience:
                     self._set_status("early_stopped", f"no improvement of {name} in {self._patience} reports")
+                if self.status is None and self._pruning is not None:
+                    why = self._pruning.report(step, value)
+                    if why is not None:
+                        self._set_status("pruned", why)
         self._progress.update(step, values, important=important)
         if self._rows.due():
             self._rows.flush()
@@ -163,6 +174,7 @@ class TrialContext:
             "best_step": self._best_step,
             "best_metrics": dict(self._best_metrics),
             "bad_evals": self._bad_evals,
+            "pruning": self._pruning.state() if self._pruning is not None else None,
         }
         data = serialize(payload)
         if not self._validated:  # fail now, not at resume time, on state that cannot be loaded back
@@ -217,6 +229,8 @@ class TrialContext:
                 if getattr(self._fence, "should_stop", False) and self._ckpt.last_step
                 else "completed"
             )
+        if self._pruning is not None and status in ("completed", "early_stopped"):
+            self._pruning.finished()  # the median rule learns from finished curves
         return Outcome(
             status=status,  # type: ignore[arg-type]
             metrics=final,
@@ -244,6 +258,7 @@ def run_function(
     smoke: bool,
     metric: tuple[str, str] | None,
     start_attempt: Callable[[tuple[int, int] | None], None],
+    pruning: Pruning | None = None,
 ) -> Outcome:
     """Run one attempt of a trial function."""
     t_start = time.monotonic()
@@ -266,6 +281,7 @@ def run_function(
             loaded=loaded,
             writer=writer,
             clock_origin=t_start,
+            pruning=pruning,
         )
         progress.start(trial=trial, epoch=epoch, total=None, initial=0 if loaded is None else loaded.step)
         tc = getattr(config, "train", None)

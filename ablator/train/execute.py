@@ -18,6 +18,7 @@ import torch
 from ablator import config as config_mod
 from ablator import layout, records
 from ablator.errors import AblatorError, ConfigError, EntryPointError, LeaseLost
+from ablator.pruners import PrunerConfig, make_pruning
 from ablator.store.base import Store
 from ablator.train.context import run_function
 from ablator.train.loop import train
@@ -99,6 +100,7 @@ def execute_trial(
     agent_id: str = "local",
     environment: records.Environment | None = None,
     on_attempt: Callable[[tuple[int, int] | None], None] | None = None,
+    pruner: PrunerConfig | None = None,
 ) -> Outcome:
     """Run attempt ``epoch`` of ``trial`` and return its :class:`Outcome`.
 
@@ -111,6 +113,9 @@ def execute_trial(
     The attempt record ``attempt.e<epoch>`` is written here, once the checkpoint to resume from
     is chosen (``on_attempt(resumed_from)`` is called right after). Exceptions propagate: the
     caller records them as the attempt's failure.
+
+    ``pruner``: the experiment's early stopping across trials (``ablator.pruners``; not in smoke
+    runs): the trial decides at each value of ``metric`` and may end with status ``pruned``.
     """
     if entry.kind not in ("wrapper", "function"):
         raise EntryPointError(f"entry kind {entry.kind!r}: expected 'wrapper' or 'function'")
@@ -148,6 +153,7 @@ def execute_trial(
         smoke=smoke,
         metric=metric,
         start_attempt=start_attempt,
+        pruning=make_pruning(pruner, store, trial, metric=metric, fence=fence, smoke=smoke),
     )
     if entry.kind == "wrapper":
         wrapper = entry.obj() if isinstance(entry.obj, type) else entry.obj

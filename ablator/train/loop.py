@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ablator.errors import CheckpointError, ConfigError
+from ablator.pruners import Pruning
 from ablator.records import TrialSpec
 from ablator.store.base import Store
 from ablator.train import seeding
@@ -84,8 +85,10 @@ def train(
     smoke: bool,
     metric: tuple[str, str] | None,
     start_attempt: Callable[[tuple[int, int] | None], None],
+    pruning: Pruning | None = None,
 ) -> Outcome:
-    """Train one attempt of a wrapper trial; see the module docstring."""
+    """Train one attempt of a wrapper trial; see the module docstring. ``pruning``: the
+    experiment's pruner (``ablator.pruners``), asked at each evaluation."""
     t_start = time.monotonic()
     tc = train_config(config)
     metric_name, mode = metric if metric is not None else (None, "min")
@@ -145,6 +148,8 @@ def train(
         )
         state.best_metrics, state.latest = dict(lp["best_metrics"]), dict(lp["latest"])
         state.stop, state.message = lp["stop"], lp["message"]
+        if pruning is not None:
+            pruning.restore(lp.get("pruning"))  # decided rungs, the curve so far
         loss_sum = p["window"]["loss_sum"].to(device)
         micro = p["window"]["micro"]
         pending_rng = p["rng"]  # restored once the epoch's consumed batches were re-read
@@ -202,6 +207,7 @@ def train(
                 "latest": dict(state.latest),
                 "stop": state.stop,  # an early-stopped trial that crashed before its result stays stopped
                 "message": state.message,
+                "pruning": pruning.state() if pruning is not None else None,
             },
         )
         key = ckpt.save(state.step, serialize(payload), best_step=state.best_step)
@@ -299,6 +305,12 @@ def train(
                             if patience is not None and state.bad_evals >= patience:
                                 state.stop = "early_stopped"
                                 state.message = f"no improvement of {metric_name} in {patience} evaluations"
+                            if state.stop is None and pruning is not None:
+                                # across trials: this value against the others' at this step
+                                # (at the last step the compute is spent: the trial completes)
+                                why = pruning.report(step, value)
+                                if why is not None and not finished:
+                                    state.stop, state.message = "pruned", why
                         if scheduler is not None and unit == "val":
                             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                                 scheduler.step(value)
@@ -361,6 +373,8 @@ def train(
                 status = state.stop
             if status != "diverged" and last_ckpt_step != state.step:
                 save_checkpoint()  # e.g. a hook set ``stop`` between checkpoints
+            if pruning is not None and status in ("completed", "early_stopped"):
+                pruning.finished()  # the median rule learns from finished curves
             rows.flush()
             writer.drain()
             wrapper.on_train_end(state)

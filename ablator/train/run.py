@@ -34,6 +34,7 @@ from typing import Any
 
 from ablator import layout, lineage, records
 from ablator.errors import AblatorError, ExperimentMismatch, LeaseLost, TrialFailed
+from ablator.pruners import pruner_of
 from ablator.store import open_store
 from ablator.store.base import Store
 from ablator.train.outcome import Outcome
@@ -143,6 +144,7 @@ def run(
                 progress=progress,
                 smoke=smoke,
                 metric=metric,
+                pruner=pruner_of(exp.design),
             )
         except LeaseLost:
             raise
@@ -402,6 +404,7 @@ def _run_launched(
                     smoke=smoke,
                     metric=metric,
                     agent_id=membership.agent_id,
+                    pruner=pruner_of(exp.design),
                 )
             except LeaseLost:
                 raise
