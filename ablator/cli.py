@@ -29,6 +29,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("ablator.train.run", "run one trial in this process (the prototype path)"),
     "analyze": ("ablator.analysis.cli", "print the effects table of a store"),
     "report": ("ablator.analysis.cli", "write figures, report.md and report.html for a store"),
+    "serve": ("ablator.serve", "a live, read-only dashboard of a store in the browser"),
 }
 
 
@@ -123,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", required=True, help="output folder")
         else:
             p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("serve")
+    from ablator.serve import add_serve_arguments
+
+    add_serve_arguments(p)
     return parser
 
 
