@@ -12,11 +12,14 @@ from __future__ import annotations
 import secrets
 import time
 import warnings
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 
 from ablator.errors import CorruptRecordError
+
+if TYPE_CHECKING:
+    from ablator.store.base import Store
 
 PROTOCOL_VERSION = 1
 
@@ -319,6 +322,20 @@ def decode_json(data: bytes, type_: type[R], key: str = "<bytes>") -> R:
 
 def try_decode(data: bytes, type_: type[R], key: str) -> R | None:
     """Decode, or warn (naming the key) and return None. For readers that must not crash."""
+    try:
+        return decode(data, type_, key)
+    except CorruptRecordError as exc:
+        warnings.warn(str(exc), CorruptRecordWarning, stacklevel=2)
+        return None
+
+
+def read(store: Store, key: str, type_: type[R]) -> R | None:
+    """The record at ``key`` decoded as ``type_``; None when it is absent, or corrupt (then a
+    :class:`CorruptRecordWarning` names the key). For readers that must not crash: the one
+    ``get`` + :func:`try_decode` of the code base."""
+    data = store.get(key)
+    if data is None:
+        return None
     try:
         return decode(data, type_, key)
     except CorruptRecordError as exc:

@@ -216,7 +216,7 @@ def test_close_fences_what_is_left_and_says_exited(store: Store) -> None:
     m, c = _member(store, clock)
     held = c.claim_next(spec)
     assert held is not None
-    m._started = True  # as start() would (no thread here)
+    m.start()
     m.close()
     with pytest.raises(LeaseLost, match="closed"):
         held.check(remote=False)

@@ -1,0 +1,700 @@
+"""The claimer: which trial this agent runs next, and :class:`Held`, a claimed (trial, epoch).
+
+Fill order (docs/protocol.md "Claiming"): released or orphaned trials first, then retryable
+failed ones, then new indexes from the frontier walk (:mod:`ablator.lease.frontier`, O(1) store
+operations per claim), then one gap sweep below the budget.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+import secrets
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ablator import layout, records
+from ablator.errors import ConfigError, LeaseLost
+from ablator.lease.frontier import DEFAULT_BLOCK, Frontier
+from ablator.lease.limits import LeaseLimits
+from ablator.lease.liveness import Liveness
+from ablator.lease.membership import Membership
+from ablator.lease.state import (
+    TAKEABLE,
+    TERMINAL,
+    TrialState,
+    group_by_trial,
+    read_budget,
+    read_forgiven,
+    read_trial,
+)
+from ablator.store.base import Entry, Store
+
+#: Above this many trials of unknown state a sweep lists ``trials/`` once instead of per trial.
+BULK_LIST_THRESHOLD = 32
+
+# --- a held trial ------------------------------------------------------------------------------
+
+
+class Held:
+    """A claimed (trial, epoch). Every write goes under its epoch, except the result, which is
+    create-if-absent: whatever happens, at most one result exists.
+
+    ``check()`` is the fence: call it before writing (at flush and checkpoint points). It raises
+    :class:`~ablator.errors.LeaseLost` when this agent fenced itself (no renewal in time), when a
+    later epoch was claimed (a takeover) or when a result exists. ``check(remote=False)`` only
+    looks at the local flag (no store operation).
+    """
+
+    def __init__(self, claimer: Claimer, trial: int, epoch: int, spec: records.TrialSpec) -> None:
+        self._claimer = claimer
+        self._membership = claimer.membership
+        self._store = claimer.store
+        self.trial = trial
+        self.epoch = epoch
+        self.spec = spec
+        self.agent_id = self._membership.agent_id
+        self._closed: str | None = None
+        self._resumed_from: tuple[int, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"Held(trial={self.trial}, epoch={self.epoch}, agent={self.agent_id!r})"
+
+    @property
+    def closed(self) -> str | None:
+        """None while held; else how it ended ("finished", "failed", "released", "lost: ...")."""
+        return self._closed
+
+    def valid_until(self) -> float:
+        """``time.monotonic()`` deadline of the local fence (for worker processes on this host)."""
+        if self._closed is not None:
+            return -math.inf
+        return self._membership.valid_until(self.trial, self.epoch)
+
+    def _lose(self, reason: str) -> LeaseLost:
+        self._membership.mark_lost(self.trial, self.epoch, reason)
+        self._membership.drop(self.trial, self.epoch, released=False)
+        self._closed = f"lost: {reason}"
+        return LeaseLost(f"trial {self.trial} epoch {self.epoch}: {reason}")
+
+    def check(self, *, remote: bool = True) -> None:
+        """Raise LeaseLost unless this holder may still write for its trial."""
+        if self._closed is not None:
+            raise LeaseLost(f"trial {self.trial} epoch {self.epoch}: no longer held ({self._closed})")
+        reason = self._membership.lost_reason(self.trial, self.epoch)
+        if reason is not None:
+            raise self._lose(reason)
+        if remote:
+            # Takeovers create epoch + 1 from the highest epoch, so epochs are consecutive: a
+            # later holder exists iff claim.e<epoch + 1> does.
+            if self._store.exists(layout.claim(self.trial, self.epoch + 1)):
+                raise self._lose(f"taken over (claim.e{self.epoch + 1:04d} exists)")
+            if self._store.exists(layout.result(self.trial)):
+                raise self._lose("a result already exists")
+
+    def attempt(
+        self, resumed_from: tuple[int, int] | None = None, environment: records.Environment | None = None
+    ) -> None:
+        """Write ``attempt.e<epoch>`` (once, before training). ``execute_trial`` writes it itself;
+        this is for callers that run something else (benchmarks, simple loops)."""
+        self.check(remote=False)
+        rec = records.Attempt(
+            trial=self.trial,
+            epoch=self.epoch,
+            agent_id=self.agent_id,
+            resumed_from=resumed_from,
+            environment=environment if environment is not None else records.Environment(),
+        )
+        if not self._store.create(layout.attempt(self.trial, self.epoch), records.encode(rec)):
+            raise LeaseLost(
+                f"trial {self.trial} epoch {self.epoch}: {layout.attempt(self.trial, self.epoch)!r} already "
+                "exists (an epoch starts once)"
+            )
+        self._resumed_from = resumed_from
+
+    def fail(
+        self,
+        kind: records.FailureKind = "exception",
+        message: str = "",
+        traceback: str = "",
+        step: int | None = None,
+    ) -> None:
+        """Write ``failed.e<epoch>`` (counts against ``max_attempts``) and let go. Raises
+        LeaseLost instead when the trial is no longer ours (nothing is written then)."""
+        self.check()
+        rec = records.Failure(
+            trial=self.trial,
+            epoch=self.epoch,
+            agent_id=self.agent_id,
+            kind=kind,
+            message=message,
+            traceback=traceback,
+            step=step,
+        )
+        self._store.create(layout.failed(self.trial, self.epoch), records.encode(rec))
+        self._close("failed", released=True)
+
+    def release(self, reason: str = "", step: int | None = None) -> None:
+        """Write ``release.e<epoch>``: the trial is takeable at once (drain, stop). ``step``: the
+        last checkpointed step. Raises LeaseLost when no longer ours."""
+        self.check()
+        rec = records.Release(
+            trial=self.trial, epoch=self.epoch, agent_id=self.agent_id, reason=reason, step=step
+        )
+        self._store.create(layout.release(self.trial, self.epoch), records.encode(rec))
+        self._close("released", released=True)
+
+    def finish(
+        self,
+        *,
+        status: records.ResultStatus = "completed",
+        metrics: Mapping[str, float] | None = None,
+        best: Mapping[str, float] | None = None,
+        best_step: int | None = None,
+        steps: int = 0,
+        duration_s: float = 0.0,
+        message: str = "",
+        lineage: Sequence[tuple[int, int | None]] | None = None,
+    ) -> bool:
+        """Create ``result.msgpack`` (durable, create-if-absent). True: this attempt's result is
+        the trial's result. False: another result was there first (this one is discarded).
+        Raises LeaseLost when this holder fenced itself (nothing is written then).
+
+        ``lineage``: (epoch, resumed-from step) from the first attempt to this one; by default
+        from the attempt records (no store read when this attempt started from scratch)."""
+        self.check(remote=False)
+        if lineage is None:
+            lineage = self._lineage()
+        rec = records.Result(
+            trial=self.trial,
+            epoch=self.epoch,
+            agent_id=self.agent_id,
+            status=status,
+            metrics=dict(metrics or {}),
+            best=dict(best or {}),
+            best_step=best_step,
+            steps=steps,
+            duration_s=duration_s,
+            lineage=list(lineage),
+            message=message,
+        )
+        won = self._store.create(layout.result(self.trial), records.encode(rec), durable=True)
+        self._close("finished" if won else "lost: another result exists", released=False)
+        return won
+
+    def _lineage(self) -> list[tuple[int, int | None]]:
+        if self._resumed_from is None and self.epoch == 0:
+            return [(0, None)]
+        from ablator import lineage
+
+        segs = lineage.segments(self._store, self.trial, self.epoch)
+        out: list[tuple[int, int | None]] = [(segs[0][0], None)]
+        for k in range(1, len(segs)):
+            out.append((segs[k][0], segs[k - 1][1]))
+        return out
+
+    def _close(self, how: str, *, released: bool) -> None:
+        self._closed = how
+        self._membership.drop(self.trial, self.epoch, released=released)
+        self._claimer._closed(self.trial, how)
+
+
+# --- the claimer -------------------------------------------------------------------------------
+
+NewSpec = Callable[[int], records.TrialSpec]
+CanRun = Callable[[records.TrialSpec], bool]
+
+
+@dataclass
+class _Ready:
+    state: TrialState
+    kind: int  # fill order: 0 released/orphaned, 1 retryable failed
+
+
+@dataclass
+class ClaimStats:
+    """Counters, for tests and benchmarks."""
+
+    new: int = 0
+    takeovers: int = 0
+    retries: int = 0
+    lost_races: int = 0
+    sweeps: int = 0
+    lost_written: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Claimer:
+    """Finds and claims trials for one :class:`Membership` (thread-safe: one claim at a time).
+
+    ``budget``: trials before extensions (``experiment.budget(exp)``); extensions are re-read
+    whenever the walk reaches the budget and before :meth:`done` answers. ``block``: new indexes
+    are walked in blocks (see :meth:`_claim_new`). ``poll_s``: minimum time between two gap
+    sweeps (default ``min(heartbeat_seconds, 2)``).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        membership: Membership,
+        *,
+        budget: int,
+        limits: LeaseLimits | None = None,
+        block: int = DEFAULT_BLOCK,
+        poll_s: float | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if budget < 0:
+            raise ConfigError(f"budget must be >= 0, got {budget}")
+        self.store = store
+        self.membership = membership
+        self.limits = limits if limits is not None else membership.limits
+        self.base_budget = budget
+        self.block = max(1, block)
+        self.poll_s = poll_s if poll_s is not None else min(self.limits.heartbeat_seconds, 2.0)
+        self.rng = rng or random.Random(secrets.randbits(64))
+        self.clock = membership.clock
+        self.liveness = Liveness(self.limits.lease_seconds, self.clock)
+        # Where a stat is cheap (local disk, NFS, memory) a sweep asks each unknown trial for
+        # its result first (a few microseconds); on an object store one listing of trials/
+        # (a request per 1000 keys) beats a request per trial.
+        try:
+            self._cheap_stat = store.capabilities().backend in ("posix", "memory")
+        except Exception:
+            self._cheap_stat = False
+        self.stats = ClaimStats()
+        self._lock = threading.RLock()
+        self._ext: dict[str, int] = {}
+        self._retry: dict[str, records.Retry | None] = {}
+        self._forgiven: dict[int, int] = {}
+        self._budget = budget
+        self._budget_read = False
+        # the walk over new indexes
+        self.frontier = Frontier(
+            store,
+            block=self.block,
+            hint_every_s=self.limits.heartbeat_seconds,
+            rng=self.rng,
+            clock=self.clock,
+            count=self._count,
+        )
+        # what we know about trials
+        self._terminal: set[int] = set()
+        self._ready: dict[int, _Ready] = {}
+        self._check_at: dict[int, float] = {}
+        self._free: list[int] = []  # sorted
+        self._free_pos = 0
+        self._tails: set[int] = set()  # free block tails seen by the last sweep
+        self._declined: set[int] = set()
+        self._specs: dict[int, records.TrialSpec] = {}
+        self._hinted: set[tuple[int, int]] = set()
+        self._exited: set[str] = set()
+        self._prev_held: dict[str, frozenset[tuple[int, int]]] = {}
+        self._n_live = 1
+        self._last_scan = -math.inf
+        self._last_sweep: float | None = None
+        self._all_terminal = False
+
+    # -- public ----------------------------------------------------------------------------
+    def budget(self, refresh: bool = True) -> int:
+        """Trials in the experiment: the base budget plus extensions (re-read when ``refresh``)."""
+        with self._lock:
+            if refresh or not self._budget_read:
+                new = read_budget(self.store, self.base_budget, self._ext)
+                if new > self._budget:
+                    self.frontier.exhausted = False  # an extension: the walk goes on
+                    self._all_terminal = False
+                self._budget = new
+                self._budget_read = True
+            return self._budget
+
+    def stop_requested(self, refresh: bool = False) -> bool:
+        """The operator's stop record exists (seen by the heartbeat, or read now if ``refresh``)."""
+        if self.membership.stop_requested:
+            return True
+        return refresh and self.store.exists(layout.STOP)
+
+    def claim_next(self, new_spec: NewSpec, can_run: CanRun | None = None) -> Held | None:
+        """Claim the next trial this agent should run, or None when there is nothing to claim
+        now (all running elsewhere, done, stopped, or declined by ``can_run``).
+
+        Fill order: released and orphaned trials, then retryable failed ones, then new indexes.
+        ``new_spec(index)`` resolves a new trial (stored in ``claim.e0000``; takeovers read it
+        back from there); ``can_run(spec)`` may decline a trial this agent cannot run (it stays
+        for others). A trial past ``max_takeovers`` is failed as "lost" instead of returned.
+        """
+        with self._lock:
+            if self.membership.stop_requested or self.membership.state != "running":
+                return None
+            self._maybe_scan()
+            held = self._claim_ready(new_spec, can_run)
+            if held is None:
+                held = self._claim_free(new_spec, can_run)
+            if held is None and not self.frontier.exhausted:
+                held = self._claim_new(new_spec, can_run)
+            if held is None and self._sweep_due():
+                self._sweep()
+                held = self._claim_ready(new_spec, can_run) or self._claim_free(new_spec, can_run)
+            return held
+
+    def claim(self, index: int, new_spec: NewSpec, can_run: CanRun | None = None) -> Held | None:
+        """Claim trial ``index`` if it is new or takeable (``ablator run --trial N``); None when it
+        is running elsewhere, done or failed."""
+        with self._lock:
+            st = self.state(index)
+            if st.status == "pending":
+                return self._create_new(index, new_spec, can_run)
+            if st.status in TAKEABLE or st.status == "retryable":
+                return self._take(st, new_spec, can_run)
+            return None
+
+    def state(self, index: int) -> TrialState:
+        """Trial ``index``'s state now (lists its folder, reads what it must)."""
+        with self._lock:
+            forgiven = read_forgiven(self.store, self._retry)
+            return read_trial(
+                self.store, index, judge=self._judge, limits=self.limits, forgiven=forgiven.get(index, -1)
+            )
+
+    def done(self) -> bool:
+        """Every index below the budget (extensions re-read now) has a result or failed for good.
+        Sweeps when the last sweep is older than ``poll_s``."""
+        with self._lock:
+            self._maybe_scan()
+            if self._sweep_due():
+                self._sweep()  # re-reads the budget too
+            if not self._all_terminal or self.membership.held():
+                return False
+            # About to say "done": an extension may have appeared since the sweep.
+            before = self._budget
+            if self.budget(refresh=True) != before:
+                self._sweep()
+            return self._all_terminal and not self.membership.held()
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def _closed(self, trial: int, how: str) -> None:
+        with self._lock:
+            if how == "finished" or how.startswith("lost: another result"):
+                self._terminal.add(trial)
+                self.liveness.forget(trial)
+            elif how in ("failed", "released"):
+                self._check_at[trial] = self.clock()
+
+    def _sweep_due(self) -> bool:
+        return self._last_sweep is None or self.clock() - self._last_sweep >= self.poll_s
+
+    def _judge(self, trial: int, epoch: int, holder: str | None, entry: Entry) -> bool:
+        if holder is not None and holder != self.membership.agent_id:
+            self._refresh_agent(holder)
+        elif holder == self.membership.agent_id:
+            # Our own claim: held -> running; not held (fenced, or from before a crash of this
+            # very process? impossible: ids are new per start) -> judged like anyone's.
+            if (trial, epoch) in set(self.membership.held()):
+                return False
+            self._refresh_agent(holder)
+        return self.liveness.claim_orphaned(trial, epoch, holder)
+
+    def _refresh_agent(self, agent_id: str) -> None:
+        # A verdict must rest on a read younger than the holder's fence margin (2 x heartbeat):
+        # otherwise we could miss a renewal that kept its trials alive. Half an interval is safe.
+        v = self.liveness.agents.get(agent_id)
+        hb_s = min(
+            v.heartbeat_s if v is not None else self.limits.heartbeat_seconds, self.limits.heartbeat_seconds
+        )
+        if self.liveness.needs_read(agent_id, hb_s / 2):
+            key = layout.agent(agent_id)
+            data = self.store.get(key)
+            self.liveness.observe(
+                agent_id, None if data is None else records.try_decode(data, records.Heartbeat, key)
+            )
+
+    def _maybe_scan(self) -> None:
+        """Read every agent's heartbeat (at most once per heartbeat interval): starts liveness
+        timers, counts live agents, and turns dead agents' held lists and everyone's release
+        hints into trials to check -- the fast path to takeable trials."""
+        now = self.clock()
+        if now - self._last_scan < self.limits.heartbeat_seconds:
+            return
+        self._last_scan = now
+        live = 1
+        for e in self.store.list(layout.AGENTS_DIR):
+            agent_id = layout.parse_agent(e.key)
+            if agent_id is None or agent_id == self.membership.agent_id or agent_id in self._exited:
+                continue
+            data = self.store.get(e.key)
+            hb = None if data is None else records.try_decode(data, records.Heartbeat, e.key)
+            self.liveness.observe(agent_id, hb)
+            if hb is None:
+                continue
+            for t, ep in hb.released:
+                if (t, ep) not in self._hinted:
+                    self._hinted.add((t, ep))
+                    self._check_at.setdefault(t, now)
+            # A trial that left a live agent's held list finished, failed or was released:
+            # look at it now. (Running trials held and listed by live agents are otherwise not
+            # re-read: the heartbeats say all there is to say about them.)
+            held_now = frozenset((int(t), int(ep)) for t, ep in hb.held)
+            for t, _ in self._prev_held.get(agent_id, frozenset()) - held_now:
+                if t not in self._terminal:
+                    self._check_at[t] = now
+            self._prev_held[agent_id] = held_now
+            dead = self.liveness.is_dead(agent_id)
+            if dead:
+                for t, ep in hb.held:
+                    if (t, ep) not in self._hinted:
+                        self._hinted.add((t, ep))
+                        self._check_at.setdefault(t, now)
+                if hb.state == "exited":
+                    self._exited.add(agent_id)  # its last word: no need to read it again
+            else:
+                live += 1
+        self._n_live = live
+
+    # -- takeovers -------------------------------------------------------------------------
+    def _classify(self, st: TrialState) -> None:
+        i = st.index
+        self._check_at.pop(i, None)
+        self._ready.pop(i, None)
+        if st.status in TERMINAL:
+            self._terminal.add(i)
+            self.liveness.forget(i)
+        elif st.status in TAKEABLE:
+            self._ready[i] = _Ready(st, 0)
+        elif st.status == "retryable":
+            self._ready[i] = _Ready(st, 1)
+        elif st.status == "running":
+            # Held and listed by a live agent: its heartbeat (read at every scan) tells when it
+            # lets go, so a re-read once a lease is only a safety net. Otherwise (unlisted, holder
+            # unknown) the liveness timers must be fed: look again after poll_s.
+            v = self.liveness.agents.get(st.holder) if st.holder is not None else None
+            listed = v is not None and st.epoch is not None and (i, st.epoch) in v.held
+            if st.holder == self.membership.agent_id:
+                listed = True
+            self._check_at[i] = self.clock() + (self.limits.lease_seconds if listed else self.poll_s)
+        elif st.status == "pending" and i < self._budget and i not in self._declined and i not in self._free:
+            bisect.insort(self._free, i)
+
+    def _claim_ready(self, new_spec: NewSpec, can_run: CanRun | None) -> Held | None:
+        now = self.clock()
+        due = [t for t, at in self._check_at.items() if at <= now and t not in self._terminal]
+        if due:
+            forgiven = read_forgiven(self.store, self._retry)
+            for t in due:
+                self._classify(
+                    read_trial(
+                        self.store, t, judge=self._judge, limits=self.limits, forgiven=forgiven.get(t, -1)
+                    )
+                )
+        while self._ready:
+            i = min(self._ready, key=lambda k: (self._ready[k].kind, k))
+            ready = self._ready.pop(i)
+            held = self._take(ready.state, new_spec, can_run)
+            if held is not None:
+                return held
+        return None
+
+    def _spec_for(self, st: TrialState, new_spec: NewSpec) -> tuple[records.TrialSpec, bool]:
+        """The trial's resolved spec from ``claim.e0000`` (or, if that is corrupt, the first later
+        claim that carries one). (spec, False) normally; (new_spec(index), True) when no claim has
+        a readable spec: the takeover claim then records it."""
+        i = st.index
+        if i in self._specs:
+            return self._specs[i], False
+        for ep in range(0, (st.epoch or 0) + 1):
+            key = layout.claim(i, ep)
+            data = self.store.get(key)
+            c = None if data is None else records.try_decode(data, records.Claim, key)
+            if c is not None and c.spec is not None:
+                self._specs[i] = c.spec
+                return c.spec, False
+        return new_spec(i), True
+
+    def _take(self, st: TrialState, new_spec: NewSpec, can_run: CanRun | None) -> Held | None:
+        """Takeover of a released, orphaned or retryable trial: create ``claim.e<epoch + 1>``;
+        exactly one agent wins."""
+        assert st.epoch is not None
+        i, e = st.index, st.epoch + 1
+        spec, embed = self._spec_for(st, new_spec)
+        if can_run is not None and not can_run(spec):
+            return None
+        lost = st.status == "orphaned" and st.takeovers >= self.limits.max_takeovers
+        claim = records.Claim(
+            trial=i,
+            epoch=e,
+            agent_id=self.membership.agent_id,
+            host=self.membership.host,
+            spec=spec if embed else None,
+        )
+        if not lost:
+            self.membership.hold(i, e, self.clock())  # listed before the claim exists: never unlisted
+        if not self.store.create(layout.claim(i, e), records.encode(claim)):
+            if not lost:
+                self.membership.drop(i, e, released=False)
+            self.stats.lost_races += 1
+            return None
+        if lost:
+            # The trial kills every host it lands on: record it as failed ("lost") instead of
+            # running it once more. We own epoch e exclusively, so this is the only such record.
+            rec = records.Failure(
+                trial=i,
+                epoch=e,
+                agent_id=self.membership.agent_id,
+                kind="lost",
+                message=(
+                    f"trial {i} was taken over {st.takeovers} times (limits.max_takeovers={self.limits.max_takeovers}): "
+                    "every holder died or vanished while running it"
+                ),
+            )
+            self.store.create(layout.failed(i, e), records.encode(rec))
+            self._terminal.add(i)
+            self.stats.lost_written += 1
+            return None
+        if st.status == "retryable":
+            self.stats.retries += 1
+        else:
+            self.stats.takeovers += 1
+        self._specs[i] = spec
+        return Held(self, i, e, spec)
+
+    # -- new trials ------------------------------------------------------------------------
+    def _create_new(self, i: int, new_spec: NewSpec, can_run: CanRun | None) -> Held | None:
+        if i in self._specs:
+            # Claimed already, by this agent (a stale entry of the free list, or the cursor met
+            # it): trying again would _hold and then _drop a pair we may still be running,
+            # unlisting it from our heartbeat until an observer takes it over.
+            return None
+        spec = new_spec(i)
+        if can_run is not None and not can_run(spec):
+            self._declined.add(i)
+            return None
+        claim = records.Claim(
+            trial=i, epoch=0, agent_id=self.membership.agent_id, host=self.membership.host, spec=spec
+        )
+        # Hold first, create second: the heartbeat may list the pair before the claim exists
+        # (harmless), never after it existed unlisted for longer than it must.
+        self.membership.hold(i, 0, self.clock())
+        won = self.store.create(layout.claim(i, 0), records.encode(claim))
+        self.frontier.saw_claimed(i)  # ours or somebody else's: not a landing place
+        if not won:
+            self.membership.drop(i, 0, released=False)
+            self.stats.lost_races += 1
+            return None
+        self.stats.new += 1
+        self._specs[i] = spec
+        self.frontier.won()
+        return Held(self, i, 0, spec)
+
+    def _claim_free(self, new_spec: NewSpec, can_run: CanRun | None) -> Held | None:
+        """Claim one of the free indexes the last sweep found. Agents that swept together hold
+        the same list: each walks it in order from a random place and jumps elsewhere at random
+        after a lost race (somebody is working there), so that they rarely meet. After a run of
+        lost races the list is refreshed with one ``list_dirs``; after the first lost race each
+        candidate is looked at (``exists``) before it is created."""
+        lost_run = 0
+        while self._free:
+            if self._free_pos >= len(self._free):
+                self._free_pos = 0
+            i = self._free.pop(self._free_pos)
+            if i in self._terminal or i in self._declined or i >= self._budget:
+                continue
+            held = None if lost_run and self.frontier.taken(i) else self._create_new(i, new_spec, can_run)
+            if held is not None:
+                return held
+            if i in self._declined:
+                continue
+            lost_run += 1
+            self.stats.extra["lost_in_gaps"] = self.stats.extra.get("lost_in_gaps", 0) + 1
+            if lost_run >= 4:
+                existing = {int(n) for n in self.store.list_dirs(layout.TRIALS_DIR) if n.isdigit()}
+                self._free = [k for k in self._free if k not in existing]
+                lost_run = 0
+            self._free_pos = self.rng.randrange(len(self._free)) if self._free else 0
+        return None
+
+    def _count(self, what: str) -> None:
+        if what == "lost_races":
+            self.stats.lost_races += 1
+        else:
+            self.stats.extra[what] = self.stats.extra.get(what, 0) + 1
+
+    def _claim_new(self, new_spec: NewSpec, can_run: CanRun | None) -> Held | None:
+        """The next new index from the frontier walk (:class:`~ablator.lease.frontier.Frontier`)."""
+        return self.frontier.walk(
+            budget=self._budget if self._budget_read else self.budget(),
+            refresh_budget=self.budget,
+            n_live=self._n_live,
+            skip=self._terminal,
+            declined=self._declined,
+            create=lambda i: self._create_new(i, new_spec, can_run),
+        )
+
+    # -- the gap sweep -----------------------------------------------------------------------
+    def _sweep(self) -> None:
+        """Look at every index below the budget that is not known to be final: free indexes (no
+        folder) become new claims, takeable ones takeovers, running ones are watched. One
+        ``list_dirs`` of ``trials/``; then, for the trials of unknown state, one recursive
+        listing of ``trials/`` on an object store when there are many (one request per 1000
+        keys), else per trial: a stat of its result where stats are cheap, then a listing of its
+        folder if it has none."""
+        self.stats.sweeps += 1
+        budget = self.budget(refresh=True)
+        old_forgiven = self._forgiven
+        self._forgiven = read_forgiven(self.store, self._retry)
+        for t, ep in self._forgiven.items():
+            if old_forgiven.get(t, -1) != ep:
+                self._terminal.discard(t)  # an operator's retry reopened it
+        existing = {int(n) for n in self.store.list_dirs(layout.TRIALS_DIR) if n.isdigit()}
+        mine = {t for t, _ in self.membership.held()}
+        now = self.clock()
+        # Trials with a re-check scheduled for later (running elsewhere) are not re-read: the
+        # scan of heartbeats brings their re-check forward when their holder lets go or dies.
+        unknown = sorted(
+            i
+            for i in existing
+            if i < budget and i not in self._terminal and i not in mine and self._check_at.get(i, now) <= now
+        )
+        grouped: dict[int, list[Entry]] | None = None
+        if len(unknown) > BULK_LIST_THRESHOLD and not self._cheap_stat:
+            grouped = group_by_trial(self.store.list(layout.TRIALS_DIR))
+        free = [i for i in range(budget) if i not in existing and i not in self._declined]
+        # A free index whose block head is claimed is most likely the tail of a block its owner
+        # is still walking: racing the owner for it would lose almost every time. Such tails
+        # become claimable only if a later sweep finds them still free (an owner that stopped).
+        b = self.block
+        tails = {i for i in free if i % b and (i - i % b) in existing}
+        self._free = [i for i in free if i not in tails or i in self._tails]
+        self._tails = tails
+        for i in unknown:
+            if grouped is None and self._cheap_stat and self.store.exists(layout.result(i)):
+                self._terminal.add(i)  # done (corrupt or not: final either way); one stat
+                self._check_at.pop(i, None)
+                continue
+            entries = grouped.get(i, []) if grouped is not None else None
+            st = read_trial(
+                self.store,
+                i,
+                entries,
+                judge=self._judge,
+                limits=self.limits,
+                forgiven=self._forgiven.get(i, -1),
+            )
+            self._classify(st)
+        # Everything not final is somewhere: free (or a deferred tail), ready to take, held by
+        # us, or scheduled for a re-check (running elsewhere).
+        open_trials = (
+            len(tails)
+            + len(self._ready)
+            + sum(1 for i in self._check_at if i not in self._terminal and i < budget)
+        )
+        self._free.sort()
+        # agents sweeping together should not all start at the same gap
+        self._free_pos = self.rng.randrange(len(self._free)) if self._free else 0
+        self._all_terminal = (
+            not self._free
+            and open_trials == 0
+            and not mine
+            and not (self._declined and any(i < budget and i not in self._terminal for i in self._declined))
+        )
+        self._last_sweep = self.clock()

@@ -1,0 +1,88 @@
+"""The numbers a lease runs on (:class:`LeaseLimits`) and the clock it is measured on
+(:func:`default_clock`). See docs/protocol.md "Leases"."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ablator.errors import ConfigError
+
+#: A monotonic clock in seconds (injected by tests as a fake clock).
+Clock = Callable[[], float]
+
+
+def default_clock() -> Clock:
+    """The clock that leases are measured on: ``CLOCK_BOOTTIME`` where the OS has it (it keeps
+    counting while the machine is suspended, so a laptop that slept past its lease fences itself
+    on waking), else ``time.monotonic``. Never the wall clock."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is not None:
+        try:
+            time.clock_gettime(boottime)
+        except OSError:  # pragma: no cover - old kernels
+            pass
+        else:
+            return lambda: time.clock_gettime(boottime)
+    return time.monotonic
+
+
+@dataclass(frozen=True)
+class LeaseLimits:
+    """The numbers the protocol needs (a subset of the experiment's ``limits``).
+
+    ``lease_seconds`` must be at least 3 x ``heartbeat_seconds``: a holder fences itself after
+    ``lease_seconds - 2 * heartbeat_seconds`` without a renewal, and that must leave room for at
+    least one heartbeat interval.
+    """
+
+    max_attempts: int = 3
+    max_takeovers: int = 5
+    lease_seconds: float = 120.0
+    heartbeat_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (isinstance(self.max_attempts, int) and self.max_attempts >= 1):
+            problems.append(f"limits.max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        if not (isinstance(self.max_takeovers, int) and self.max_takeovers >= 0):
+            problems.append(f"limits.max_takeovers must be an integer >= 0, got {self.max_takeovers!r}")
+        hb, lease = self.heartbeat_seconds, self.lease_seconds
+        if not (isinstance(hb, (int, float)) and math.isfinite(hb) and hb > 0):
+            problems.append(f"limits.heartbeat_seconds must be a positive number, got {hb!r}")
+        elif not (isinstance(lease, (int, float)) and math.isfinite(lease) and lease >= 3 * hb):
+            problems.append(
+                f"limits.lease_seconds ({lease!r}) must be at least 3 x limits.heartbeat_seconds ({hb!r}): "
+                "a holder fences itself after lease - 2 x heartbeat without a renewal"
+            )
+        if problems:
+            raise ConfigError(problems)
+
+    @property
+    def fence_after(self) -> float:
+        """Seconds without a renewal after which a holder stops writing for its trials."""
+        return self.lease_seconds - 2 * self.heartbeat_seconds
+
+    @classmethod
+    def from_limits(
+        cls, limits: Any, *, lease_seconds: float | None = None, heartbeat_seconds: float | None = None
+    ) -> LeaseLimits:
+        """From an ``experiment.Limits`` (or anything with the same attributes), with the agent's
+        ``--lease-seconds`` / ``--heartbeat-seconds`` overrides."""
+        return cls(
+            max_attempts=int(getattr(limits, "max_attempts", cls.max_attempts)),
+            max_takeovers=int(getattr(limits, "max_takeovers", cls.max_takeovers)),
+            lease_seconds=float(
+                lease_seconds
+                if lease_seconds is not None
+                else getattr(limits, "lease_seconds", cls.lease_seconds)
+            ),
+            heartbeat_seconds=float(
+                heartbeat_seconds
+                if heartbeat_seconds is not None
+                else getattr(limits, "heartbeat_seconds", cls.heartbeat_seconds)
+            ),
+        )

@@ -1,0 +1,116 @@
+"""Liveness: an observer's judgement of other agents, on the observer's own monotonic clock only.
+
+A holder is dead when the (agent, counter) value it last saw has not changed for the holder's
+declared lease since its first sight. Wall clocks are never compared. See docs/protocol.md
+"Liveness".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ablator import records
+from ablator.lease.limits import Clock, default_clock
+
+# --- liveness as seen by an observer -----------------------------------------------------------
+
+
+@dataclass
+class AgentView:
+    """What an observer knows about one agent, on the observer's clock."""
+
+    agent_id: str
+    counter: int
+    first_seen: float  # first sight of this counter value
+    read_at: float  # last time the heartbeat was read
+    lease_s: float
+    heartbeat_s: float
+    held: frozenset[tuple[int, int]]
+    state: str
+    heartbeat: records.Heartbeat
+
+
+class Liveness:
+    """Who is alive, judged on this observer's own clock (never a wall clock).
+
+    A holder is dead when the (agent, counter) value has not changed for the holder's declared
+    ``lease_s`` since this observer first saw it. A claim is orphaned when its holder is dead,
+    has exited, or has not listed the (trial, epoch) in its heartbeat for a lease since this
+    observer first saw it unlisted; a claim whose holder is unknown (corrupt claim, missing or
+    corrupt heartbeat) is orphaned a ``default_lease_s`` after its first sight.
+
+    Callers must feed a *fresh* heartbeat read (:meth:`observe`) before acting on a verdict: a
+    read older than about a heartbeat interval could miss a renewal (see :meth:`needs_read`).
+    """
+
+    def __init__(self, default_lease_s: float, clock: Clock | None = None) -> None:
+        self.default_lease_s = default_lease_s
+        self.clock = clock or default_clock()
+        self.agents: dict[str, AgentView] = {}
+        self._missing: dict[str, float] = {}  # agent -> last read that found no valid heartbeat
+        self._unlisted: dict[tuple[int, int], float] = {}
+        self._unknown: dict[tuple[int, int], float] = {}
+
+    def observe(self, agent_id: str, hb: records.Heartbeat | None) -> None:
+        """Record a read of ``agent_id``'s heartbeat (None: absent or corrupt)."""
+        now = self.clock()
+        if hb is None:
+            self.agents.pop(agent_id, None)
+            self._missing[agent_id] = now
+            return
+        self._missing.pop(agent_id, None)
+        prev = self.agents.get(agent_id)
+        first = prev.first_seen if prev is not None and prev.counter == hb.counter else now
+        self.agents[agent_id] = AgentView(
+            agent_id=agent_id,
+            counter=hb.counter,
+            first_seen=first,
+            read_at=now,
+            lease_s=hb.lease_s,
+            heartbeat_s=hb.heartbeat_s,
+            held=frozenset((int(t), int(e)) for t, e in hb.held),
+            state=hb.state,
+            heartbeat=hb,
+        )
+
+    def needs_read(self, agent_id: str, max_age: float) -> bool:
+        """True when the last read of ``agent_id`` is older than ``max_age`` (or there is none)."""
+        v = self.agents.get(agent_id)
+        last = v.read_at if v is not None else self._missing.get(agent_id)
+        return last is None or self.clock() - last > max_age
+
+    def is_dead(self, agent_id: str) -> bool | None:
+        """True: dead or exited; False: alive; None: never seen (or no valid heartbeat)."""
+        v = self.agents.get(agent_id)
+        if v is None:
+            return None
+        return v.state == "exited" or self.clock() - v.first_seen >= v.lease_s
+
+    def claim_orphaned(self, trial: int, epoch: int, holder: str | None) -> bool:
+        """Whether the claim (trial, epoch) by ``holder`` (None: unknown) may be taken over."""
+        now = self.clock()
+        key = (trial, epoch)
+        v = self.agents.get(holder) if holder is not None else None
+        if v is None:
+            # Holder unknown: time the claim itself from our first sight of it.
+            first = self._unknown.setdefault(key, now)
+            return now - first >= self.default_lease_s
+        self._unknown.pop(key, None)
+        if v.state == "exited":
+            return True  # an exited agent holds nothing (it fenced everything before its last beat)
+        if now - v.first_seen >= v.lease_s:
+            return True
+        if key in v.held:
+            self._unlisted.pop(key, None)
+            return False
+        # Alive but not listing it: the holder died between claim and first listing, or it is a
+        # predecessor's claim under an id nobody renews. The holder fences an unlisted claim
+        # lease - 2 x heartbeat after creating it; we wait a full lease from first sight.
+        first = self._unlisted.setdefault(key, now)
+        return now - first >= v.lease_s
+
+    def forget(self, trial: int) -> None:
+        """Drop timers of ``trial`` (it reached a final state)."""
+        for d in (self._unlisted, self._unknown):
+            for k in [k for k in d if k[0] == trial]:
+                del d[k]
