@@ -151,10 +151,19 @@ def test_sigstop_past_lease_old_holder_stops(local_store: str, agents: Any) -> N
 def test_sigterm_releases_and_another_agent_resumes_at_once(
     store_url: str, agents: Any, tmp_path: Path
 ) -> None:
-    go = tmp_path / "go"  # the trials keep running until this file exists
+    go = tmp_path / "go"  # A's attempts keep running until this file exists (it never does)
     # A lease far longer than the test may run: B can only finish by picking up the releases.
+    # The hold applies to A's attempts (epoch 0) only: B resumes the moment a release appears,
+    # and its attempt must end right at the released checkpoint, whenever that happens (a hold
+    # in B's attempt too would race the test's creating the file against B's next step).
     exp = experiment(
-        config={"steps": 4, "checkpoint_every": 2, "sleep": 0.05, "hold_file": str(go)},
+        config={
+            "steps": 4,
+            "checkpoint_every": 2,
+            "sleep": 0.05,
+            "hold_file": str(go),
+            "hold_epoch": 0,
+        },
         design={"kind": "random", "trials": 2, "space": {"x": {"range": [0.0, 1.0]}}},
         limits={"lease_seconds": 600, "heartbeat_seconds": 0.5},
     )
@@ -174,7 +183,6 @@ def test_sigterm_releases_and_another_agent_resumes_at_once(
         released[t] = rel.step
     last = read(store, layout.agent(_holder_of(store, 0, 0) or ""), records.Heartbeat)
     assert last.state == "exited" and last.held == []
-    go.touch()
     assert b.wait(120) == 0, b.output()
     for t in (0, 1):
         att = records_of(store, t, "attempt")[1]

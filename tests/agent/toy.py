@@ -29,6 +29,7 @@ class ToyConfig(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     x: float = 0.0
     trace_dir: str = ""
     hold_file: str = ""  # when set, keep stepping past ``steps`` until this file exists
+    hold_epoch: int = -1  # hold only in this attempt (-1: in every attempt)
 
 
 def trial(config: ToyConfig, ctx: Any) -> dict[str, float]:
@@ -51,7 +52,10 @@ def trial(config: ToyConfig, ctx: Any) -> dict[str, float]:
     step = start
     while True:
         step += 1
-        if step > config.steps and not (config.hold_file and not os.path.exists(config.hold_file)):
+        held = (
+            config.hold_file and config.hold_epoch in (-1, ctx.epoch) and not os.path.exists(config.hold_file)
+        )
+        if step > config.steps and not held:
             break
         if misbehave and step >= config.fail_at:
             if config.mode == "raise":
