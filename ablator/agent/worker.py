@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ablator.agent import protocol as P
+from ablator.engines.environment import trial_environment
 from ablator.errors import LeaseLost
 from ablator.records import Environment
 
@@ -313,8 +314,8 @@ class Worker:
         self.log_path = log_dir / f"worker-{slot_id}-{os.getpid()}-{time.monotonic_ns()}.log"
         to_child_r, self.to_child = os.pipe()
         self.from_child, from_child_w = os.pipe()
-        child_env = dict(os.environ)
-        child_env.update(env)
+        # A trial is one process on one device, even when a cluster launcher started the agent.
+        child_env = trial_environment(os.environ, env)
         child_env["PYTHONUNBUFFERED"] = "1"  # the log shows what the trial printed before a crash
         # O_APPEND: the parent truncates the file between trials while the child writes on.
         with open(self.log_path, "ab") as log:

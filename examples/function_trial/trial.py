@@ -25,6 +25,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.environments import LightningEnvironment
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
@@ -133,6 +134,10 @@ class ToAblator(L.Callback):
 def trial(config: LitDigitsConfig, ctx: TrialContext) -> dict[str, float]:
     # the val loader is one batch and the data is in memory: no loader workers needed
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # On a host with Slurm installed, Lightning advises running under `srun` (it checks at
+    # Trainer() and again in fit()). That advice is for one distributed run across a job's tasks;
+    # an ablator trial is deliberately one process, so the advice does not apply here.
+    warnings.filterwarnings("ignore", message="The `srun` command is available on your system")
     train, val = digits_loaders(config.train.batch_size, ctx.seed)
     cuda = ctx.device.type == "cuda"
     trainer = L.Trainer(
@@ -147,6 +152,10 @@ def trial(config: LitDigitsConfig, ctx: TrialContext) -> dict[str, float]:
         enable_progress_bar=False,  # ablator shows progress
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        # ablator schedules trials: this one is a single process on ctx.device, even inside a
+        # Slurm job or on a host with `srun`. Saying so stops Lightning's cluster detection from
+        # taking the job's ranks (or warning that srun is unused); see docs/engines.md.
+        plugins=[LightningEnvironment()],
     )
     module = LitDigits(config)
     with tempfile.TemporaryDirectory() as d:

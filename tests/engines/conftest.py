@@ -1,0 +1,97 @@
+"""Helpers of the engine tests: a tiny study launched into a local store, the environment of
+child processes, and (in :mod:`tests.engines.slurmcluster`) a real one-node Slurm cluster."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ablator import layout, records
+from ablator.experiment import experiment_from_dict
+from ablator.ops import launch
+from ablator.store import Store, open_store
+
+ROOT = Path(__file__).resolve().parents[2]
+TRIAL = "tests.engines.trial:trial"
+
+
+def launch_study(store_url: str, trials: int, config: dict[str, Any], **limits: Any) -> None:
+    """A random design of ``trials`` tiny CPU trials (tests/engines/trial.py), short leases."""
+    exp = {
+        "name": "engines",
+        "entry": TRIAL,
+        "config": config,
+        "metric": {"name": "score", "mode": "max"},
+        "design": {"kind": "random", "trials": trials, "space": {"x": {"range": [0.0, 1.0]}}},
+        "limits": {
+            "max_attempts": 2,
+            "max_takeovers": 5,
+            "lease_seconds": 3.0,
+            "heartbeat_seconds": 0.5,
+            "stall_seconds": 60,
+            **limits,
+        },
+        "resources": {"gpu": "none"},
+    }
+    launch(experiment_from_dict(exp), store_url)
+
+
+@pytest.fixture
+def child_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Environment of agent processes: this checkout importable, private cache and lock folders."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["ABLATOR_CACHE_DIR"] = str(tmp_path / "cache")
+    env["ABLATOR_LOCK_DIR"] = str(tmp_path / "locks")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    yield env
+
+
+def wait_for(what: str, cond: Callable[[], Any], timeout: float = 60.0, every: float = 0.2) -> Any:
+    """Poll ``cond`` until it is truthy (a bound, not a measurement: tests never assert on time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+def results(store: Store) -> dict[int, records.Result]:
+    out = {}
+    for name in store.list_dirs(layout.TRIALS_DIR):
+        data = store.get(layout.result(int(name)))
+        if data is not None:
+            out[int(name)] = records.decode(data, records.Result, layout.result(int(name)))
+    return out
+
+
+def trial_records(store: Store, trial: int, kind: str) -> list[int]:
+    """Epochs of trial ``trial`` that have a ``kind`` record (claim, attempt, release, failed)."""
+    prefix = layout.trial_dir(trial)
+    out = []
+    for entry in store.list(prefix):
+        rest = entry.key[len(prefix) :]
+        parsed = layout.parse_record(rest) if "/" not in rest else None
+        if parsed and parsed[0] == kind:
+            out.append(parsed[1])
+    return sorted(out)
+
+
+def traces(trace_dir: Path) -> dict[int, list[list[str]]]:
+    """trial -> its attempts' trace lines ``[trial, epoch, start_step, launcher variables]``."""
+    out: dict[int, list[list[str]]] = {}
+    for p in sorted(trace_dir.glob("*.txt")):
+        out[int(p.stem)] = [line.split() for line in p.read_text().splitlines()]
+    return out
+
+
+def open_(url: str) -> Store:
+    return open_store(url)
