@@ -60,6 +60,7 @@ class Snapshot:
     agents: list[dict[str, Any]]
     extensions: int
     finished: int
+    unheld: list[int]  # running trials no live agent has listed for a lease
     derived: dict[Any, Any] = field(default_factory=dict)  # per-snapshot cache of computed answers
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -108,6 +109,7 @@ class StoreView:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._read_lock = threading.Lock()
+        self._unheld_since: dict[int, float] = {}  # running trial -> first read that found it unlisted
 
     # -- the refresher ---------------------------------------------------------------------
     def start(self) -> None:
@@ -161,7 +163,22 @@ class StoreView:
         counts = res.status_counts()
         finished = sum(counts.get(s, 0) for s in FINISHED)
         self._progress.append((self.clock(), finished))
+        held_live = {t for a in agents if a.get("live") is not False for t, _ in a.get("held", [])}
+        running = res.trials.filter(pl.col("status") == "running")["index"].to_list()
+        unheld = self._unheld(running, held_live, res)
         version = _fingerprint(res, agents)
+        derived: dict[Any, Any] = {}
+        prev = self.current
+        if prev is not None and prev.version == version:
+            # Nothing shown changed: keep what was computed from the previous read, except what
+            # depends on time (progress: ages, throughput) or on records outside the tables
+            # (trial pages: their logs).
+            with prev.lock:
+                derived = {
+                    k: v
+                    for k, v in prev.derived.items()
+                    if k != "progress" and not (isinstance(k, tuple) and k[0] == "trial")
+                }
         return Snapshot(
             results=res,
             read_at=time.time(),
@@ -170,6 +187,8 @@ class StoreView:
             agents=agents,
             extensions=extensions,
             finished=finished,
+            unheld=unheld,
+            derived=derived,
         )
 
     def _agents(self, res: Results) -> list[dict[str, Any]]:
@@ -256,8 +275,6 @@ class StoreView:
         total = res.budget if res.budget is not None else res.trials.height
         remaining = max(0, total - snap.finished)
         running = counts.get("running", 0)
-        held_live = {t for a in snap.agents if a.get("live") is not False for t, _ in a.get("held", [])}
-        running_idx = res.trials.filter(pl.col("status") == "running")["index"].to_list()
         durations = res.trials.filter(pl.col("status").is_in(list(DONE_STATUSES)))["duration_s"].drop_nulls()
         median = float(np.median(durations.to_numpy())) if durations.len() else None
         rate, window = self._observed_rate()
@@ -286,7 +303,7 @@ class StoreView:
             "fraction": snap.finished / total if total else None,
             "agents": snap.agents,
             "agents_live": sum(1 for a in snap.agents if a.get("live")),
-            "running_unheld": sorted(i for i in running_idx if i not in held_live),
+            "running_unheld": snap.unheld,
             "throughput_per_min": None if rate is None else rate * 60.0,
             "throughput_window_s": window,
             "median_duration_s": median,
@@ -304,6 +321,21 @@ class StoreView:
                 else []
             ),
         }
+
+    def _unheld(self, running: list[int], held: set[int], res: Results) -> list[int]:
+        """Running trials that no live agent has listed for a whole lease on our clock (a fresh
+        claim is listed only at its holder's next heartbeat: not flagged before then). Called by
+        the reader thread only."""
+        now = self.clock()
+        limits = res.experiment.get("limits") or {}
+        lease = float(limits.get("lease_seconds", LeaseLimits.lease_seconds))
+        unheld = {i for i in running if i not in held}
+        for i in list(self._unheld_since):
+            if i not in unheld:
+                del self._unheld_since[i]
+        for i in unheld:
+            self._unheld_since.setdefault(i, now)
+        return sorted(i for i, since in self._unheld_since.items() if now - since >= lease)
 
     def _observed_rate(self) -> tuple[float | None, float | None]:
         """Finished trials per second over this server's own observations (up to 15 min)."""
@@ -385,9 +417,16 @@ class StoreView:
             mask &= np.array([lab == level for lab in labels], dtype=bool)
         frame = frame.filter(pl.Series(mask))
         best, final = f"best.{metric}", f"final.{metric}"
+        so_far = self._so_far(snap, metric)
+        frame = frame.join(so_far, on="index", how="left")
         shown: list[pl.Expr] = [pl.col(c) for c in TABLE_COLUMNS]
-        shown.append((pl.col(best) if best in frame.columns else pl.lit(None, pl.Float64)).alias("best"))
-        shown.append((pl.col(final) if final in frame.columns else pl.lit(None, pl.Float64)).alias("final"))
+        # A running trial has no result: its best and latest values so far stand in (flagged).
+        for name, col, fallback in (("best", best, "so_far_best"), ("final", final, "so_far_last")):
+            result = pl.col(col) if col in frame.columns else pl.lit(None, pl.Float64)
+            shown.append(
+                pl.when(pl.col("status") == "running").then(pl.col(fallback)).otherwise(result).alias(name)
+            )
+        shown.append((pl.col("status") == "running").alias("provisional"))
         factor_cols = [f for f in factors.values() if f.column != "variant"]
         shown.extend(pl.col(f.column).alias(f"f:{f.name}") for f in factor_cols)
         shown.append(pl.col("error").str.split("\n").list.first().alias("error"))
@@ -404,6 +443,25 @@ class StoreView:
             "columns": page.columns,
             "rows": _clean_rows(page.to_dicts()),
         }
+
+    def _so_far(self, snap: Snapshot, metric: str) -> pl.DataFrame:
+        """Per running trial: the best (in the metric's direction) and the latest value of
+        ``metric`` in its provisional history."""
+
+        def make() -> pl.DataFrame:
+            res = snap.results
+            _, mode, _ = res.direction(metric)
+            running = res.trials.filter(pl.col("status") == "running")["index"]
+            hist = res.history.filter(pl.col("trial").is_in(running.implode()) & (pl.col("metric") == metric))
+            best = pl.col("value").max() if mode == "max" else pl.col("value").min()
+            return (
+                hist.sort("trial", "step")
+                .group_by("trial")
+                .agg(best.alias("so_far_best"), pl.col("value").last().alias("so_far_last"))
+                .rename({"trial": "index"})
+            )
+
+        return snap.cached(("so_far", metric), make)
 
     # -- learning curves -------------------------------------------------------------------
     def curves(self, metric: str | None = None, group: str = "") -> dict[str, Any]:

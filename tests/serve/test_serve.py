@@ -231,13 +231,28 @@ def test_sorting_and_paging_on_the_server(tmp_path: Path) -> None:
 
     store_url = str(tmp_path / "store")
     _small_store(store_url)
+    # One more trial, running: claimed, started, 5 rows reported, no result.
+    b = StoreBuilder.__new__(StoreBuilder)
+    b.store, b.experiment = open_store(store_url), ablation_experiment(repeats=2)
+    b.claim(8, 0, b.spec_for(8, {}, variant="", repeat=2))
+    b.attempt(8, 0)
+    b.metrics(8, 0, range(1, 6), lambda s: {"val_accuracy": [0.1, 0.5, 0.4, 0.45, 0.3][s - 1]})
     view = StoreView(open_store(store_url, read_only=True), cache_dir=tmp_path / "cache")
     assert view.refresh() is not None
     page = view.trials(sort="best", descending=True, limit=3)
-    assert page["matched"] == 8 and len(page["rows"]) == 3
+    assert page["matched"] == 9 and len(page["rows"]) == 3
     values = [r["best"] for r in view.trials(sort="best", descending=True)["rows"]]
     assert values == sorted(values, reverse=True)
-    assert [r["index"] for r in view.trials(offset=6)["rows"]] == [6, 7]
+    # The running trial shows its best and latest values so far, flagged as provisional.
+    (running,) = view.trials(status="running")["rows"]
+    assert (running["index"], running["best"], running["final"], running["provisional"]) == (
+        8,
+        0.5,
+        0.3,
+        True,
+    )
+    assert not any(r["provisional"] for r in view.trials(status="completed")["rows"])
+    assert [r["index"] for r in view.trials(offset=6)["rows"]] == [6, 7, 8]
     gelu = view.trials(filters={"variant": "gelu"})
     assert [r["index"] for r in gelu["rows"]] == [2, 6]
     with pytest.raises(AnalysisError, match="no factor 'nope'"):
@@ -246,7 +261,10 @@ def test_sorting_and_paging_on_the_server(tmp_path: Path) -> None:
         view.trials(sort="nope")
     curves = view.curves(group="variant")
     assert [line["label"] for line in curves["lines"]] == ["baseline", "no_dropout", "gelu", "no_batchnorm"]
-    assert all(line["trials"] == 2 and len(line["steps"]) == 20 for line in curves["lines"])
+    assert [line["trials"] for line in curves["lines"]] == [3, 2, 2, 2]  # the running one counts
+    assert all(len(line["steps"]) == 20 for line in curves["lines"])
+    baseline = curves["lines"][0]
+    assert baseline["n"][:5] == [3] * 5 and baseline["n"][5:] == [2] * 15  # it reported 5 steps
 
 
 def test_cli_refuses_a_store_without_an_experiment(

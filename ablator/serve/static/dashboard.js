@@ -31,7 +31,7 @@ function h(tag, attrs, ...children) {
     else if (k === "dataset") Object.assign(el.dataset, v);
     else el.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -271,7 +271,12 @@ async function renderTrials(r, refresh) {
     if (c === "status") return h("td", {}, chip(v));
     if (c === "duration_s") return h("td", { class: "num", text: duration(v) });
     if (c === "error") return h("td", { class: "err", text: v || "" });
-    if (c === "best" || c === "final") return h("td", { class: "num", text: num(v, 5) });
+    if (c === "best" || c === "final") {
+      // A running trial has no result yet: its values so far, in italics.
+      const cell = h("td", { class: "num" + (row.provisional ? " provisional" : ""), text: num(v, 5) });
+      if (row.provisional && v !== null) cell.title = "so far (no result yet)";
+      return cell;
+    }
     return h("td", { class: numeric.has(c) ? "num" : "", text: value(v) });
   })));
   const pager = h("div", { class: "toolbar" },
@@ -305,7 +310,7 @@ async function renderCurves(r, refresh) {
       const color = PALETTE[i % PALETTE.length];
       const pts = (ys) => line.steps.map((s, j) => ({ x: s, y: ys[j] }));
       if (line.hi) {
-        datasets.push({ label: line.label + " band", data: pts(line.hi), borderWidth: 0, pointRadius: 0, fill: "+1", backgroundColor: color + "22", band: true });
+        datasets.push({ label: line.label + " band", data: pts(line.hi), borderWidth: 0, pointRadius: 0, fill: "+1", backgroundColor: color + "33", band: true });
         datasets.push({ label: line.label + " low", data: pts(line.lo), borderWidth: 0, pointRadius: 0, fill: false, band: true });
       }
       const label = line.trials !== undefined ? `${line.label} (${line.trials} trial${line.trials === 1 ? "" : "s"})` : `${line.label}${line.status ? " · " + line.status : ""}`;
@@ -397,7 +402,13 @@ function effectChart(canvas, rows, eff, conf) {
     },
     options: {
       indexAxis: "y",
-      scales: { x: { title: { display: true, text: `difference in ${eff.metric} vs the ${shown[0] ? shown[0].vs : "reference"}` } }, y: { type: "category" } },
+      scales: {
+        x: {
+          title: { display: true, text: `difference in ${eff.metric} vs the ${shown[0] ? shown[0].vs : "reference"}` },
+          grid: { color: (c) => (c.tick && c.tick.value === 0 ? "#555c6a" : "rgba(0,0,0,0.08)") },
+        },
+        y: { type: "category" },
+      },
       plugins: { legend: { display: true } },
     },
   });
@@ -465,7 +476,12 @@ async function renderTrial(r) {
       h("tbody", {}, t.checkpoints.map((c) => h("tr", {}, h("td", { text: `e${c.epoch}` }), h("td", { class: "num", text: c.step }), h("td", { class: "num", text: `${(c.size / 1024).toFixed(1)} KiB` }), h("td", { text: c.canonical ? "yes" : "no" })))))
       : h("p", { class: "muted", text: "No checkpoint stored." }));
 
-  const after = () => makeChart(canvas, {
+  const after = () => {
+    const log = document.querySelector("pre#log");
+    if (log) log.scrollTop = log.scrollHeight; // a tail: show its end
+    drawTrialChart();
+  };
+  const drawTrialChart = () => makeChart(canvas, {
     type: "line",
     data: { datasets: [{ label: shownMetric, data: curve.steps.map((s, i) => ({ x: s, y: curve.values[i] })), borderColor: PALETTE[0], backgroundColor: PALETTE[0], pointRadius: curve.steps.length < 60 ? 2 : 0, borderWidth: 2 }] },
     options: { parsing: false, scales: { x: { type: "linear", title: { display: true, text: "step" } } } },
