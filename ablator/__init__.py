@@ -19,7 +19,10 @@ from ablator.config import (
     TrainConfig,
 )
 from ablator.errors import AblatorError, ConfigError
-from ablator.experiment import plan
+from ablator.planning import plan
+
+__version__ = "0.1.0"
+"""ablator's version: the one place it is written (pyproject.toml reads it from here)."""
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ablator.store import open_store
@@ -60,6 +63,7 @@ __all__ = [
     "Stateless",
     "TrainConfig",
     "TrialContext",
+    "__version__",
     "launch",
     "open_store",
     "plan",

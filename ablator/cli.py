@@ -14,12 +14,13 @@ import tempfile
 import traceback
 from collections.abc import Sequence
 
+from ablator import __version__
 from ablator.errors import AblatorError
 
 # Each subcommand is implemented by ``cli_<name>(args) -> int`` in the module named here, so that
 # ``ablator --help`` does not import torch and every part owns its own command.
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "plan": ("ablator.experiment", "validate an experiment file and print its trial plan"),
+    "plan": ("ablator.planning", "validate an experiment file and print its trial plan"),
     "launch": ("ablator.ops", "create the experiment in a store (or --extend its budget)"),
     "agent": ("ablator.agent", "run trials from a store on this machine's GPUs or CPU"),
     "status": ("ablator.status", "trial counts, agents and progress of a store"),
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ablator", description="Coordinator-free ablation studies for PyTorch."
     )
-    parser.add_argument("--version", action="version", version=f"ablator {_version()}")
+    parser.add_argument("--version", action="version", version=f"ablator {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str) -> argparse.ArgumentParser:
@@ -130,15 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_arguments(p)
     return parser
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("ablator")
-    except Exception:
-        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

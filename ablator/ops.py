@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ablator import layout, records
+from ablator import __version__, layout, records
 from ablator.agent.codecache import sha256_hex
 from ablator.errors import AblatorError, ConfigError, ExperimentMismatch
 
@@ -299,12 +299,6 @@ def _on_path(directory: str | None) -> Iterator[None]:
             sys.path.remove(path)
 
 
-def _ablator_version() -> str:
-    from ablator.cli import _version
-
-    return _version()
-
-
 def _spec_diff(old: records.ExperimentSpec, new: records.ExperimentSpec) -> list[str]:
     from ablator.config import MISSING, diff
 
@@ -356,6 +350,7 @@ def launch(
     >>> ablator.launch("examples/digits/experiment.yaml", "runs/digits")   # doctest: +SKIP
     """
     from ablator import experiment as X
+    from ablator.planning import plan
     from ablator.store import open_store
 
     if extend is not None and extend < 1:
@@ -373,7 +368,7 @@ def launch(
             exp = X.load_experiment(experiment_file_or_obj, overrides)
         # plan's checks: the entry point, the base config, the space or ablations, and the
         # configs of the first trials (the whole plan of a small experiment).
-        p = X.plan(exp, limit=1000)
+        p = plan(exp, limit=1000)
     st = open_store(store, force=force)
     spec = records.ExperimentSpec(
         name=exp.name,
@@ -381,7 +376,7 @@ def launch(
         experiment_hash=X.experiment_hash(exp),
         code_sha256=snap.sha256 if snap else None,
         code_git_commit=snap.git_commit if snap else None,
-        ablator_version=_ablator_version(),
+        ablator_version=__version__,
         budget=p.budget,
     )
     existing = _read_experiment(st)

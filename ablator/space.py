@@ -34,27 +34,15 @@ from typing import Any, Protocol
 
 import msgspec
 
-from ablator.config import (
-    _field_type,
-    _found,
-    _is_struct_type,
-    _is_union,
-    _non_none,
-    _PathError,
-    _strip_annotated,
-    _suggest,
-    _type_name,
-    canonical_json,
-    check_data,
-    join_path,
-    set_path,
-)
+from ablator import _typing_utils as tu
+from ablator._typing_utils import found, join_path, suggest, type_name
+from ablator.config import canonical_json
 from ablator.errors import ConfigError
+from ablator.overrides import set_path
+from ablator.validation import check_data
 
 SPEC_KEYS = {"choice": ("choice",), "range": ("range", "log", "step", "bins", "int"), "value": ("value",)}
 """The keys a spec may have, by the key that makes it a spec."""
-
-MAX_GRID = 10_000_000
 
 
 def tidy(value: float) -> float:
@@ -377,7 +365,7 @@ class _Parser:
             allowed = SPEC_KEYS[kind]
             for key in spec:
                 if key not in allowed:
-                    hint = _suggest(str(key), allowed)
+                    hint = suggest(str(key), allowed)
                     self.problem(
                         loc, f"unknown key {key!r} in a {kind} spec{hint}; valid keys: {', '.join(allowed)}"
                     )
@@ -395,13 +383,13 @@ class _Parser:
         self.problem(
             loc,
             "expected {choice: [...]}, {range: [lo, hi]}, {value: x} or a mapping of those; "
-            f"found {_found(spec)} (write {{value: ...}} for a fixed value)",
+            f"found {found(spec)} (write {{value: ...}} for a fixed value)",
         )
         return None
 
     def choice(self, options: Any, tp: Any, name: str, path: str, loc: str) -> Choice | None:
         if not isinstance(options, list) or not options:
-            self.problem(loc, f"choice needs a non-empty list of options, found {_found(options)}")
+            self.problem(loc, f"choice needs a non-empty list of options, found {found(options)}")
             return None
         coord = self.next_coord()
         parsed: list[Any] = []
@@ -441,21 +429,19 @@ class _Parser:
             or len(bounds) != 2
             or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
         ):
-            self.problem(rloc, f"expected [lo, hi] (two numbers), found {_found(bounds)}")
+            self.problem(rloc, f"expected [lo, hi] (two numbers), found {found(bounds)}")
             return None
         lo, hi = bounds
-        inner = _strip_annotated(tp)
-        if _is_union(inner) and len(_non_none(inner)) == 1:
-            inner = _strip_annotated(_non_none(inner)[0])
+        inner = tu.unwrap_optional(tp)
         if inner not in (int, float, typing.Any):
-            self.problem(loc, f"a range needs an int or float field, but this one is {_type_name(tp)}")
+            self.problem(loc, f"a range needs an int or float field, but this one is {type_name(tp)}")
             return None
         flag = spec.get("int")
         if flag is not None and not isinstance(flag, bool):
-            self.problem(join_path(loc, "int"), f"expected true or false, found {_found(flag)}")
+            self.problem(join_path(loc, "int"), f"expected true or false, found {found(flag)}")
         log = spec.get("log", False)
         if not isinstance(log, bool):
-            self.problem(join_path(loc, "log"), f"expected true or false, found {_found(log)}")
+            self.problem(join_path(loc, "log"), f"expected true or false, found {found(log)}")
             log = False
         integer = (
             flag is True
@@ -469,7 +455,7 @@ class _Parser:
                 self.problem(join_path(rloc, i), f"bounds must be finite, found {b!r}")
             elif integer and float(b) != int(b):
                 self.problem(
-                    join_path(rloc, i), f"bound {b!r} is not an integer (the field is {_type_name(tp)})"
+                    join_path(rloc, i), f"bound {b!r} is not an integer (the field is {type_name(tp)})"
                 )
         if lo > hi:
             self.problem(rloc, f"lo ({lo!r}) is greater than hi ({hi!r})")
@@ -482,7 +468,7 @@ class _Parser:
         sloc = join_path(loc, "step")
         if step is not None:
             if isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0:
-                self.problem(sloc, f"expected a positive number, found {_found(step)}")
+                self.problem(sloc, f"expected a positive number, found {found(step)}")
             elif log and not step > 1:
                 self.problem(
                     sloc, f"with log: true, step is a multiplicative factor and must be > 1, found {step!r}"
@@ -490,7 +476,7 @@ class _Parser:
             elif integer and not log and float(step) != int(step):
                 self.problem(sloc, f"an int range needs an integer step, found {step!r}")
         if bins is not None and (isinstance(bins, bool) or not isinstance(bins, int) or bins < 1):
-            self.problem(join_path(loc, "bins"), f"expected an integer >= 1, found {_found(bins)}")
+            self.problem(join_path(loc, "bins"), f"expected an integer >= 1, found {found(bins)}")
         if len(self.problems) > before:
             return None
         for i, b in enumerate((lo, hi)):  # the bounds must be valid values of the field
@@ -518,13 +504,13 @@ class _Parser:
             for key, value in node.items():
                 kloc = join_path(nloc, key)
                 if not isinstance(key, str):
-                    self.problem(kloc, f"keys must be strings, found {_found(key)}")
+                    self.problem(kloc, f"keys must be strings, found {found(key)}")
                     continue
                 segs = [*prefix, *key.split(".")]
                 rel = ".".join(segs)
                 try:
-                    sub_tp = _field_type(tp, segs, root=loc)
-                except _PathError as exc:
+                    sub_tp = tu.field_type(tp, segs, root=loc)
+                except tu.PathError as exc:
                     self.problems.append(str(exc))
                     continue
                 if is_spec(value):
@@ -558,10 +544,12 @@ def _has_spec(value: Any) -> bool:
 
 
 def _groupable(tp: Any) -> bool:
-    inner = _strip_annotated(tp)
-    if _is_union(inner):
-        return any(_groupable(a) for a in _non_none(inner))
-    return inner is typing.Any or _is_struct_type(inner) or typing.get_origin(inner) is dict or inner is dict
+    inner = tu.strip_annotated(tp)
+    if tu.is_union(inner):
+        return any(_groupable(a) for a in tu.non_none(inner))
+    return (
+        inner is typing.Any or tu.is_struct_type(inner) or typing.get_origin(inner) is dict or inner is dict
+    )
 
 
 def parse_space(
@@ -571,16 +559,16 @@ def parse_space(
     problem, each naming its place in the file and the offending value)."""
     parser = _Parser(config_type)
     if not isinstance(raw, dict):
-        return None, [f"{where}: expected a mapping of config paths to specs, found {_found(raw)}"]
+        return None, [f"{where}: expected a mapping of config paths to specs, found {found(raw)}"]
     dims: list[Dim] = []
     for path, spec in raw.items():
         loc = join_path(where, path)
         if not isinstance(path, str) or not path:
-            parser.problem(loc, f"keys are dotted config paths, found {_found(path)}")
+            parser.problem(loc, f"keys are dotted config paths, found {found(path)}")
             continue
         try:
-            tp = _field_type(config_type, path.split("."))
-        except _PathError as exc:
+            tp = tu.field_type(config_type, path.split("."))
+        except tu.PathError as exc:
             parser.problem(loc, f"unknown config path {path!r}: {exc}")
             continue
         dim = parser.spec(spec, tp, path, path, loc)

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ablator import config as C
 from ablator import layout, records
-from ablator.experiment import Entry
+from ablator.entrypoint import EntryPoint
 from ablator.store import open_store
 from ablator.train import ModelWrapper, NoFence, execute_trial
 from ablator.train.progress import BarProgress
@@ -216,7 +216,7 @@ def run_ablator(case: Case, dataset: TensorDataset, steps: int, log_every: int) 
         BenchConfig,
     )
     spec = records.TrialSpec(index=0, config=C.to_dict(cfg), config_hash=C.config_hash(cfg), seed=SEED)
-    entry = Entry(kind="wrapper", obj=BenchWrapper, config_type=BenchConfig)
+    entry = EntryPoint(kind="wrapper", obj=BenchWrapper, config_type=BenchConfig)
     with tempfile.TemporaryDirectory() as d, open(os.devnull, "w") as devnull:
         store = open_store(d)
         store.create(

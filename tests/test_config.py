@@ -30,6 +30,7 @@ from ablator.config import (
     load_config,
     optimizer_class,
     optimizer_names,
+    parse_yaml,
     read_data,
     save_config,
     to_dict,
@@ -123,6 +124,90 @@ def test_yaml_reads_scalars_as_yaml_1_2(tmp_path: Path) -> None:
     assert cfg.model.hidden == 10  # not octal 8
     assert cfg.model.note == "no"  # not False
     assert cfg.extra.label == "2024-01-01"  # not a date
+
+
+# The YAML 1.2.2 spec's own examples of scalar resolution (https://yaml.org/spec/1.2.2/):
+# Example 10.9 "Core Tag Resolution", Examples 2.19-2.22 (integers, floats, miscellaneous,
+# timestamps: the core schema has no timestamp, so they stay strings).
+SPEC_1_2_CORE = """\
+A null: null
+Also a null: # Empty
+Not a null: ""
+Booleans: [ true, True, false, FALSE ]
+Integers: [ 0, 0o7, 0x3A, -19 ]
+Floats: [ 0., -0.0, .5, +12e03, -2E+05 ]
+Also floats: [ .inf, -.Inf, +.INF, .NAN ]
+"""
+SPEC_2_19_TO_2_22 = """\
+canonical: 12345
+decimal: +12345
+octal: 0o14
+hexadecimal: 0xC
+canonical float: 1.23015e+3
+exponential: 12.3015e+02
+fixed: 1230.15
+negative infinity: -.inf
+not a number: .nan
+null:
+booleans: [ true, false ]
+string: '012345'
+timestamp: 2001-12-14t21:59:43.10-05:00
+date: 2002-12-14
+"""
+
+
+def test_yaml_core_schema_matches_the_yaml_1_2_spec_examples() -> None:
+    data = parse_yaml(SPEC_1_2_CORE)
+    assert data["A null"] is None and data["Also a null"] is None and data["Not a null"] == ""
+    assert data["Booleans"] == [True, True, False, False]
+    assert all(type(b) is bool for b in data["Booleans"])
+    assert data["Integers"] == [0, 7, 58, -19] and all(type(i) is int for i in data["Integers"])
+    assert data["Floats"] == [0.0, -0.0, 0.5, 12000.0, -200000.0]
+    assert all(type(f) is float for f in data["Floats"])
+    assert math.copysign(1.0, data["Floats"][1]) == -1.0  # -0.0 keeps its sign
+    inf, minf, pinf, nan = data["Also floats"]
+    assert inf == math.inf and minf == -math.inf and pinf == math.inf and math.isnan(nan)
+
+    more = parse_yaml(SPEC_2_19_TO_2_22)
+    assert [more[k] for k in ("canonical", "decimal", "octal", "hexadecimal")] == [12345, 12345, 12, 12]
+    assert more["canonical float"] == more["exponential"] == more["fixed"] == 1230.15
+    assert more["negative infinity"] == -math.inf and math.isnan(more["not a number"])
+    assert more[None] is None  # "null:" is a null key with a null value
+    assert more["booleans"] == [True, False] and more["string"] == "012345"
+    assert more["timestamp"] == "2001-12-14t21:59:43.10-05:00" and more["date"] == "2002-12-14"
+
+
+@pytest.mark.parametrize(
+    "text",
+    # YAML 1.1 readings that YAML 1.2's core schema does not have: every one is a plain string.
+    [
+        "yes",
+        "No",
+        "on",
+        "OFF",
+        "y",
+        "n",
+        "0b1010",
+        "1_000",
+        "0O7",
+        "-0x1A",
+        "+0o7",
+        "1:20",
+        "=",
+        ".Nan",
+        "tRUE",
+    ],
+)
+def test_yaml_1_1_only_scalars_stay_strings(text: str) -> None:
+    assert parse_yaml(f"v: {text}\n") == {"v": text}
+
+
+def test_yaml_1_2_decimal_ints_have_no_octal_and_keep_big_values() -> None:
+    assert parse_yaml("a: 010\nb: -007\nc: 123456789012345678901234567890\n") == {
+        "a": 10,
+        "b": -7,
+        "c": 123456789012345678901234567890,
+    }
 
 
 def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
@@ -276,9 +361,9 @@ def test_optimizer_list_matches_torch() -> None:
         if isinstance(o, type) and issubclass(o, torch.optim.Optimizer) and o is not torch.optim.Optimizer
     }
     assert set(optimizer_names()) == real  # with torch imported, torch is the authority
-    from ablator.config import _KNOWN_OPTIMIZERS
+    from ablator.config import KNOWN_OPTIMIZERS
 
-    assert set(_KNOWN_OPTIMIZERS) <= real  # the torch-free list never accepts a name torch lacks
+    assert set(KNOWN_OPTIMIZERS) <= real  # the torch-free list never accepts a name torch lacks
     with pytest.raises(ConfigError, match="did you mean 'sgd'"):
         optimizer_class("sgdd")
 

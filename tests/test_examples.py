@@ -124,7 +124,8 @@ def test_function_trial_resumes_where_a_stopped_attempt_left_off(monkeypatch: py
     attempt continues from that checkpoint and ends with the same history as an uninterrupted run."""
     needs("function_trial")
     monkeypatch.syspath_prepend(str(ROOT))
-    from ablator.experiment import load_experiment, resolve_entry, trial_spec
+    from ablator.entrypoint import resolve_entry
+    from ablator.experiment import load_experiment, trial_spec
     from ablator.train import NoFence, execute_trial
 
     exp = load_experiment(ROOT / EXAMPLES["function_trial"], ["config.train.epochs=3"])

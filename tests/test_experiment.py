@@ -17,6 +17,7 @@ from fixtures.toy import CheckedConfig, ToyConfig, ToyWrapper, trial
 
 import ablator
 from ablator.config import config_hash, from_dict, to_dict, write_data
+from ablator.entrypoint import resolve_entry
 from ablator.errors import AblatorError, ConfigError, EntryPointError
 from ablator.experiment import (
     Experiment,
@@ -24,7 +25,6 @@ from ablator.experiment import (
     experiment_from_dict,
     experiment_hash,
     load_experiment,
-    resolve_entry,
     spec_from_overrides,
     trial_spec,
     validate,
@@ -283,7 +283,7 @@ def test_entry_imports_from_the_current_directory(tmp_path: Path) -> None:
     script = tmp_path / "elsewhere" / "run.py"
     script.parent.mkdir()
     script.write_text(
-        "from ablator.experiment import resolve_entry\n"
+        "from ablator.entrypoint import resolve_entry\n"
         "e = resolve_entry('mypkg.model:trial')\n"
         "print(e.kind, e.config_type.__name__)\n"
     )

@@ -235,6 +235,7 @@ class Agent:
         # Fail fast, before claiming anything: the entry point imports and the config validates.
         try:
             self.entry = X.validate(exp)
+            self.bound = X.bind(exp, self.entry)  # base config and space, once for all trials
         except AblatorError as exc:
             raise AgentError(f"cannot run experiment {exp.name!r} from {store.url}: {exc}") from exc
         self._wait_for_workers()
@@ -270,9 +271,9 @@ class Agent:
         """What the heartbeat says this agent runs (``status`` warns when agents differ)."""
         import platform
 
-        from ablator.cli import _version
+        from ablator import __version__
 
-        out = {"ablator": _version(), "python": platform.python_version()}
+        out = {"ablator": __version__, "python": platform.python_version()}
         hello = next(
             (st.worker.hello for st in self.slots if st.worker is not None and st.worker.hello), None
         )
@@ -457,10 +458,10 @@ class Agent:
 
         self.suggested.append(index)
         if self.tpe is None:
-            return X.trial_spec(self.exp, index, self.entry)
-        point, repeat = X.locate_trial(self.exp, index, self.entry)
+            return self.bound.trial_spec(index)
+        point, repeat = self.bound.locate(index)
         overrides, params = self.tpe.choose(index, point)
-        spec = X.spec_from_overrides(self.exp, index, overrides, repeat, self.entry)
+        spec = self.bound.spec_from_overrides(index, overrides, repeat)
         return msgspec.structs.replace(spec, params=params)
 
     def _may_claim(self) -> bool:

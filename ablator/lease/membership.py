@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ablator import layout, records
+from ablator import __version__, layout, records
 from ablator.errors import StoreError
 from ablator.lease.limits import Clock, LeaseLimits, default_clock
 from ablator.store.base import Store
@@ -44,9 +44,7 @@ def new_agent_id(host: str | None = None, pid: int | None = None) -> str:
 
 
 def _versions() -> dict[str, str]:
-    from ablator import cli
-
-    return {"ablator": cli._version(), "python": platform.python_version()}
+    return {"ablator": __version__, "python": platform.python_version()}
 
 
 # --- the heartbeat -----------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from ablator import __version__, layout, records
 from ablator import config as config_mod
-from ablator import layout, records
 from ablator.errors import AblatorError, ConfigError, EntryPointError, LeaseLost
 from ablator.pruners import PrunerConfig, make_pruning
 from ablator.store.base import Store
@@ -57,12 +57,6 @@ def collect_environment(git_commit: str | None = None) -> records.Environment:
     """Where this attempt runs (the attempt record keeps it)."""
     cuda = torch.version.cuda if torch.cuda.is_available() else None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    try:
-        from importlib.metadata import version
-
-        ablator_version = version("ablator")
-    except Exception:
-        ablator_version = f"protocol {records.PROTOCOL_VERSION}"
     return records.Environment(
         host=socket.gethostname(),
         platform=platform.platform(),
@@ -71,7 +65,7 @@ def collect_environment(git_commit: str | None = None) -> records.Environment:
         cuda=cuda,
         gpu=gpu,
         git_commit=git_commit,
-        ablator=ablator_version,
+        ablator=__version__,
     )
 
 
@@ -104,7 +98,7 @@ def execute_trial(
 ) -> Outcome:
     """Run attempt ``epoch`` of ``trial`` and return its :class:`Outcome`.
 
-    ``entry``: what :func:`ablator.experiment.resolve_entry` returns (``kind``, ``obj``,
+    ``entry``: what :func:`ablator.entrypoint.resolve_entry` returns (``kind``, ``obj``,
     ``config_type``). ``fence.check()`` raises :class:`~ablator.errors.LeaseLost` when the
     attempt must stop writing; an optional ``fence.should_stop`` asks it to checkpoint and return
     ``status="stopped"``. ``metric``: the experiment's ``(name, "min" | "max")`` for best tracking,

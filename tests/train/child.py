@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablator import experiment, layout, records
+from ablator import entrypoint, layout, records
 from ablator.store import open_store
 from ablator.train import NoFence, execute_trial
 from ablator.train import metrics as metrics_mod
@@ -64,7 +64,7 @@ def main() -> int:
                 time.sleep(600)
 
         metrics_mod.MetricWriter.add = add  # type: ignore[method-assign]
-    entry = experiment.resolve_entry(args.entry)
+    entry = entrypoint.resolve_entry(args.entry)
     metric = (args.metric[0], args.metric[1]) if args.metric else None
     out = execute_trial(
         entry,

@@ -12,8 +12,8 @@ import torch
 import trainlib as T
 
 from ablator import layout, lineage, records
+from ablator.entrypoint import EntryPoint
 from ablator.errors import AblatorError, CheckpointError
-from ablator.experiment import Entry
 from ablator.store import open_store
 from ablator.store.base import Store
 from ablator.train import NoFence, Outcome, TrialContext, execute_trial
@@ -27,7 +27,7 @@ def store() -> Store:
 def run_fn(store: Store, fn: Any, spec: records.TrialSpec, epoch: int = 0, **kw: Any) -> Outcome:
     rec = records.Claim(trial=spec.index, epoch=epoch, agent_id="t", spec=spec if epoch == 0 else None)
     assert store.create(layout.claim(spec.index, epoch), records.encode(rec))
-    entry = Entry(kind="function", obj=fn, config_type=T.TinyConfig)
+    entry = EntryPoint(kind="function", obj=fn, config_type=T.TinyConfig)
     kw.setdefault("progress", False)
     kw.setdefault("metric", ("val_accuracy", "max"))
     return execute_trial(

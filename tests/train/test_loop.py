@@ -14,9 +14,9 @@ import pytest
 import torch
 import trainlib as T
 
-from ablator import experiment, layout, lineage, records
+from ablator import layout, lineage, records
+from ablator.entrypoint import EntryPoint
 from ablator.errors import CheckpointError, ConfigError, LeaseLost
-from ablator.experiment import Entry
 from ablator.store import open_store
 from ablator.store.base import Store
 from ablator.store.memory import MemoryStore
@@ -48,7 +48,9 @@ def run(
     **kw: Any,
 ) -> Outcome:
     claim(store, spec, epoch)
-    entry = Entry(kind="wrapper", obj=obj if obj is not None else T.TinyWrapper, config_type=T.TinyConfig)
+    entry = EntryPoint(
+        kind="wrapper", obj=obj if obj is not None else T.TinyWrapper, config_type=T.TinyConfig
+    )
     kw.setdefault("progress", False)
     return execute_trial(
         entry, spec, store, spec.index, epoch, fence=fence or NoFence(), device="cpu", metric=metric, **kw
@@ -230,7 +232,7 @@ def test_unknown_optimizer_and_missing_metric_are_config_errors(store: Store) ->
 
 def test_regression_defaults_to_mse_and_train_loss_metric(store: Store) -> None:
     cfg = T.tiny_config(batch_size=8, epochs=5, optimizer={"lr": 0.05})
-    entry = Entry(kind="wrapper", obj=T.RegressionWrapper, config_type=T.TinyConfig)
+    entry = EntryPoint(kind="wrapper", obj=T.RegressionWrapper, config_type=T.TinyConfig)
     claim(store, T.spec_for(cfg), 0)
     out = execute_trial(entry, T.spec_for(cfg), store, 0, 0, fence=NoFence(), device="cpu", progress=False)
     assert set(out.metrics) == {"train_loss", "lr"}  # no val loader, no accuracy
@@ -340,7 +342,7 @@ def test_an_epoch_starts_once(store: Store) -> None:
     cfg = T.tiny_config(batch_size=8, epochs=1)
     spec = T.spec_for(cfg)
     run(store, spec)
-    entry = experiment.Entry(kind="wrapper", obj=T.TinyWrapper, config_type=T.TinyConfig)
+    entry = EntryPoint(kind="wrapper", obj=T.TinyWrapper, config_type=T.TinyConfig)
     with pytest.raises(LeaseLost, match="attempt 0 was started"):
         execute_trial(entry, spec, store, 0, 0, fence=NoFence(), device="cpu", progress=False)
 

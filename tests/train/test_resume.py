@@ -16,7 +16,8 @@ import pytest
 import torch
 import trainlib as T
 
-from ablator import experiment, layout, lineage, records
+from ablator import entrypoint, layout, lineage, records
+from ablator.entrypoint import EntryPoint
 from ablator.store import open_store
 from ablator.store.base import Store
 from ablator.train import NoFence, Outcome, execute_trial
@@ -33,7 +34,7 @@ def _claim(store: Store, trial: int, epoch: int, spec: records.TrialSpec) -> Non
 
 def run_inline(store: Store, entry_name: str, spec: records.TrialSpec, epoch: int = 0) -> Outcome:
     _claim(store, spec.index, epoch, spec)
-    entry = experiment.resolve_entry(entry_name)
+    entry = entrypoint.resolve_entry(entry_name)
     return execute_trial(
         entry, spec, store, spec.index, epoch, fence=NoFence(), device="cpu", progress=False, metric=METRIC
     )
@@ -204,9 +205,7 @@ def test_crash_and_resume_is_bit_identical(tmp_path: Path, train: dict[str, Any]
     ref = run_inline(ref_store, "trainlib:TinyWrapper", spec)
     store = open_store(tmp_path / "crashed")
     _claim(store, 0, 0, spec)
-    entry = experiment.Entry(
-        kind="wrapper", obj=T.CrashingWrapper(crash_at=crash_at), config_type=T.TinyConfig
-    )
+    entry = EntryPoint(kind="wrapper", obj=T.CrashingWrapper(crash_at=crash_at), config_type=T.TinyConfig)
     with pytest.raises(T.Crash):
         execute_trial(entry, spec, store, 0, 0, fence=NoFence(), device="cpu", progress=False, metric=METRIC)
     out = run_inline(store, "trainlib:TinyWrapper", spec, epoch=1)
@@ -232,9 +231,7 @@ def test_resume_with_loader_workers_is_bit_identical(tmp_path: Path) -> None:
     ref = run_inline(ref_store, "trainlib:WorkersWrapper", spec)
     store = open_store(tmp_path / "crashed")
     _claim(store, 0, 0, spec)
-    entry = experiment.Entry(
-        kind="wrapper", obj=T.CrashingWorkersWrapper(crash_at=17), config_type=T.TinyConfig
-    )
+    entry = EntryPoint(kind="wrapper", obj=T.CrashingWorkersWrapper(crash_at=17), config_type=T.TinyConfig)
     with pytest.raises(T.Crash):
         execute_trial(entry, spec, store, 0, 0, fence=NoFence(), device="cpu", progress=False, metric=METRIC)
     out = run_inline(store, "trainlib:WorkersWrapper", spec, epoch=1)

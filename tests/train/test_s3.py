@@ -10,14 +10,14 @@ import pytest
 import trainlib as T
 
 from ablator import layout, lineage, records
-from ablator.experiment import Entry
+from ablator.entrypoint import EntryPoint
 from ablator.store import open_store
 from ablator.store.base import Store
 from ablator.train import NoFence, Outcome, TrialContext, execute_trial
 from ablator.train.checkpoint import deserialize
 
 
-def attempt(store: Store, entry: Entry, spec: records.TrialSpec, epoch: int) -> Outcome:
+def attempt(store: Store, entry: EntryPoint, spec: records.TrialSpec, epoch: int) -> Outcome:
     rec = records.Claim(trial=spec.index, epoch=epoch, agent_id="t", spec=spec if epoch == 0 else None)
     assert store.create(layout.claim(spec.index, epoch), records.encode(rec))
     return execute_trial(
@@ -33,7 +33,9 @@ def attempt(store: Store, entry: Entry, spec: records.TrialSpec, epoch: int) -> 
     )
 
 
-def crash_then_resume(store: Store, entry: Entry, crashing: Entry, spec: records.TrialSpec) -> Outcome:
+def crash_then_resume(
+    store: Store, entry: EntryPoint, crashing: EntryPoint, spec: records.TrialSpec
+) -> Outcome:
     with pytest.raises(T.Crash):
         attempt(store, crashing, spec, 0)
     return attempt(store, entry, spec, 1)
@@ -53,11 +55,11 @@ def crashing_trial(config: T.TinyConfig, ctx: TrialContext) -> dict[str, float]:
     return T.tiny_trial(config, ctx)
 
 
-WRAPPER = Entry(kind="wrapper", obj=T.TinyWrapper, config_type=T.TinyConfig)
-FUNCTION = Entry(kind="function", obj=T.tiny_trial, config_type=T.TinyConfig)
+WRAPPER = EntryPoint(kind="wrapper", obj=T.TinyWrapper, config_type=T.TinyConfig)
+FUNCTION = EntryPoint(kind="function", obj=T.tiny_trial, config_type=T.TinyConfig)
 CRASHING = {
-    "wrapper": Entry(kind="wrapper", obj=T.CrashingWrapper(crash_at=14), config_type=T.TinyConfig),
-    "function": Entry(kind="function", obj=crashing_trial, config_type=T.TinyConfig),
+    "wrapper": EntryPoint(kind="wrapper", obj=T.CrashingWrapper(crash_at=14), config_type=T.TinyConfig),
+    "function": EntryPoint(kind="function", obj=crashing_trial, config_type=T.TinyConfig),
 }
 
 
