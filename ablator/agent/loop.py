@@ -190,7 +190,7 @@ class Agent:
         # The code every agent runs: the snapshot named by the experiment, checked and unpacked.
         self.code_dir: str | None = None
         if spec.code_sha256:
-            from ablator.agent.codecache import activate, ensure_code
+            from ablator.codesnap import activate, ensure_code
 
             self.code_dir = str(ensure_code(store, spec.code_sha256))
             activate(self.code_dir)
@@ -454,7 +454,6 @@ class Agent:
     # -- claiming -----------------------------------------------------------------------------------
 
     def _new_spec(self, index: int) -> records.TrialSpec:
-        from ablator import experiment as X
 
         self.suggested.append(index)
         if self.tpe is None:

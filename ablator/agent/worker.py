@@ -172,7 +172,7 @@ class _Child:
             self.run_trial(ctx, msg)
 
     def setup(self, init: P.Init) -> dict[str, Any]:
-        from ablator.agent.codecache import activate
+        from ablator.codesnap import activate
         from ablator.store import open_store
 
         if init.code_dir:

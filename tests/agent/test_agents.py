@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ablator import layout, records
-from ablator.ops import snapshot_code
+from ablator.codesnap import snapshot_code
 
 from .conftest import (
     ROOT,
@@ -242,7 +242,7 @@ def test_broken_code_exits_nonzero_and_claims_nothing(
     import io
     import zipfile
 
-    from ablator.agent.codecache import sha256_hex
+    from ablator.codesnap import sha256_hex
 
     exp = experiment(design={"kind": "random", "trials": 3, "space": {"x": {"range": [0.0, 1.0]}}})
     store = open_(local_store)

@@ -1,4 +1,4 @@
-"""Code snapshots: what goes in (.gitignore, git), determinism, and the agent-side checks (hash,
+"""Code snapshots (ablator.codesnap): what goes in (.gitignore, git), determinism, and the agent-side checks (hash,
 paths that escape the cache folder, links) before anything is unpacked or imported."""
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from ablator import layout
-from ablator.agent.codecache import CodeSnapshotError, activate, ensure_code, sha256_hex, unpack_zip
-from ablator.ops import snapshot_code
+from ablator.codesnap import CodeSnapshotError, activate, ensure_code, sha256_hex, snapshot_code, unpack_zip
 from ablator.store import open_store
 
 
@@ -83,6 +82,60 @@ def test_snapshot_in_git_repo_lists_what_git_sees(tmp_path: Path) -> None:
     snap = snapshot_code(src)
     assert snap.files == [".gitignore", "m.py", "new.py"]
     assert snap.git_commit == head.stdout.strip()
+
+
+# gitignore(5) cases the hand-written matcher this replaced did not cover (escapes, trailing
+# spaces, "**" in the middle, a negated folder, character classes, a pattern with a slash in a
+# nested .gitignore). The same tree, outside git and inside a fresh git repository, must give
+# the same files: outside git, pathspec's GitIgnoreSpec decides what git would.
+GITIGNORE_TREE = {
+    ".gitignore": (
+        "# a comment\n"
+        "\\#literal.txt\n"
+        "*.tmp\n"
+        "!important.tmp\n"
+        "build/\n"
+        "docs/**/draft.md\n"
+        "log[0-9].txt\n"
+        "trailing.txt   \n"
+        "/only_root.cfg\n"
+        "cache/*\n"
+        "!cache/keep/\n"
+    ),
+    "#literal.txt": "ignored via an escaped #\n",
+    "a.tmp": "ignored\n",
+    "important.tmp": "re-included\n",
+    "build/out.bin": "ignored folder\n",
+    "src/build/gen.py": "a folder called build anywhere is ignored\n",
+    "docs/draft.md": "docs/**/draft.md matches zero folders too\n",
+    "docs/x/y/draft.md": "ignored\n",
+    "docs/x/final.md": "kept\n",
+    "log1.txt": "ignored\n",
+    "logA.txt": "kept\n",
+    "trailing.txt": "trailing spaces are stripped: ignored\n",
+    "only_root.cfg": "ignored\n",
+    "sub/only_root.cfg": "kept: the pattern is anchored\n",
+    "cache/junk.bin": "ignored\n",
+    "cache/keep/kept.bin": "re-included folder\n",
+    "nested/.gitignore": "deep/*.py\n!deep/keep.py\n",
+    "nested/deep/drop.py": "ignored by the nested file\n",
+    "nested/deep/keep.py": "re-included by the nested file\n",
+    "nested/other/deep/x.py": "kept: nested patterns with a slash are anchored to their folder\n",
+}
+
+
+def test_snapshot_outside_git_lists_what_git_would(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    _tree(plain, GITIGNORE_TREE)
+    repo = tmp_path / "repo"
+    _tree(repo, GITIGNORE_TREE)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    assert snapshot_code(repo).git_commit is None  # no commit yet; listed by git itself
+    by_git = snapshot_code(repo).files
+    by_pathspec = snapshot_code(plain).files
+    assert by_pathspec == by_git
+    assert "important.tmp" in by_git and "cache/keep/kept.bin" in by_git and "a.tmp" not in by_git
+    assert "nested/deep/keep.py" in by_git and "nested/deep/drop.py" not in by_git
 
 
 def _store_with(tmp_path: Path, data: bytes, sha: str | None = None) -> tuple[object, str]:
