@@ -12,7 +12,7 @@ import pytest
 import trainlib as T
 
 from ablator import layout, records
-from ablator.experiment import Entry
+from ablator.entrypoint import EntryPoint
 from ablator.pruners import Asha, Median, PrunerConfig
 from ablator.store import open_store
 from ablator.store.base import Store
@@ -37,7 +37,7 @@ def run(
     rec = records.Claim(trial=spec.index, epoch=epoch, agent_id="t", spec=spec if epoch == 0 else None)
     assert store.create(layout.claim(spec.index, epoch), records.encode(rec))
     default = T.TinyWrapper if kind == "wrapper" else T.tiny_trial
-    entry = Entry(kind=kind, obj=obj if obj is not None else default, config_type=T.TinyConfig)  # type: ignore[arg-type]
+    entry = EntryPoint(kind=kind, obj=obj if obj is not None else default, config_type=T.TinyConfig)  # type: ignore[arg-type]
     return execute_trial(
         entry,
         spec,
