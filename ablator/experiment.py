@@ -42,7 +42,6 @@ from ablator.space import ExtremePicker, Space, parse_space
 from ablator.validation import check_data, from_dict
 
 Kind = Literal["grid", "random", "quasi_random", "tpe", "ablation"]
-KINDS: tuple[str, ...] = typing.get_args(Kind)
 BASELINE = "baseline"
 MAX_GRID = 10_000_000
 """The largest grid ``validate`` accepts (a larger one is almost surely a mistake)."""
@@ -161,8 +160,12 @@ def _schema_problems(exp: Experiment) -> list[str]:
                 )
     out += config_problems(d.pruner, d.kind, d.allow_pruning)
     lim = exp.limits
-    for fname in ("lease_seconds", "heartbeat_seconds", "stall_seconds"):
-        value = getattr(lim, fname)
+    seconds = {
+        "lease_seconds": lim.lease_seconds,
+        "heartbeat_seconds": lim.heartbeat_seconds,
+        "stall_seconds": lim.stall_seconds,
+    }
+    for fname, value in seconds.items():
         if not (value > 0 and math.isfinite(value)):
             out.append(f"$.limits.{fname}: must be a positive number, found {value!r}")
     if lim.heartbeat_seconds > 0 and lim.lease_seconds <= 2 * lim.heartbeat_seconds:
@@ -484,7 +487,7 @@ class BoundExperiment:
         return _budget(self.experiment, self.points())
 
     def locate(self, index: int) -> tuple[int, int]:
-        """Trial ``index`` -> (point, repeat) (see :func:`locate_trial`)."""
+        """Trial ``index`` -> (point, repeat) for this design (see :func:`ablator.samplers.locate`)."""
         d = self.experiment.design
         return locate(d.kind, index, repeats=d.repeats, points=self.points())
 
@@ -544,11 +547,6 @@ def bind(exp: Experiment, entry: EntryPoint | None = None) -> BoundExperiment:
     return BoundExperiment(experiment=exp, entry=entry, base=base, base_data=to_dict(base), space=space)
 
 
-def base_config(exp: Experiment, entry: EntryPoint | None = None) -> Any:
-    """The base config as an instance of the entry's config type."""
-    return bind(exp, entry).base
-
-
 def points(exp: Experiment, entry: EntryPoint | None = None) -> int | None:
     """Distinct configs of one round: grid size, or 1 + number of variants; None for sampled
     designs (random, quasi_random, tpe), whose points are unbounded."""
@@ -588,12 +586,6 @@ def spec_from_overrides(
     return bind(exp, entry).spec_from_overrides(index, overrides, repeat, variant=variant)
 
 
-def locate_trial(exp: Experiment, index: int, entry: EntryPoint | None = None) -> tuple[int, int]:
-    """Trial ``index`` -> (point, repeat) for this design (see :func:`ablator.samplers.locate`)."""
-    d = exp.design
-    return locate(d.kind, index, repeats=d.repeats, points=points(exp, entry))
-
-
 def trial_spec(exp: Experiment, index: int, entry: EntryPoint | None = None) -> TrialSpec:
     """Trial ``index`` of the design, computed alone (a pure function of the experiment and the
     index). Indexes past the budget continue the design (``launch --extend``): more rounds of
@@ -604,21 +596,18 @@ def trial_spec(exp: Experiment, index: int, entry: EntryPoint | None = None) -> 
 
 __all__ = [
     "BASELINE",
-    "KINDS",
     "BoundExperiment",
     "Design",
     "Experiment",
     "Limits",
     "Metric",
     "Resources",
-    "base_config",
     "bind",
     "budget",
     "experiment_from_dict",
     "experiment_hash",
     "load_experiment",
     "load_validated",
-    "locate_trial",
     "points",
     "spec_from_overrides",
     "trial_spec",

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from ablator.train.context import TrialContext
 from ablator.train.execute import collect_environment, execute_trial, resolve_device
-from ablator.train.loop import LoopState
 from ablator.train.outcome import NoFence, Outcome
 from ablator.train.progress import Progress
-from ablator.train.wrapper import ModelWrapper, TrainPlan
+from ablator.train.state import LoopState, TrainPlan
+from ablator.train.wrapper import ModelWrapper
 
 __all__ = [
     "LoopState",

@@ -23,7 +23,6 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -39,36 +38,13 @@ from ablator.train.checkpoint import Checkpointer, header, load_latest, serializ
 from ablator.train.metrics import MetricWriter
 from ablator.train.outcome import Outcome
 from ablator.train.progress import Progress
-from ablator.train.wrapper import ModelWrapper, Scheduler, TrainPlan, scheduler_unit, train_config
+from ablator.train.state import LoopState, TrainPlan
+from ablator.train.wrapper import ModelWrapper, scheduler_unit, train_config
 from ablator.train.writer import StoreWriter
 
 SMOKE_STEPS = 3  # optimizer steps of a --smoke run
 SMOKE_EVAL_BATCHES = 2
 PROGRESS_EVERY_S = 1.0  # between log points, the progress display hears the step count this often
-
-
-@dataclass
-class LoopState:
-    """What the loop knows; hooks read it (and may set ``stop`` to end the trial early)."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Scheduler | None
-    scaler: torch.amp.GradScaler | None
-    config: Any
-    plan: TrainPlan
-    step: int = 0  # optimizer steps done
-    train_epoch: int = 0  # the epoch being trained (0-based)
-    batch_in_epoch: int = 0  # batches of that epoch consumed
-    evals: int = 0
-    best_value: float | None = None
-    best_step: int | None = None
-    best_metrics: dict[str, float] = field(default_factory=dict)
-    bad_evals: int = 0  # evaluations since the last improvement (early stopping)
-    best_loss: float | None = None  # lowest logged train loss after warm-up (divergence)
-    latest: dict[str, float] = field(default_factory=dict)  # newest value of every metric
-    stop: str | None = None  # set to end the trial: "early_stopped", "diverged", "pruned"
-    message: str = ""
 
 
 def train(

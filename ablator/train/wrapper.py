@@ -22,8 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -31,25 +30,9 @@ from torch import nn
 
 from ablator.config import OptimizerConfig, SchedulerConfig, TrainConfig, optimizer_class
 from ablator.errors import ConfigError
-
-if TYPE_CHECKING:
-    from ablator.train.loop import LoopState
+from ablator.train.state import LoopState, Scheduler, TrainPlan
 
 C = TypeVar("C")
-
-Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
-
-
-@dataclass(frozen=True)
-class TrainPlan:
-    """The shape of a run, computed before the first step (schedulers and ETA need it)."""
-
-    batches_per_epoch: int
-    steps_per_epoch: int  # optimizer steps (after gradient accumulation)
-    total_steps: int
-    epochs: int  # training epochs started, the last possibly partial
-    eval_every: int  # optimizer steps between evaluations
-    total_evals: int
 
 
 def train_config(config: Any) -> TrainConfig:
@@ -207,7 +190,7 @@ class ModelWrapper(Generic[C]):
     The loop sets ``self.device`` (a ``torch.device``) before it calls any method but
     :meth:`derive`; :meth:`autocast` gives the trial's mixed-precision context.
 
-    Hooks (``on_*``) run at named points of the loop with its :class:`~ablator.train.loop.LoopState`;
+    Hooks (``on_*``) run at named points of the loop with its :class:`~ablator.train.state.LoopState`;
     the defaults do nothing.
     """
 
