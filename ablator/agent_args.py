@@ -12,7 +12,11 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpus", default=None, help="comma-separated local GPU indexes to use (default: all)")
     g.add_argument("--cpu", action="store_true", help="run trials on the CPU")
     p.add_argument("--slots", type=int, default=None, help="concurrent trials (CPU: default 1)")
-    p.add_argument("--slots-per-gpu", type=int, default=1, help="concurrent trials per GPU")
+    p.add_argument(
+        "--slots-per-gpu",
+        default="1",
+        help="concurrent trials per GPU, or auto: as many as memory and throughput allow (docs/agent.md)",
+    )
     p.add_argument(
         "--threads",
         type=int,

@@ -238,7 +238,8 @@ class TrainConfig(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fields=T
     diverge_on_nonfinite: bool = True  # a NaN/inf loss ends the trial as "diverged"
     diverge_factor: float | None = None  # loss > factor x best loss after warm-up -> diverged
     diverge_warmup_steps: int = 0
-    deterministic: bool = False
+    # True: deterministic kernels or an error; "warn": report the operations that have none
+    deterministic: bool | Literal["warn"] = False
     log_every: Annotated[int, Stateless] = 50  # steps between metric rows
     num_workers: Annotated[int, Stateless] = 0
 

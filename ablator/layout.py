@@ -114,6 +114,11 @@ def failed(index: int, epoch: int) -> str:
     return f"{trial_dir(index)}failed.e{epoch:0{_EPOCH_W}d}.msgpack"
 
 
+def usage(index: int, epoch: int) -> str:
+    """What attempt ``epoch`` used of its GPU (``records.Usage``; packing measures with it)."""
+    return f"{trial_dir(index)}usage.e{epoch:0{_EPOCH_W}d}.msgpack"
+
+
 def result(index: int) -> str:
     return f"{trial_dir(index)}result.msgpack"
 

@@ -137,10 +137,26 @@ class Curve(Record, frozen=True, kw_only=True):
 
 
 class GpuInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """One GPU (or MIG instance) of an agent, as its heartbeat shows it (``ablator.agent.devices``).
+
+    ``index``: nvidia-smi's index (PCI bus order) of the GPU, or of the MIG instance's parent;
+    ``instance``: the MIG device number within that parent (None: a whole GPU). Memory in MiB as
+    last read; None where nothing was reported (``[N/A]``, MIG instances' free memory): a
+    reported 0 is a known 0. ``available_mb``: what this agent's memory rule lets a new trial
+    have there (free memory minus what its own running trials may still claim), the number
+    ``status`` explains with. ``out_of_service``: why this agent stopped running trials on it
+    (repeated device errors), empty while it serves.
+    """
+
     index: int
     name: str = ""
-    memory_total_mb: int = 0
-    memory_free_mb: int = 0
+    memory_total_mb: int | None = None
+    memory_free_mb: int | None = None
+    uuid: str = ""
+    instance: int | None = None
+    available_mb: int | None = None
+    slots: int = 1
+    out_of_service: str = ""
 
 
 class Heartbeat(Record, frozen=True, kw_only=True):
@@ -278,6 +294,20 @@ class Result(Record, frozen=True, kw_only=True):
     duration_s: float = 0.0
     lineage: list[tuple[int, int | None]] = []
     message: str = ""
+
+
+class Usage(Record, frozen=True, kw_only=True):
+    """``trials/<i>/usage.e<epoch>.msgpack``: what attempt ``epoch`` used of its GPU, created
+    once by the agent when the attempt ended with a result (``--slots-per-gpu auto`` packs by
+    it; informational for everyone else). ``peak_gpu_memory_mb``: torch's peak reservation plus
+    the CUDA context; ``sharing``: trials of this agent on that GPU when it ended."""
+
+    trial: int
+    epoch: int
+    gpu: str = ""
+    peak_gpu_memory_mb: int = 0
+    gpu_memory_total_mb: int | None = None
+    sharing: int = 1
 
 
 class SelfTestProbe(Record, frozen=True, kw_only=True):

@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from ablator import layout, records
+from ablator.agent.devices import gpu_fits, gpus_out_of_service, memory_summary
 from ablator.errors import AblatorError, StoreError
 from ablator.lease import LeaseLimits, TrialState, group_by_trial, read_budget, read_forgiven, read_trial
 from ablator.store import Capabilities, Store, open_store
@@ -50,6 +51,7 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     held: list[tuple[int, int]] = []
     counter: int | None = None
     corrupt: bool = False
+    out_of_service: list[str] = []  # "gpu1 (GPU-...): why" for each device the agent stopped using
 
 
 class Progress(msgspec.Struct, kw_only=True):
@@ -180,6 +182,7 @@ def _collect(store: Store, url: str, problems: list[str]) -> StatusReport:
             slots=hb.slots,
             held=[(int(t), int(ep)) for t, ep in hb.held],
             counter=hb.counter,
+            out_of_service=gpus_out_of_service(hb.gpus),
         )
 
     def judge(trial: int, epoch: int, holder: str | None, entry: Any) -> bool:
@@ -271,12 +274,17 @@ def _explain(
                 f"{takeable} trial(s) wait: the experiment was stopped (ablator stop); "
                 "`ablator stop STORE --undo` lets agents run it again"
             )
-        elif min_mb and not any(g.memory_total_mb >= min_mb for hb in live for g in hb.gpus):
+        elif min_mb and not any(gpu_fits(g, min_mb) for hb in live for g in hb.gpus):
             waiting.append(
-                f"{takeable} trial(s) need a GPU with at least {min_mb} MiB that no live agent has"
+                f"{takeable} trial(s) need a GPU with at least {min_mb} MiB available that no live agent "
+                f"has ({memory_summary([g for hb in live for g in hb.gpus])})"
             )
-        elif need_gpu and not any(hb.gpus for hb in live):
-            waiting.append(f"{takeable} trial(s) need a GPU that no live agent has")
+        elif need_gpu and not any(not g.out_of_service for hb in live for g in hb.gpus):
+            broken = [w for hb in live for w in gpus_out_of_service(hb.gpus)]
+            waiting.append(
+                f"{takeable} trial(s) need a GPU that no live agent has"
+                + (f" in service (out of service: {'; '.join(broken)})" if broken else "")
+            )
         elif not live:
             waiting.append(
                 f"{takeable} trial(s) wait for an agent: none is live (start one: python -m ablator.agent STORE)"
@@ -361,6 +369,8 @@ def render(report: StatusReport) -> str:
         lines.append(
             f"  {a.agent_id:<36} {status:<8} {a.host:<16} {gpus:<24} heartbeat {_fmt_age(a.age_s):<14} held: {held}"
         )
+        for why in a.out_of_service:
+            lines.append(f"  {'':<36} out of service: {why}")
     if report.orphaned:
         lines.append(
             f"orphaned    trials {_short(report.orphaned)} (holder dead or not listing them: an agent that "

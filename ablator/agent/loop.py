@@ -38,8 +38,11 @@ from typing import IO, Any
 import msgspec
 
 from ablator import layout, records
+from ablator.agent import devices as D
 from ablator.agent import protocol as P
-from ablator.agent.devices import Slot, discover_gpus, plan_slots
+from ablator.agent.devices import Slot, plan_slots
+from ablator.agent.packing import Packer
+from ablator.agent.slots import GpuSlots
 from ablator.agent.worker import Worker
 from ablator.errors import AblatorError, ConfigError, LeaseLost
 from ablator.store.base import Store
@@ -160,6 +163,9 @@ class Agent:
         self.claimer: Any = None
         self.log_dir = Path(tempfile.mkdtemp(prefix="ablator-agent-"))
         self.t_start = time.monotonic()
+        self.gpu = GpuSlots([], busy=dict)
+        self._hidden: tuple[str | None] | None = None  # the parent's CUDA_VISIBLE_DEVICES before hiding
+        self._restart: set[int] = set()  # slots whose worker is replaced once idle (device errors)
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -195,18 +201,23 @@ class Agent:
             self.code_dir = str(ensure_code(store, spec.code_sha256))
             activate(self.code_dir)
 
-        # Devices and slots.
-        gpus, _driver = ([], None) if args.cpu else discover_gpus()
-        slots, notes = plan_slots(
+        # Devices and slots (GPU bookkeeping: ablator.agent.slots).
+        per_gpu, auto = D.parse_slots_per_gpu(args.slots_per_gpu)
+        devices, _driver, notes = ([], None, []) if args.cpu else D.discover_devices()
+        slots, more = plan_slots(
             cpu=bool(args.cpu),
             gpus_arg=args.gpus,
             slots=args.slots,
-            slots_per_gpu=args.slots_per_gpu,
-            found=gpus,
+            slots_per_gpu=per_gpu,
+            found=devices,
         )
-        for note in notes:
+        for note in notes + more:
             self.console.warn(note)
         self.slots = [SlotState(s) for s in slots]
+        self._hidden = (D.hide_gpus_from_parent(),)  # workers name their own device from here on
+        self.gpu = GpuSlots(
+            slots, busy=self._busy_specs, packer=Packer(max_per_gpu=per_gpu) if auto else None
+        )
         needs_gpu = exp.resources.gpu == "required"
         if not any(s.can_run(needs_gpu, exp.resources.min_gpu_memory_mb) for s in slots):
             what = (
@@ -230,7 +241,8 @@ class Agent:
             git_commit=spec.code_git_commit,
         )
         for st in self.slots:
-            self._start_worker(st)
+            if self.gpu.should_start(st.slot, self._has_worker):
+                self._start_worker(st)
 
         # Fail fast, before claiming anything: the entry point imports and the config validates.
         try:
@@ -258,8 +270,8 @@ class Agent:
             store,
             self.limits,
             versions=self._versions(),
-            gpus=[s.gpu for s in slots if s.gpu is not None],
-            slots=len(slots),
+            gpus=self.gpu.infos(self._has_worker),
+            slots=sum(1 for st in self.slots if st.worker is not None),
             cpu_ok=any(s.gpu is None for s in slots),
             on_fenced=self._on_fenced,
             on_renewed=self._on_renewed,
@@ -296,7 +308,8 @@ class Agent:
         deadline = time.monotonic() + HELLO_TIMEOUT_S
         while True:
             pending = [st for st in self.slots if st.worker is not None and not st.worker.ready]
-            if len(pending) < len(self.slots) or self.stop_reason is not None:
+            started = [st for st in self.slots if st.worker is not None]
+            if len(pending) < len(started) or self.stop_reason is not None:
                 return
             if time.monotonic() > deadline:
                 raise AgentError(f"workers did not start within {HELLO_TIMEOUT_S:g} s")
@@ -405,6 +418,8 @@ class Agent:
             self._pump(tick if not self._free_slots() or time.monotonic() < next_claim else 0.0)
             now = time.monotonic()
             self._supervise(now)
+            if not draining:
+                self._tend_gpus()
             if self.fatal and not draining:
                 self.console.error(self.fatal)
                 self._begin_drain("agent error")
@@ -480,7 +495,7 @@ class Agent:
             slot = st.slot
 
             def can_run(spec: records.TrialSpec, slot: Slot = slot) -> bool:
-                return slot.can_run(spec.requires_gpu, spec.min_gpu_memory_mb)
+                return self.gpu.can_run(slot, spec)  # device, health and the memory rule
 
             self.suggested.clear()
             held = self.claimer.claim_next(self._new_spec, can_run)
@@ -495,9 +510,7 @@ class Agent:
                 break
 
     def _device(self, st: SlotState) -> str:
-        if st.slot.gpu is None or self.exp.resources.gpu == "none":
-            return "cpu"
-        return "cuda"
+        return self.gpu.device_for(st.slot, self.exp.resources.gpu)
 
     def _start_trial(self, st: SlotState, held: Any) -> None:
         now = time.monotonic()
@@ -556,6 +569,8 @@ class Agent:
             w.ready = True
             w.hello = msg
             st.startup_failures = 0
+            if msg.device_error is not None:
+                self._device_error(st, msg.device_error, None)
             return
         run = st.run
         if run is None:
@@ -565,6 +580,7 @@ class Agent:
         if isinstance(msg, P.Progress):
             run.step = msg.step
             run.last_progress = now
+            self.gpu.on_progress(st.slot, held.trial, msg.step)
         elif isinstance(msg, P.Resumed):
             run.resumed_from = msg.resumed_from
             run.last_progress = now
@@ -573,6 +589,9 @@ class Agent:
                 self.console.info(f"trial {held.trial} resumes from epoch {e} step {s}")
         elif isinstance(msg, P.Finished):
             self._save_log(st)
+            self.gpu.on_trial_ok(st.slot)
+            self.gpu.on_peak(st.slot, msg.peak_gpu_mb)
+            sharing = self._sharing(st)
             self._end(st)
             if self._may_claim():
                 # The slot is free: its worker starts the next trial while we write this one's
@@ -600,11 +619,14 @@ class Agent:
                 value = msg.best.get(metric, msg.metrics.get(metric))
                 shown = f" {metric}={value:.4g}" if value is not None else ""
                 self.console.info(f"trial {held.trial} {msg.status}{shown} ({msg.duration_s:.1f} s)")
+                if msg.peak_gpu_mb:
+                    self._record_usage(st, held, msg.peak_gpu_mb, sharing)
             else:
                 self.console.warn(f"trial {held.trial}: another result was written first; ours is discarded")
         elif isinstance(msg, P.Errored):
             self._save_log(st)
-            self._fail(st, "exception", msg.message, msg.traceback, msg.step)
+            if not (msg.device and self._device_trouble(st, msg)):
+                self._fail(st, "exception", msg.message, msg.traceback, msg.step)
             self._end(st)
         elif isinstance(msg, P.Stopped):
             self._save_log(st)
@@ -620,6 +642,107 @@ class Agent:
             self._end(st)
         elif isinstance(msg, P.Fenced):
             self._lost(st, msg.message, kill=False)
+
+    # -- GPUs: device errors, packing, the heartbeat's view (logic in ablator.agent.slots) ------------
+
+    def _busy_specs(self) -> dict[int, tuple[records.TrialSpec, int | None]]:
+        return {
+            st.slot.id: (st.run.held.spec, st.worker.pid if st.worker is not None else None)
+            for st in self.slots
+            if st.run is not None
+        }
+
+    def _has_worker(self, slot: Slot) -> bool:
+        return any(st.worker is not None for st in self.slots if st.slot is slot)
+
+    def _sharing(self, st: SlotState) -> int:
+        dev = st.slot.device
+        return sum(1 for o in self.slots if o.run is not None and dev is not None and o.slot.device == dev)
+
+    def _device_error(self, st: SlotState, message: str, held: Any) -> None:
+        """A device error on ``st``'s device: its worker is replaced (and its device checked
+        again); repeated ones take the device out of service."""
+        where = st.slot.label
+        out = self.gpu.on_device_error(st.slot, message)
+        if out:
+            self.console.warn(f"{where} is out of service: {st.slot.out_of_service}")
+        else:
+            self.console.warn(f"device error on {where}: {message.splitlines()[0] if message else ''}")
+        self._restart.add(st.slot.id)
+
+    def _device_trouble(self, st: SlotState, msg: P.Errored) -> bool:
+        """A trial error that may be the device's fault: released (True), not failed; False
+        when it counts against the trial after all (out of memory on a GPU it had alone)."""
+        run = st.run
+        assert run is not None
+        held = run.held
+        if msg.device == "oom":
+            running = self._sharing(st)
+            if not self.gpu.on_oom(st.slot, msg.peak_gpu_mb):
+                return False
+            reason = (
+                f"CUDA out of memory on {st.slot.label} while {running} trials shared it; "
+                "--slots-per-gpu auto backs off"
+            )
+            self._restart.add(st.slot.id)
+        else:
+            reason = f"device error on {st.slot.label}: {msg.message.splitlines()[0] if msg.message else ''}"
+            self._device_error(st, msg.message, held)
+        try:
+            held.release(reason, None)
+            self.counts.released += 1
+            self.console.info(f"trial {held.trial} released ({reason}); the attempt does not count")
+        except LeaseLost as exc:
+            self._lost(st, str(exc), kill=False)
+        return True
+
+    def _record_usage(self, st: SlotState, held: Any, peak_mb: int, sharing: int) -> None:
+        """The attempt's GPU use, once (records.Usage): what packing measured."""
+        gpu = st.slot.gpu
+        rec = records.Usage(
+            trial=held.trial,
+            epoch=held.epoch,
+            gpu=gpu.name if gpu is not None else "",
+            peak_gpu_memory_mb=int(peak_mb),
+            gpu_memory_total_mb=gpu.memory_total_mb if gpu is not None else None,
+            sharing=max(1, sharing),
+        )
+        try:
+            assert self.store is not None
+            self.store.create(layout.usage(held.trial, held.epoch), records.encode(rec))
+        except AblatorError as exc:
+            self.console.warn(f"trial {held.trial}: GPU usage not recorded: {exc}")
+
+    def _tend_gpus(self) -> None:
+        """Between claims: replace workers after device errors, start and retire packed slots'
+        workers, refresh the heartbeat's GPU view, and stop when no slot can run a trial."""
+        if not self.gpu.devices:
+            return
+        for st in self.slots:
+            if st.run is not None:
+                continue
+            if st.slot.id in self._restart:
+                self._restart.discard(st.slot.id)
+                if st.worker is not None:
+                    self._retire(st)
+            if st.worker is not None and self.gpu.should_retire(st.slot):
+                self._retire(st)
+            elif (
+                st.worker is None
+                and self.stop_reason is None
+                and not self.fatal
+                and self.gpu.should_start(st.slot, self._has_worker)
+            ):
+                self._start_worker(st)
+        if self.membership is not None:
+            self.membership.gpus = self.gpu.infos(self._has_worker)
+            self.membership.slots = max(1, sum(1 for st in self.slots if st.worker is not None))
+        needs_gpu = self.exp.resources.gpu == "required"
+        if not self.fatal and not self.gpu.can_serve(needs_gpu):
+            self.fatal = (
+                "every GPU of this agent is out of service and the experiment's trials need one "
+                f"(resources.gpu: required): {'; '.join(self.gpu.out_of_service())}"
+            )
 
     def _fail(self, st: SlotState, kind: str, message: str, tb: str, step: int | None) -> None:
         run = st.run
@@ -852,6 +975,8 @@ class Agent:
                 self.membership.close()
         for st in self.slots:
             st.slot.release()
+        if self._hidden is not None:
+            D.restore_parent_gpus(self._hidden[0])
         self.console.close()
         with contextlib.suppress(OSError):
             for p in self.log_dir.iterdir():

@@ -78,6 +78,9 @@ class Hello(msgspec.Struct, tag="hello", kw_only=True, frozen=True):
     environment: Environment = Environment()
     error: str | None = None
     error_kind: str = ""
+    # A GPU worker whose device check failed (ablator.agent.devices.check_device): a device
+    # error, not the experiment's; the worker can still run CPU trials.
+    device_error: str | None = None
 
 
 class Progress(msgspec.Struct, tag="progress", kw_only=True, frozen=True):
@@ -103,15 +106,19 @@ class Finished(msgspec.Struct, tag="finished", kw_only=True, frozen=True):
     duration_s: float = 0.0
     resumed_from: tuple[int, int] | None = None
     message: str = ""
+    peak_gpu_mb: int | None = None  # peak GPU memory of the attempt (a GPU trial's only)
 
 
 class Errored(msgspec.Struct, tag="errored", kw_only=True, frozen=True):
-    """The trial raised; counts against ``max_attempts``."""
+    """The trial raised; counts against ``max_attempts`` unless ``device`` says the device was
+    at fault: "device" (ablator.agent.devices.device_trouble) or "oom" (out of GPU memory)."""
 
     kind: str = "exception"
     message: str = ""
     traceback: str = ""
     step: int | None = None
+    device: str = ""
+    peak_gpu_mb: int | None = None
 
 
 class Stopped(msgspec.Struct, tag="stopped", kw_only=True, frozen=True):

@@ -33,6 +33,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from ablator.agent import protocol as P
 from ablator.engines.environment import trial_environment
 from ablator.errors import LeaseLost
@@ -159,7 +161,7 @@ class _Child:
                 detail = traceback.format_exc()
             self.send(P.Hello(pid=os.getpid(), error=detail, error_kind=kind))
             return 1
-        self.send(P.Hello(pid=os.getpid(), environment=ctx["environment"]))
+        self.send(P.Hello(pid=os.getpid(), environment=ctx["environment"], device_error=ctx["device_error"]))
         threading.Thread(target=self.reader, name="ablator-worker-reader", daemon=True).start()
         while True:
             msg = self.runs.get()
@@ -182,11 +184,19 @@ class _Child:
 
         exp = X.experiment_from_dict(init.experiment, source=f"{init.store_url} experiment.json")
         entry = X.validate(exp)
+        # A GPU slot checks its device before saying hello (issue 15: a slot that cannot run
+        # CUDA must not fail every trial it claims).
+        device_error = None
+        if os.environ.get("CUDA_VISIBLE_DEVICES") and exp.resources.gpu != "none":
+            from ablator.agent.devices import check_device
+
+            device_error = check_device()
         return {
             "store": store,
             "entry": entry,
             "experiment": exp,
             "environment": environment(init.git_commit),
+            "device_error": device_error,
         }
 
     def run_trial(self, ctx: dict[str, Any], run: P.Run) -> None:
@@ -213,6 +223,9 @@ class _Child:
         exp = ctx["experiment"]
         if run.device == "cpu" or os.environ.get("CUDA_VISIBLE_DEVICES") == "":
             _share_cpu_threads()
+        else:
+            _gpu_worker_threads()
+        gpu = _PeakMemory(run.device)
         try:
             outcome = execute_trial(
                 ctx["entry"],
@@ -236,15 +249,21 @@ class _Child:
             if fence.lost is not None:
                 reply = P.Fenced(message=fence.lost)
             else:
+                from ablator.agent.devices import device_trouble
+
                 reply = P.Errored(
                     kind="exception",
                     message=f"{type(exc).__name__}: {exc}",
                     traceback=traceback.format_exc(),
                     step=step_box[0],
+                    device=device_trouble(exc) if run.device != "cpu" else "",
+                    peak_gpu_mb=gpu.peak_mb(),
                 )
                 traceback.print_exc()
         else:
             reply = _outcome_message(outcome)
+            if isinstance(reply, P.Finished):
+                reply = msgspec.structs.replace(reply, peak_gpu_mb=gpu.peak_mb())
         finally:
             self.fence = None
             self.pending_stop = False
@@ -265,6 +284,42 @@ def _share_cpu_threads() -> None:
     n = int(wanted) if wanted else cpu_threads_share()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+def _gpu_worker_threads() -> None:
+    """A GPU worker's torch threads: its share of the host's cores (``ABLATOR_THREADS``, set by
+    the agent), not all of them in every worker."""
+    wanted = os.environ.get("ABLATOR_THREADS")
+    if not wanted:
+        return
+    import torch
+
+    if torch.get_num_threads() != int(wanted):
+        torch.set_num_threads(int(wanted))
+
+
+class _PeakMemory:
+    """A CUDA trial's peak GPU memory: torch's peak reservation plus the CUDA context."""
+
+    CONTEXT_MB = 512  # the CUDA context and cuBLAS/cuDNN workspaces, which torch does not count
+
+    def __init__(self, device: str) -> None:
+        self.on = device.startswith("cuda")
+        if self.on:
+            import torch
+
+            with contextlib.suppress(Exception):
+                torch.cuda.reset_peak_memory_stats()
+
+    def peak_mb(self) -> int | None:
+        if not self.on:
+            return None
+        import torch
+
+        try:
+            return int(torch.cuda.max_memory_reserved() // 2**20) + self.CONTEXT_MB
+        except Exception:
+            return None
 
 
 def _is_ablator_error(exc: BaseException) -> bool:
@@ -297,6 +352,9 @@ def child_main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
+    # cuBLAS reads this once, when this process first uses it: deterministic trials need it set
+    # before any trial runs, not per trial (torch's reproducibility notes).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     fd_in, fd_out = int(argv[0]), int(argv[1])
     return _Child(fd_in, fd_out).serve()
 

@@ -195,7 +195,7 @@ class TrialContext:
         if self._loaded is None:
             return None
         if not self._rng_restored:
-            seeding.restore_rng(self._loaded.payload["rng"])
+            seeding.restore_rng(self._loaded.payload["rng"], self.device)
             self._rng_restored = True
         return self._loaded.payload["state"], self._loaded.step
 
@@ -285,7 +285,7 @@ def run_function(
         )
         progress.start(trial=trial, epoch=epoch, total=None, initial=0 if loaded is None else loaded.step)
         tc = getattr(config, "train", None)
-        with seeding.deterministic_mode(isinstance(tc, TrainConfig) and tc.deterministic):
+        with seeding.deterministic_mode(tc.deterministic if isinstance(tc, TrainConfig) else False):
             returned = fn(config, ctx)
         return ctx._finish(returned, t_start)
     finally:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import platform
 import socket
+import warnings
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import torch
 
 from ablator import __version__, layout, records
@@ -53,10 +55,39 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def collect_environment(git_commit: str | None = None) -> records.Environment:
-    """Where this attempt runs (the attempt record keeps it)."""
+class AmpWarning(UserWarning):
+    """Mixed precision that the device only emulates (bf16 before Ampere): slow, not faster."""
+
+
+def check_amp(train: Any, dev: torch.device) -> None:
+    """Warn when a trial asks for bf16 on a CUDA GPU that has no bf16 units (before Ampere,
+    compute capability 8.0): torch emulates it there, slower than fp32, and says nothing."""
+    if getattr(train, "amp", None) != "bf16" or dev.type != "cuda":
+        return
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        return
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    warnings.warn(
+        f"train.amp: bf16 on {torch.cuda.get_device_name(index)} (compute capability {major}.{minor}) is "
+        "emulated, slower than fp32; use amp: fp16 (or none) on GPUs before Ampere",
+        AmpWarning,
+        stacklevel=2,
+    )
+
+
+def collect_environment(
+    git_commit: str | None = None, device: torch.device | None = None
+) -> records.Environment:
+    """Where this attempt runs (the attempt record keeps it). ``gpu``: the name of the CUDA
+    device it trains on (``device``, else the current one); None for a CPU trial."""
     cuda = torch.version.cuda if torch.cuda.is_available() else None
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    gpu = None
+    if torch.cuda.is_available() and (device is None or device.type == "cuda"):
+        index = (
+            device.index if device is not None and device.index is not None else torch.cuda.current_device()
+        )
+        gpu = torch.cuda.get_device_name(index)
     return records.Environment(
         host=socket.gethostname(),
         platform=platform.platform(),
@@ -67,6 +98,14 @@ def collect_environment(git_commit: str | None = None) -> records.Environment:
         git_commit=git_commit,
         ablator=__version__,
     )
+
+
+def _on_device(env: records.Environment, dev: torch.device) -> records.Environment:
+    """A worker's environment (collected once, on its GPU) for an attempt on ``dev``: a CPU
+    attempt names no GPU."""
+    if dev.type == "cuda" or env.gpu is None:
+        return env
+    return msgspec.structs.replace(env, gpu=None)
 
 
 def trial_config(entry: Any, spec: records.TrialSpec) -> Any:
@@ -117,6 +156,7 @@ def execute_trial(
         raise ConfigError(f"$.metric.mode: expected 'min' or 'max', found {metric[1]!r}")
     cfg = trial_config(entry, spec)
     dev = resolve_device(device)
+    check_amp(getattr(cfg, "train", None), dev)
     shown = make_progress(progress)
 
     def start_attempt(resumed_from: tuple[int, int] | None) -> None:
@@ -126,7 +166,9 @@ def execute_trial(
             epoch=epoch,
             agent_id=agent_id,
             resumed_from=resumed_from,
-            environment=environment if environment is not None else collect_environment(),
+            environment=_on_device(environment, dev)
+            if environment is not None
+            else collect_environment(device=dev),
         )
         key = layout.attempt(trial, epoch)
         if not store.create(key, records.encode(record)):

@@ -8,7 +8,9 @@ Hooks of the wrapper run at named points (``on_train_start``, ``on_step_end``, `
 
 Between log points nothing leaves the device: the training loss is summed on the device and
 synced once per log point (``log_every`` steps and every evaluation). Store writes go through
-one background thread.
+one background thread. (One exception: with ``amp: fp16`` torch's ``GradScaler`` checks the
+gradients for inf/NaN on the host at every optimizer step, a sync per step; bf16 needs no
+scaler and no sync.)
 
 Exact resume: a checkpoint holds everything the next steps depend on: weights, optimizer,
 schedule, loss scaler, the position inside the epoch, the loss window, best/early-stopping
@@ -207,7 +209,7 @@ def train(
                 for _ in range(state.batch_in_epoch):
                     next(batches)
                 if pending_rng is not None:
-                    seeding.restore_rng(pending_rng)
+                    seeding.restore_rng(pending_rng, device)
                     pending_rng = None
                 for batch in batches:
                     state.batch_in_epoch += 1

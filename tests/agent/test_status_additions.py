@@ -58,7 +58,10 @@ def test_status_waiting_for_min_memory_and_for_agents(tmp_path: Path) -> None:
     launch(experiment_from_dict(exp), url)
     store = open_store(url)
     _beat(store, "small-1-aa", torch="2.13.0", gpus=[records.GpuInfo(index=0, memory_total_mb=16000)])
-    assert collect(store).waiting == ["4 trial(s) need a GPU with at least 40000 MiB that no live agent has"]
+    assert collect(store).waiting == [
+        "4 trial(s) need a GPU with at least 40000 MiB available that no live agent has "
+        "(gpu0 16000 MiB available of 16000)"
+    ]
     url2 = str(tmp_path / "s2")
     launch(experiment_from_dict(experiment()), url2)
     assert "none is live" in collect(open_store(url2)).waiting[0]
