@@ -194,6 +194,13 @@ class GpuSlots:
         """Whether ``spec`` may start on ``slot`` now (device, health and the memory rule)."""
         if slot.device is None or slot.out_of_service:
             return slot.can_run(spec.requires_gpu, spec.min_gpu_memory_mb)
+        st = self._state(slot)
+        if self.packer is not None and st is not None:
+            busy = self.busy()
+            if sum(1 for s in st.slots if s.id in busy and s is not slot) >= self.packer.cap(
+                st.slots[0].device.key if st.slots[0].device else ""
+            ):
+                return False  # packing capped this GPU after an out-of-memory error
         need = self.need_mb(slot, spec)
         if need <= 0:
             return True

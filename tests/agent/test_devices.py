@@ -342,6 +342,7 @@ def test_packed_slots_start_one_at_a_time() -> None:
     assert not book.should_start(slots[3], has)  # 9559 left < 24000
     assert book.on_oom(slots[2], 30000) and packer.cap(dev.key) == 2
     del running[2]
+    assert not book.can_run(slots[2], _spec())  # two run: the cap refuses a third claim
     assert book.should_retire(slots[2]) and not book.should_retire(slots[1])
     del running[1]
     assert not book.on_oom(slots[0], 30000)  # alone on its GPU: the trial's own failure
