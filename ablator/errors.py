@@ -39,6 +39,12 @@ class StoreError(AblatorError):
     """A store operation failed for good (after retries); the message names the URL and operation."""
 
 
+class StoreUnavailable(StoreError):
+    """The store did not answer, for now: a transient error (EIO, ESTALE or ETIMEDOUT on a soft
+    NFS mount, an S3 5xx, throttling or a dropped connection) that outlasted the backend's own
+    retries. Trying the same operation later may succeed: it never means a trial failed."""
+
+
 class UntrustedStoreError(StoreError):
     """The store cannot create-if-absent atomically (or failed the self-test) and was not forced."""
 
@@ -77,6 +83,7 @@ __all__ = [
     "ExperimentMismatch",
     "LeaseLost",
     "StoreError",
+    "StoreUnavailable",
     "TrialFailed",
     "UntrustedStoreError",
 ]

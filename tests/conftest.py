@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # for ``from s3server import ...`` in tests and helpers
 
-from s3server import S3Server, running_s3  # noqa: E402
+from s3server import Faults, S3Server, running_s3  # noqa: E402
 
 _bucket_ids = itertools.count()
 
@@ -38,3 +39,25 @@ def subprocess_env(s3_server: S3Server) -> dict[str, str]:
     env.update(s3_server.env())
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
+
+
+# --- S3 fault injection ------------------------------------------------------------------------
+
+_fault_buckets = itertools.count()
+
+
+@pytest.fixture
+def s3_faults(s3_server: S3Server) -> Iterator[tuple[Faults, str]]:
+    """(injector, bucket): a fresh bucket whose requests pass through a :class:`Faults`.
+
+    Wraps the test server's app (``S3Server._app`` is its request-serialising wrapper) for the
+    duration of one test; requests to other buckets pass untouched."""
+    serialised = s3_server._app
+    faults = Faults(serialised.app)
+    bucket = f"ablator-faults-{uuid.uuid4().hex[:8]}-{next(_fault_buckets)}"
+    s3_server.make_bucket(bucket)
+    serialised.app = faults
+    try:
+        yield faults, bucket
+    finally:
+        serialised.app = faults.app

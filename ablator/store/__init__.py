@@ -32,9 +32,18 @@ def open_store(
     without hard links or a FUSE mount of an object store raises :class:`UntrustedStoreError`
     unless ``force``. ``options`` go to the S3 backend (``endpoint_url``, ``client_kwargs``, ...;
     see :class:`~ablator.store.s3.S3Store`). Agents also run :func:`self_test` once at start.
+
+    With ``$ABLATOR_FAULTS`` set (tests only), the store is wrapped in a
+    :class:`~ablator.store.faults.FaultStore` that fails the operations its spec file names.
     """
     if isinstance(url, Store):
         return url
+    from ablator.store.faults import maybe_wrap
+
+    return maybe_wrap(_open(url, read_only=read_only, force=force, **options))
+
+
+def _open(url: str | os.PathLike[str], *, read_only: bool, force: bool, **options: Any) -> Store:
     s = os.fspath(url)
     if not s:
         raise StoreError(f"empty store URL; expected {_SUPPORTED}")

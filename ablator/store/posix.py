@@ -23,7 +23,7 @@ import stat as stat_mod
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ablator.errors import StoreError
+from ablator.errors import StoreError, StoreUnavailable
 from ablator.store.base import TMP_PREFIX, Capabilities, Entry, Store, check_key, folder_prefix
 
 if TYPE_CHECKING:
@@ -34,6 +34,36 @@ _TMP_PREFIX = TMP_PREFIX
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 # errno values of link(2) on a file system without hard links
 _NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
+# errno values that mean "the file server did not answer, for now": a soft NFS mount returns
+# EIO or ETIMEDOUT when its retransmissions run out, ESTALE when a handle went stale under a
+# failover, and the network errors show through some clients. Retrying later may succeed.
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EIO,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.ENOTCONN,
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.ECONNABORTED,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.ENETRESET,
+        errno.ENOLINK,
+        errno.EREMOTEIO,
+    }
+)
+
+
+def os_error(op: str, key: str, url: str, exc: OSError) -> StoreError:
+    """The StoreError for ``exc`` raised by ``op`` on ``key``: :class:`StoreUnavailable` when
+    the errno says the server did not answer (:data:`TRANSIENT_ERRNOS`)."""
+    cls = StoreUnavailable if exc.errno in TRANSIENT_ERRNOS else StoreError
+    return cls(f"{op} {key!r} in {url}: {exc}")
 
 
 def _fsync_dir(path: str) -> None:
@@ -88,7 +118,7 @@ class PosixStore(Store):
             )
         if exc.errno == errno.ENOSPC:
             return StoreError(f"{op} {key!r} in {self.url}: no space left on the device ({exc.filename})")
-        return StoreError(f"{op} {key!r} in {self.url}: {exc}")
+        return os_error(op, key, self.url, exc)
 
     def _write_temp(self, directory: str, data: bytes, durable: bool) -> str:
         tmp = os.path.join(directory, f"{_TMP_PREFIX}{secrets.token_hex(8)}")
@@ -124,7 +154,7 @@ class PosixStore(Store):
         except (IsADirectoryError, NotADirectoryError):
             raise FileNotFoundError(key) from None
         except OSError as exc:
-            raise StoreError(f"read {key!r} from {self.url}: {exc}") from exc
+            raise os_error("read", key, self.url, exc) from exc
 
     def stat(self, key: str) -> Entry | None:
         try:
@@ -132,7 +162,7 @@ class PosixStore(Store):
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            raise StoreError(f"stat {key!r} in {self.url}: {exc}") from exc
+            raise os_error("stat", key, self.url, exc) from exc
         if stat_mod.S_ISDIR(st.st_mode):
             return None  # a folder is not a key (object stores have no folders)
         return Entry(key, st.st_size, st.st_mtime)
@@ -151,7 +181,7 @@ class PosixStore(Store):
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as exc:
-                raise StoreError(f"list {prefix!r} in {self.url}: {exc}") from exc
+                raise os_error("list", prefix, self.url, exc) from exc
             with it:
                 for de in it:
                     if de.name.startswith(_TMP_PREFIX):
@@ -179,7 +209,7 @@ class PosixStore(Store):
         except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as exc:
-            raise StoreError(f"list {prefix!r} in {self.url}: {exc}") from exc
+            raise os_error("list_dirs", prefix, self.url, exc) from exc
 
     # -- writes ----------------------------------------------------------------------------
     def create(self, key: str, data: bytes, *, durable: bool = False) -> bool:

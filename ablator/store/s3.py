@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ablator.errors import StoreError
+from ablator.errors import StoreError, StoreUnavailable
 from ablator.store.base import Capabilities, Entry, Store, check_key, folder_prefix
 
 T = TypeVar("T")
@@ -335,7 +335,9 @@ class S3Store(Store):
         hint = ""
         if isinstance(exc, PermissionError) or (ce is not None and ce[1] == 403):
             hint = " (check the AWS credentials and the bucket policy)"
-        return StoreError(f"{op} {key!r} in {self.url} failed{tries}: {detail}{hint}")
+        # A transient error that outlasted every retry: the store did not answer for now.
+        cls = StoreUnavailable if _is_transient(exc) else StoreError
+        return cls(f"{op} {key!r} in {self.url} failed{tries}: {detail}{hint}")
 
     def _check_writable(self, op: str, key: str) -> None:
         if self.read_only:
