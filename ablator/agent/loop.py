@@ -187,6 +187,8 @@ class Agent:
         store = self.store = open_store(args.store, force=bool(args.force))
         spec = self.spec = self._read_spec(store)
         self_test(store)  # two racing creates on a scratch key: refuses a store that lets both win
+        for note in store.capabilities().notes:  # SMB/9p/FUSE caveats, a forced store, fault injection
+            self.console.warn(f"store {store.url}: {note}")
         exp = self.exp = X.experiment_from_dict(spec.experiment, source=f"{store.url}/{layout.EXPERIMENT}")
         self.limits = LeaseLimits.from_limits(
             exp.limits, lease_seconds=args.lease_seconds, heartbeat_seconds=args.heartbeat_seconds

@@ -6,7 +6,7 @@ Two layers (see ``docs/store.md``):
   writable :class:`~ablator.store.posix.PosixStore`: the root exists (it is created), hard links
   work (a probe links a temp file), and the root is not on a FUSE mount of an object store
   (gcsfuse, mountpoint-s3, s3fs-fuse, ...), whose create-if-absent is exclusive on one host at
-  best. Refusals raise :class:`UntrustedStoreError` unless ``force``.
+  best, nor on an SMB/CIFS or 9p mount with an incoherent client cache. Refusals raise :class:`UntrustedStoreError` unless ``force``.
 * :func:`self_test` -- races two creates on a scratch key, checks replace, list and delete, and
   cleans up. Agents call it once at start; ``ablator status STORE --check`` prints its result.
 
@@ -57,6 +57,52 @@ OBJECT_STORE_FUSE = frozenset(
     }
 )
 
+# Network file systems other than NFS whose client caches may make one host act on another's
+# stale view. cifs/smb3: link(2) is one server operation when the server has hard links (the
+# probe checks), but cache=loose drops the coherence that oplocks/leases give. 9p (virtio-9p,
+# WSL's drvfs): cache=loose and cache=fscache make "no attempt at consistency" (the kernel's
+# v9fs documentation: for exclusive, read-only mounts).
+SMB_FS = frozenset({"cifs", "smb3", "smbfs"})
+NINEP_FS = frozenset({"9p"})
+INCOHERENT_CACHE = {"cifs": {"loose"}, "smb3": {"loose"}, "smbfs": {"loose"}, "9p": {"loose", "fscache"}}
+
+
+def _option(options: str, name: str) -> str | None:
+    for opt in options.split(","):
+        key, _, value = opt.partition("=")
+        if key == name:
+            return value
+    return None
+
+
+def network_fs_verdict(mount: Mount) -> tuple[str | None, str | None]:
+    """(refusal, note) for an SMB/CIFS or 9p mount (both None for other file systems): refused
+    with a client cache that is not coherent between hosts, else accepted with a note saying how
+    far it can be trusted."""
+    fs = mount.fstype
+    if fs not in SMB_FS and fs not in NINEP_FS:
+        return None, None
+    cache = _option(mount.super_options, "cache") or _option(mount.options, "cache")
+    if cache is not None and cache in INCOHERENT_CACHE.get(fs, set()):
+        return (
+            f"it is on a {fs} mount ({mount.source} at {mount.mount_point}) with cache={cache}, whose "
+            "client cache is not coherent between hosts: agents could act on stale claims and heartbeats. "
+            f"Remount with cache={'strict' if fs in SMB_FS else 'none'}, or use NFS or S3"
+        ), None
+    if fs in SMB_FS:
+        actimeo = _option(mount.super_options, "actimeo")
+        return None, (
+            f"SMB/CIFS ({fs}, {mount.source}): create-if-absent is the server's link, as atomic as its "
+            "hard links (the probe passed on this host only); metadata is cached for "
+            f"actimeo={actimeo or '1'} s, so keep leases at least 3 x (heartbeat + actimeo)"
+        )
+    return None, (
+        f"9p ({mount.source}, cache={cache or 'none'}): create-if-absent is the host's link(2), atomic "
+        "for the guests of one host; agents on other hosts must not share this folder through "
+        "another protocol"
+    )
+
+
 _FORCE_HINT = "pass --force (open_store(..., force=True)) to use it anyway, at the risk of a trial run twice"
 
 
@@ -68,6 +114,7 @@ class Mount(msgspec.Struct, frozen=True):
     source: str
     options: str = ""
     device: str = ""  # "major:minor", as st_dev of the files on it
+    super_options: str = ""  # the file system's own options (cifs and 9p show cache= here)
 
 
 class LocalFacts(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,6 +158,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
                 source=_unescape(fields[sep + 2]),
                 options=fields[5],
                 device=fields[2],
+                super_options=fields[sep + 3] if len(fields) > sep + 3 else "",
             )
         )
     return mounts
@@ -191,8 +239,11 @@ def check_local_root(
 
     A missing ``root`` is created (with its parents) unless ``read_only``, in which case it is an
     error. A writable open is refused (:class:`UntrustedStoreError`, unless ``force``) when the
-    root is on a FUSE mount of an object store, or when its file system has no hard links. A
-    read-only open checks nothing else: readers need no atomic create.
+    root is on a FUSE mount of an object store, on an SMB/CIFS or 9p mount whose client cache is
+    not coherent between hosts (``cache=loose``; 9p ``cache=fscache`` too), or when its file
+    system has no hard links; other FUSE, SMB/CIFS and 9p mounts are accepted with a note (the
+    agent prints notes as warnings at start). A read-only open checks nothing else: readers need
+    no atomic create.
     """
     root = os.path.abspath(root)
     if os.path.exists(root) and not os.path.isdir(root):
@@ -235,6 +286,11 @@ def check_local_root(
                 f"FUSE file system {mount.fstype} ({mount.source}): create-if-absent is as atomic as its "
                 "link(2) across hosts; the self-test checks only this host"
             )
+        refusal, note = network_fs_verdict(mount)
+        if refusal is not None:
+            problems.append(refusal)
+        elif note is not None:
+            notes.append(note)
         if mount.fstype.startswith("nfs"):
             notes.append(
                 "NFS: liveness reads heartbeat contents (close-to-open consistency); keep leases at least "

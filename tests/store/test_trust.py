@@ -311,3 +311,56 @@ def test_self_test_races_really_overlap(tmp_path: Path) -> None:
 
     assert self_test(Watched(str(tmp_path))).self_test == "passed"
     assert peak == 2
+
+
+# --- SMB/CIFS and 9p ---------------------------------------------------------------------------
+
+
+def _fake_mountinfo_opts(tmp_path: Path, fstype: str, source: str, super_options: str) -> str:
+    path = tmp_path / "mountinfo"
+    line = f"2 1 0:60 / {tmp_path} rw,relatime shared:2 - {fstype} {source} {super_options}"
+    path.write_text(_line(1, "/", "ext4", "/dev/vda") + "\n" + line + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("fstype", "source", "opts"),
+    [
+        ("cifs", "//srv/share", "rw,vers=3.1.1,cache=loose,actimeo=1"),
+        ("smb3", "//srv/share", "rw,cache=loose"),
+        ("9p", "hostshare", "rw,cache=loose,access=client,trans=virtio"),
+        ("9p", "drvfs", "rw,cache=fscache,aname=drvfs"),
+    ],
+)
+def test_smb_and_9p_with_an_incoherent_cache_are_refused_unless_forced(
+    tmp_path: Path, fstype: str, source: str, opts: str
+) -> None:
+    info = _fake_mountinfo_opts(tmp_path, fstype, source, opts)
+    root = str(tmp_path / "store")
+    with pytest.raises(UntrustedStoreError) as exc:
+        check_local_root(root, mountinfo=info)
+    msg = str(exc.value)
+    assert fstype in msg and "cache=" in msg and "not coherent" in msg and "--force" in msg
+    facts = check_local_root(root, force=True, mountinfo=info)
+    assert any(n.startswith("FORCED:") for n in facts.notes)
+    assert check_local_root(root, read_only=True, mountinfo=info).filesystem == fstype
+
+
+@pytest.mark.parametrize(
+    ("fstype", "source", "opts", "words"),
+    [
+        ("cifs", "//srv/share", "rw,vers=3.1.1,cache=strict,actimeo=3", ["SMB/CIFS", "actimeo=3"]),
+        ("smb3", "//srv/share", "rw", ["SMB/CIFS", "actimeo=1"]),
+        ("9p", "hostshare", "rw,access=client,trans=virtio", ["9p", "cache=none"]),
+        ("9p", "drvfs", "rw,cache=mmap,aname=drvfs", ["9p", "cache=mmap"]),
+    ],
+)
+def test_smb_and_9p_otherwise_are_accepted_with_a_warning_note(
+    tmp_path: Path, fstype: str, source: str, opts: str, words: list[str]
+) -> None:
+    facts = check_local_root(
+        str(tmp_path / "a"), mountinfo=_fake_mountinfo_opts(tmp_path, fstype, source, opts)
+    )
+    assert facts.hard_links is True and facts.filesystem == fstype
+    note = next(n for n in facts.notes if words[0] in n)
+    assert all(w in note for w in words), note
