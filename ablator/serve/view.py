@@ -33,7 +33,7 @@ import polars as pl
 
 from ablator import layout, records
 from ablator.analysis import Results, load
-from ablator.analysis.effects import Factor, assign_levels
+from ablator.analysis.effects import Factor, assign_levels, factors_of
 from ablator.analysis.reader import DONE_STATUSES, STATUSES
 from ablator.errors import AblatorError, AnalysisError
 from ablator.lease import LeaseLimits, Liveness, default_clock, read_budget
@@ -122,7 +122,7 @@ class StoreView:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=2)  # a daemon that only reads: do not hold up shutdown
 
     def touched(self) -> None:
         """A request came in: keep refreshing (and refresh at once after an idle spell)."""
@@ -353,7 +353,7 @@ class StoreView:
 
     # -- the trial table -------------------------------------------------------------------
     def factors(self, snap: Snapshot) -> list[Factor]:
-        return snap.cached("factors", snap.results.factors)
+        return snap.cached("factors", lambda: factors_of(snap.results))
 
     def _levels(self, snap: Snapshot, factor: Factor) -> tuple[list[str], list[str | None]]:
         def make() -> tuple[list[str], list[str | None]]:

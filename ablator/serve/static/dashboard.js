@@ -331,8 +331,28 @@ async function renderCurves(r, refresh) {
 }
 
 // ---- effects --------------------------------------------------------------------------------
-const KNOWN_LEVEL_KEYS = new Set(["factor", "kind", "level", "reference", "vs", "n", "n_excluded", "mean", "std", "ci_low",
-  "ci_high", "diff", "diff_ci_low", "diff_ci_high", "rel_change", "p_value", "rank", "better"]);
+// The level columns `Results.effects` returns; those marked optional appear when present (adjusted
+// p-values, effect sizes, verdicts: added by newer analysis versions). Unknown columns are shown
+// too, after the p-value, so that nothing effects computes is hidden.
+const LEVEL_COLUMNS = [
+  { key: "level", head: () => "level", cell: (l) => l.level + (l.reference ? " (reference)" : ""), cls: "" },
+  { key: "n", head: () => "n", cell: (l) => (l.n_excluded ? `${l.n} (+${l.n_excluded} excl.)` : String(l.n)) },
+  { key: "mean", head: () => "mean", cell: (l) => num(l.mean) },
+  { key: "std", head: () => "std", cell: (l) => num(l.std) },
+  { key: "ci_low", head: (e) => `${e.conf}% CI`, cell: (l) => interval(l.ci_low, l.ci_high) },
+  { key: "diff", head: (e) => `diff vs ${e.vs}`, cell: (l) => (l.reference ? "–" : signed(l.diff)) },
+  { key: "diff_ci_low", head: (e) => `diff ${e.conf}% CI`, cell: (l) => interval(l.diff_ci_low, l.diff_ci_high) },
+  { key: "rel_change", head: () => "rel.", cell: (l) => (l.reference ? "–" : pct(l.rel_change)) },
+  { key: "test", optional: true, head: () => "test", cell: (l) => (l.test ? l.test + (l.n_pairs ? ` (${l.n_pairs} pairs)` : "") : "–"), cls: "" },
+  { key: "p_value", head: () => "p", cell: (l) => pval(l.p_value), cls: "num p-value" },
+  { key: "p_adjusted", optional: true, head: (e) => `p adj.${e.adjust ? " (" + e.adjust + ")" : ""}`, cell: (l) => pval(l.p_adjusted), cls: "num p-adjusted" },
+  { key: "hedges_g", optional: true, head: (e) => `Hedges' g [${e.conf}% CI]`, cell: (l) => (l.hedges_g === null || l.hedges_g === undefined ? "–" : `${num(l.hedges_g, 3)} ${interval(l.g_ci_low, l.g_ci_high)}`) },
+  { key: "rank", head: () => "rank", cell: (l) => (l.rank ?? "–") },
+  { key: "verdict", optional: true, head: () => "verdict", cell: (l) => (l.verdict ? chip(l.verdict) : "–"), cls: "" },
+  { key: "note", optional: true, head: () => "note", cell: (l) => l.note || "", cls: "note" },
+];
+const HIDDEN_LEVEL_KEYS = new Set(["factor", "kind", "reference", "vs", "n_excluded", "ci_high", "diff_ci_high", "better",
+  "n_pairs", "g_ci_low", "g_ci_high"]);
 
 async function renderEffects(r, refresh) {
   const cols = await columns(refresh);
@@ -340,39 +360,39 @@ async function renderEffects(r, refresh) {
   const metric = P.metric || cols.metric;
   const eff = await api(`effects?metric=${encodeURIComponent(metric)}`);
   const conf = Math.round(100 * eff.confidence);
+  const adjust = eff.adjust ? `; p-values adjusted (${eff.adjust}) over ${eff.n_comparisons ?? "all"} comparisons` : "";
   const bar = h("div", { class: "toolbar" },
     h("label", {}, "metric", select(cols.metrics.length ? cols.metrics : [metric], metric, (v) => go("effects", { metric: v }), { id: "effects-metric" })),
-    h("span", { class: "muted", text: `${eff.value} ${eff.metric}, ${eff.mode === "max" ? "higher" : "lower"} is better (${eff.mode_source}); ${eff.n_used} of ${eff.n_finished} finished trials used; ${conf}% intervals; the same numbers as \`ablator analyze\`.` }));
+    h("span", { class: "muted", text: `${eff.value} ${eff.metric}, ${eff.mode === "max" ? "higher" : "lower"} is better (${eff.mode_source}); ${eff.n_used} of ${eff.n_finished} finished trials used; ${conf}% intervals${adjust}; the same numbers as \`ablator analyze\`.` }));
   const parts = [bar];
   const afters = [];
   for (const f of eff.factors) {
     const rows = eff.levels.filter((l) => l.factor === f.name);
-    const extra = [...new Set(rows.flatMap((l) => Object.keys(l)).filter((k) => !KNOWN_LEVEL_KEYS.has(k)))];
-    const headers = ["level", "n", "mean", "std", `${conf}% CI`, `diff vs ${rows[0] ? rows[0].vs : "ref"}`, `diff ${conf}% CI`, "rel.", "p", ...extra, "rank"];
+    const present = new Set(rows.flatMap((l) => Object.keys(l).filter((k) => l[k] !== null && l[k] !== undefined)));
+    const known = new Set(LEVEL_COLUMNS.map((c) => c.key));
+    const shown = LEVEL_COLUMNS.filter((c) => !c.optional || present.has(c.key));
+    const extra = [...present].filter((k) => !known.has(k) && !HIDDEN_LEVEL_KEYS.has(k));
+    const at = shown.findIndex((c) => c.key === "rank");
+    const columns_ = [...shown.slice(0, at), ...extra.map((k) => ({
+      key: k, head: () => k, cell: (l) => (/^p_|_p$|adj/.test(k) ? pval(l[k]) : value(l[k])),
+    })), ...shown.slice(at)];
+    const ctx = { conf, vs: rows[0] ? rows[0].vs : "reference", adjust: eff.adjust };
     const table = h("table", { class: "effects", dataset: { factor: f.name } },
-      h("thead", {}, h("tr", {}, headers.map((t, i) => h("th", { class: i ? "num" : "", text: t })))),
+      h("thead", {}, h("tr", {}, columns_.map((c) => h("th", { class: c.cls ?? "num", dataset: { key: c.key }, text: c.head(ctx) })))),
       h("tbody", {}, rows.map((l) => h("tr", { class: l.reference ? "ref" : "", dataset: { level: l.level } },
-        h("td", { text: l.level + (l.reference ? " (reference)" : "") }),
-        h("td", { class: "num", text: l.n_excluded ? `${l.n} (+${l.n_excluded} excl.)` : String(l.n) }),
-        h("td", { class: "num", text: num(l.mean) }),
-        h("td", { class: "num", text: num(l.std) }),
-        h("td", { class: "num", text: interval(l.ci_low, l.ci_high) }),
-        h("td", { class: "num", text: l.reference ? "–" : signed(l.diff) }),
-        h("td", { class: "num", text: interval(l.diff_ci_low, l.diff_ci_high) }),
-        h("td", { class: "num", text: l.reference ? "–" : pct(l.rel_change) }),
-        h("td", { class: "num p-value", text: pval(l.p_value) }),
-        extra.map((k) => h("td", { class: "num", dataset: { key: k }, text: /^p_|_p$|adj/.test(k) ? pval(l[k]) : value(l[k]) })),
-        h("td", { class: "num", text: l.rank ?? "–" })))));
+        columns_.map((c) => h("td", { class: c.cls ?? "num", dataset: { key: c.key } }, c.cell(l)))))));
     const canvas = h("canvas", { class: "effect-chart", dataset: { factor: f.name } });
     const title = f.kind === "variant" ? "Ablation: each variant's difference from the baseline" : `${f.name} (${f.kind})`;
     parts.push(h("div", { class: "panel" }, h("h3", { text: title }), table, h("div", { class: "chart-box small" }, canvas)));
     afters.push(() => effectChart(canvas, rows, eff, conf));
   }
   if (eff.trends && eff.trends.length) {
+    const adj = eff.trends.some((t) => t.spearman_p_adjusted !== null && t.spearman_p_adjusted !== undefined);
     parts.push(h("div", { class: "panel" }, h("h3", { text: "Trends of numeric factors" }),
-      h("table", {}, h("thead", {}, h("tr", {}, ["factor", "n", "Spearman ρ", "p", "slope", `slope ${conf}% CI`, "p", "x"].map((t) => h("th", { text: t })))),
+      h("table", { id: "trends" }, h("thead", {}, h("tr", {}, ["factor", "n", "Spearman ρ", "p", ...(adj ? ["p adj."] : []), "slope", `slope ${conf}% CI`, "p", "x"].map((t) => h("th", { text: t })))),
         h("tbody", {}, eff.trends.map((t) => h("tr", {}, h("td", { text: t.factor }), h("td", { class: "num", text: t.n }),
           h("td", { class: "num", text: num(t.spearman_rho, 3) }), h("td", { class: "num", text: pval(t.spearman_p) }),
+          adj ? h("td", { class: "num", text: pval(t.spearman_p_adjusted) }) : null,
           h("td", { class: "num", text: num(t.slope) }), h("td", { class: "num", text: interval(t.slope_ci_low, t.slope_ci_high) }),
           h("td", { class: "num", text: pval(t.slope_p) }), h("td", { text: t.x_scale === "log10" ? "per decade" : "per unit" })))))));
   }
@@ -382,10 +402,12 @@ async function renderEffects(r, refresh) {
 
 function effectChart(canvas, rows, eff, conf) {
   // Differences from the reference with their intervals: green = better, red = worse,
-  // grey = the interval includes no change (as the report's ablation.png).
+  // grey = the interval includes no change (as the report's ablation.png); by the verdict
+  // (adjusted p-value) where the analysis gives one.
   const shown = rows.filter((l) => !l.reference && l.diff !== null && l.diff !== undefined);
   shown.sort((a, b) => (eff.mode === "max" ? b.diff - a.diff : a.diff - b.diff));
   const color = (l) => {
+    if (l.verdict) return l.verdict === "better" ? "#1e9e5a" : l.verdict === "worse" ? "#d24b3e" : "#9aa1ad";
     const lo = l.diff_ci_low, hi = l.diff_ci_high;
     if (lo === null || lo === undefined || (lo <= 0 && hi >= 0)) return "#9aa1ad";
     return l.better ? "#1e9e5a" : "#d24b3e";
