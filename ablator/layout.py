@@ -9,6 +9,9 @@ from __future__ import annotations
 import re
 
 EXPERIMENT = "experiment.json"
+#: A private ``ablator run`` store's experiment (not ``EXPERIMENT``: such a store is not launched,
+#: agents and ``launch`` must not take it for one); analysis reads it when there is no EXPERIMENT.
+PRIVATE_EXPERIMENT = "private.json"
 STOP = "control/stop.msgpack"
 EXTEND_DIR = "extend/"
 AGENTS_DIR = "agents/"

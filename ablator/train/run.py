@@ -32,6 +32,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import msgspec
+
 from ablator import layout, lineage, records
 from ablator.errors import AblatorError, ExperimentMismatch, LeaseLost, TrialFailed
 from ablator.pruners import pruner_of
@@ -129,6 +131,7 @@ def run(
     if launched is not None:
         return _run_launched(exp, entry, spec, target, launched, index, metric, device, progress, smoke)
 
+    _record_private_experiment(target, exp)
     epoch = _claim_private(target, spec, index)
     fence = StoreFence(target, index, epoch)
     with _ctrl_c_stops(fence):
@@ -256,6 +259,20 @@ def _spec(exp: Any, index: int, entry: Any, budget: int | None = None) -> record
 
 
 # --- private stores ---------------------------------------------------------------------------
+
+
+def _record_private_experiment(store: Store, exp: Any) -> None:
+    """Record the experiment in a private store once (``layout.PRIVATE_EXPERIMENT``), so that
+    ``ablator analyze`` can read it; the first run's experiment stays (each trial's own spec is
+    in its ``claim.e0000`` anyway)."""
+    from ablator import experiment as X
+
+    if store.url.startswith("memory://"):
+        return  # --smoke: a throwaway store
+    spec = records.ExperimentSpec(
+        name=exp.name, experiment=msgspec.to_builtins(exp), experiment_hash=X.experiment_hash(exp)
+    )
+    store.create(layout.PRIVATE_EXPERIMENT, records.encode_json(spec))
 
 
 def _claim_private(store: Store, spec: records.TrialSpec, index: int) -> int:
