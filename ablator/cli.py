@@ -121,8 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="direction of --metric (default: the experiment's)",
         )
+        p.add_argument(
+            "--value",
+            choices=["best", "final"],
+            default="best",
+            help="each trial's best value of the metric (default) or its final one",
+        )
+        p.add_argument(
+            "--adjust",
+            choices=["holm", "bh"],
+            default="holm",
+            help="multiple-comparison adjustment of the p-values: Holm (default) or Benjamini-Hochberg",
+        )
         if name == "report":
-            p.add_argument("--out", required=True, help="output folder")
+            p.add_argument(
+                "--out", default=None, help="output folder (default ./ablator-report/<experiment name>)"
+            )
         else:
             p.add_argument("--json", action="store_true", help="machine-readable output")
 

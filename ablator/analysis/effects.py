@@ -4,10 +4,15 @@ A *factor* is an ablation's variant (levels: the baseline and each variant) or a
 path (levels: its values; a continuous range is cut into quantile bins). Repeats over seeds are
 the replicates. Per level: n, mean, standard deviation and the t interval of the mean; its
 difference from the reference level (the baseline; for a searched path the base config's value
-when it is one of the levels, else the best level) with Welch's interval and two-sided p-value;
-the relative change; the level's rank (1 = best, direction-aware). Numeric factors also get
-Spearman's rank correlation with the metric and a least-squares trend (against log10 of the value
-when the space was log).
+when it is one of the levels, else the best level) with its interval and two-sided p-value: the
+paired t-test when the two levels ran the same seeds (common random numbers, the default of
+ablation designs), else Welch's; Hedges' g with its interval; the relative change; the level's
+rank (1 = best, direction-aware). Numeric factors also get Spearman's rank correlation with the
+metric and a least-squares trend (against log10 of the value when the space was log).
+
+Every p-value the tables print is one *comparison*; they are adjusted together (Holm by
+default, Benjamini-Hochberg on request) and a level's verdict (better / worse / unclear) follows
+the adjusted p-value. Below 3 trials on either side there is no verdict, and the ``note`` says why.
 
 Only trials whose result status is in ``statuses`` (completed and early-stopped by default) and
 whose value is finite count; ``n_excluded`` says how many other finished trials of the level
@@ -21,17 +26,16 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
-from ablator.analysis import stats
+from ablator.analysis import stats, text
 from ablator.analysis.reader import DONE_STATUSES
+from ablator.analysis.results import Mode, Results, Value
+from ablator.analysis.stats import Adjust
 from ablator.errors import AnalysisError
-
-if TYPE_CHECKING:
-    from ablator.analysis.results import Mode, Results
 
 FactorKind = Literal["variant", "categorical", "numeric"]
 #: A numeric range with more distinct values than this is cut into quantile bins.
@@ -53,21 +57,32 @@ LEVEL_SCHEMA: dict[str, pl.DataType] = {
     "diff_ci_low": pl.Float64(),
     "diff_ci_high": pl.Float64(),
     "rel_change": pl.Float64(),
+    "test": pl.String(),  # "paired" (same seeds on both sides) or "welch"
+    "n_pairs": pl.Int64(),
     "p_value": pl.Float64(),
+    "p_adjusted": pl.Float64(),
+    "hedges_g": pl.Float64(),
+    "g_ci_low": pl.Float64(),
+    "g_ci_high": pl.Float64(),
     "rank": pl.Int64(),
-    "better": pl.Boolean(),
+    "better": pl.Boolean(),  # the mean beats the reference's in the metric's direction
+    "verdict": pl.String(),  # "better" | "worse" | "unclear" by the adjusted p; null: none given
+    "note": pl.String(),  # why there is no verdict or no test
 }
 TREND_SCHEMA: dict[str, pl.DataType] = {
     "factor": pl.String(),
     "n": pl.Int64(),
     "spearman_rho": pl.Float64(),
     "spearman_p": pl.Float64(),
+    "spearman_p_adjusted": pl.Float64(),
+    "spearman_exact": pl.Boolean(),
     "x_scale": pl.String(),  # "log10" or "linear": what ``slope`` is per unit of
     "slope": pl.Float64(),
     "slope_ci_low": pl.Float64(),
     "slope_ci_high": pl.Float64(),
     "slope_p": pl.Float64(),
     "intercept": pl.Float64(),
+    "note": pl.String(),
 }
 
 
@@ -244,21 +259,26 @@ def _floaty(s: str) -> bool:
 
 @dataclass(frozen=True)
 class Effects:
-    """The output of :meth:`Results.effects`.
+    """The output of :func:`compute_effects` (and :meth:`Results.effects`).
 
     ``levels``: one row per (factor, level): ``factor``, ``kind``, ``level``, ``reference``,
     ``vs`` (``baseline`` or ``best``), ``n``, ``n_excluded``, ``mean``, ``std``, ``ci_low``,
-    ``ci_high``, ``diff``, ``diff_ci_low``, ``diff_ci_high``, ``rel_change``, ``p_value``,
-    ``rank`` (1 = best), ``better`` (beats the reference in the metric's direction).
-    ``trends``: one row per numeric factor: ``spearman_rho``, ``spearman_p``, ``x_scale``,
-    ``slope`` (metric change per unit of x, or per decade when ``x_scale`` is log10) with its
-    interval and p-value, ``intercept``.
+    ``ci_high``, ``diff``, ``diff_ci_low``, ``diff_ci_high``, ``rel_change``, ``test``
+    (``paired`` or ``welch``), ``n_pairs``, ``p_value`` (raw), ``p_adjusted`` (by ``adjust``
+    over all ``n_comparisons``), ``hedges_g``, ``g_ci_low``, ``g_ci_high``, ``rank`` (1 = best),
+    ``better`` (the mean beats the reference's), ``verdict`` (``better``/``worse`` when the
+    adjusted p is below 1 - confidence, else ``unclear``; null with a ``note`` when the level or
+    its reference has fewer than 3 trials).
+    ``trends``: one row per numeric factor: ``spearman_rho``, ``spearman_p`` (exact for small n),
+    ``spearman_p_adjusted``, ``spearman_exact``, ``x_scale``, ``slope`` (metric change per unit of
+    x, or per decade when ``x_scale`` is log10) with its interval and p-value, ``intercept``,
+    ``note``.
     """
 
     metric: str
     mode: Mode
     mode_source: str
-    value: Literal["best", "final"]
+    value: Value
     confidence: float
     statuses: tuple[str, ...]
     factors: tuple[Factor, ...]
@@ -266,6 +286,13 @@ class Effects:
     trends: pl.DataFrame
     n_used: int
     n_finished: int
+    adjust: Adjust = "holm"
+    n_comparisons: int = 0
+
+    @property
+    def alpha(self) -> float:
+        """The significance level that goes with ``confidence``."""
+        return 1.0 - self.confidence
 
     def factor(self, name: str) -> pl.DataFrame:
         """The level rows of factor ``name``."""
@@ -290,6 +317,8 @@ class Effects:
             "mode_source": self.mode_source,
             "value": self.value,
             "confidence": self.confidence,
+            "adjust": self.adjust,
+            "n_comparisons": self.n_comparisons,
             "statuses": list(self.statuses),
             "n_used": self.n_used,
             "n_finished": self.n_finished,
@@ -303,9 +332,67 @@ class Effects:
 
     def render(self) -> str:
         """The tables as plain text for a terminal."""
-        from ablator.analysis.text import render_effects
+        return text.render_effects(self)
 
-        return render_effects(self)
+
+def _pairs(
+    seeds: np.ndarray, values: np.ndarray, level: np.ndarray, ref: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | str | None:
+    """Values of ``level`` and ``ref`` aligned by seed when the two ran exactly the same seeds,
+    each once (common random numbers); else None, or a note when they pair only in part."""
+    a_seeds, b_seeds = seeds[level], seeds[ref]
+    if a_seeds.size < 2 or b_seeds.size < 2 or np.any(a_seeds < 0) or np.any(b_seeds < 0):
+        return None
+    if np.unique(a_seeds).size != a_seeds.size or np.unique(b_seeds).size != b_seeds.size:
+        return None  # a seed used twice on one side (a search's points): nothing to pair by
+    common = np.intersect1d(a_seeds, b_seeds)
+    if common.size == 0:
+        return None
+    if common.size != a_seeds.size or common.size != b_seeds.size:
+        return f"seeds pair for {common.size} of {max(a_seeds.size, b_seeds.size)} trials: Welch's test"
+    a_order = np.argsort(a_seeds, kind="stable")
+    b_order = np.argsort(b_seeds, kind="stable")
+    return values[level][a_order], values[ref][b_order]
+
+
+def _compare(
+    values: np.ndarray,
+    seeds: np.ndarray,
+    level: np.ndarray,
+    ref: np.ndarray,
+    confidence: float,
+    paired: bool,
+) -> tuple[dict[str, Any], bool]:
+    """The test columns of one level against its reference (see ``LEVEL_SCHEMA``), and whether
+    a verdict may be given."""
+    a, b = values[level], values[ref]
+    out: dict[str, Any] = {}
+    notes: list[str] = []
+    pairs = _pairs(seeds, values, level, ref) if paired else None
+    if isinstance(pairs, tuple):
+        comp = stats.paired(pairs[0], pairs[1], confidence)
+        g = stats.hedges_g(pairs[0], pairs[1], pairs=True, confidence=confidence)
+        out["n_pairs"] = int(pairs[0].size)
+    else:
+        if isinstance(pairs, str):
+            notes.append(pairs)
+        comp = stats.welch(a, b, confidence)
+        g = stats.hedges_g(a, b, confidence=confidence)
+    if comp is not None:
+        out.update(test=comp.test, diff_ci_low=comp.ci_low, diff_ci_high=comp.ci_high, p_value=comp.p_value)
+        if comp.p_value is None:
+            notes.append("no spread on either side: no test")
+    else:
+        notes.append("fewer than 2 trials on a side: no test")
+    if g is not None:
+        out.update(hedges_g=g.g, g_ci_low=g.ci_low, g_ci_high=g.ci_high)
+    verdict = comp is not None and comp.p_value is not None
+    if verdict and min(a.size, b.size) < stats.MIN_N:
+        verdict = False
+        notes.append(f"n = {min(a.size, b.size)} < {stats.MIN_N} on a side: too few seeds for a verdict")
+    if notes:
+        out["note"] = "; ".join(notes)
+    return out, verdict
 
 
 def compute_effects(
@@ -313,15 +400,26 @@ def compute_effects(
     metric: str | None = None,
     *,
     mode: Mode | None = None,
-    value: Literal["best", "final"] = "best",
+    value: Value = "best",
     statuses: Sequence[str] = ("completed", "early_stopped"),
     confidence: float = 0.95,
+    adjust: Adjust = "holm",
+    paired: bool = True,
 ) -> Effects:
-    """See :meth:`Results.effects`."""
+    """Per factor and level: n, mean, std, CI, difference from the baseline (or the best
+    level) with its interval and test, raw and adjusted p-values, Hedges' g, rank and verdict;
+    for numeric factors Spearman's rho and a trend. See the module docstring.
+
+    ``value``: each trial's ``best`` value of the metric or its ``final`` one. ``adjust``:
+    ``"holm"`` (family-wise error, the default) or ``"bh"`` (Benjamini-Hochberg false discovery
+    rate) over every p-value of the tables. ``paired=False`` uses Welch's test even where the
+    seeds pair."""
     if not 0.0 < confidence < 1.0:
         raise AnalysisError(f"confidence must be between 0 and 1, got {confidence}")
     if value not in ("best", "final"):
         raise AnalysisError(f"value must be 'best' or 'final', got {value!r}")
+    if adjust not in ("holm", "bh"):
+        raise AnalysisError(f"adjust must be 'holm' or 'bh', got {adjust!r}")
     metric, mode, mode_source = res.direction(metric, mode)
     trials = res.trials
     finished_mask = trials["status"].is_in([*DONE_STATUSES, "failed"]).to_numpy()
@@ -333,15 +431,19 @@ def compute_effects(
     usable = trials["status"].is_in(list(statuses)).to_numpy() & np.isfinite(
         np.nan_to_num(values, nan=np.inf)
     )
+    seeds = trials["seed"].fill_null(-1).cast(pl.Int64).to_numpy()
     sign = 1.0 if mode == "max" else -1.0
 
+    alpha = 1.0 - confidence
     level_rows: list[dict[str, Any]] = []
+    judged: set[int] = set()  # level rows that may get a verdict
     trend_rows: list[dict[str, Any]] = []
-    factors = res.factors()
+    factors = factors_of(res)
     for factor in factors:
         lv = assign_levels(trials, factor, usable)
         labels = np.array(lv.labels, dtype=object)
-        per_level = {name: values[usable & (labels == name)] for name in lv.order}
+        masks = {name: usable & (labels == name) for name in lv.order}
+        per_level = {name: values[m] for name, m in masks.items()}
         excluded = {name: int((finished_mask & ~usable & (labels == name)).sum()) for name in lv.order}
         summaries = {name: stats.summarize(v, confidence) for name, v in per_level.items()}
         with_data = [name for name in lv.order if summaries[name].n > 0]
@@ -378,18 +480,33 @@ def compute_effects(
             if name == ref:
                 row.update(diff=0.0, rel_change=0.0)
             elif s.mean is not None and ref_mean is not None and ref is not None:
-                w = stats.welch(per_level[name], per_level[ref], confidence)
+                cols, verdict = _compare(values, seeds, masks[name], masks[ref], confidence, paired)
+                row.update(cols)
+                if verdict:
+                    judged.add(len(level_rows))
                 diff = s.mean - ref_mean
                 row.update(
                     diff=diff,
                     rel_change=diff / abs(ref_mean) if ref_mean != 0 else None,
                     better=sign * diff > 0,
                 )
-                if w is not None:
-                    row.update(diff_ci_low=w.ci_low, diff_ci_high=w.ci_high, p_value=w.p_value)
             level_rows.append(row)
         if factor.numeric:
-            trend_rows.append(_trend_row(trials, factor, values, usable))
+            trend_rows.append(_trend_row(trials, factor, values, usable, confidence, alpha))
+
+    # One family: every p-value the tables print (level differences and rank correlations).
+    raw = [r.get("p_value") for r in level_rows] + [r.get("spearman_p") for r in trend_rows]
+    adjusted = stats.adjust(raw, adjust)
+    n_comparisons = int(np.count_nonzero(~np.isnan(adjusted)))
+    for k, (row, p_adj) in enumerate(zip(level_rows, adjusted[: len(level_rows)].tolist(), strict=True)):
+        if math.isnan(p_adj):
+            continue
+        row["p_adjusted"] = p_adj
+        if k in judged:
+            row["verdict"] = ("better" if row["better"] else "worse") if p_adj < alpha else "unclear"
+    for row, p_adj in zip(trend_rows, adjusted[len(level_rows) :].tolist(), strict=True):
+        if not math.isnan(p_adj):
+            row["spearman_p_adjusted"] = p_adj
 
     n_finished = int(trials["status"].is_in([*DONE_STATUSES, "failed"]).sum())
     return Effects(
@@ -408,6 +525,8 @@ def compute_effects(
         else pl.DataFrame(schema=TREND_SCHEMA),
         n_used=int(usable.sum()),
         n_finished=n_finished,
+        adjust=adjust,
+        n_comparisons=n_comparisons,
     )
 
 
@@ -421,16 +540,29 @@ def factor_xy(
 
 
 def _trend_row(
-    trials: pl.DataFrame, factor: Factor, values: np.ndarray, usable: np.ndarray
+    trials: pl.DataFrame,
+    factor: Factor,
+    values: np.ndarray,
+    usable: np.ndarray,
+    confidence: float,
+    alpha: float,
 ) -> dict[str, Any]:
     x, y = factor_xy(trials, factor, values, usable)
     row: dict[str, Any] = {"factor": factor.name, "n": int(x.size)}
     corr = stats.spearman(x, y)
+    distinct = int(np.unique(x).size)
     if corr is not None:
-        row.update(spearman_rho=corr.rho, spearman_p=corr.p_value)
+        row.update(spearman_rho=corr.rho, spearman_p=corr.p_value, spearman_exact=corr.exact)
+        if corr.min_p is not None and corr.min_p >= alpha:
+            row["note"] = (
+                f"n = {corr.n}: the exact rank test cannot go below p = {corr.min_p:.2g}, so it cannot "
+                f"show a trend at {alpha:g}"
+            )
+    elif distinct < 3:
+        row["note"] = f"{distinct} distinct value(s): a rank correlation needs at least 3"
     log = factor.log and x.size > 0 and bool(np.all(x > 0))
     row["x_scale"] = "log10" if log else "linear"
-    fit = stats.trend(np.log10(x) if log else x, y)
+    fit = stats.trend(np.log10(x) if log else x, y, confidence)
     if fit is not None:
         row.update(
             slope=fit.slope,

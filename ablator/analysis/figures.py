@@ -12,19 +12,19 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 import numpy as np
 import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from ablator.analysis import stats
+from ablator.analysis import stats, text
 from ablator.analysis.effects import Effects, Factor, assign_levels, factor_xy
-
-if TYPE_CHECKING:
-    from ablator.analysis.results import Results
+from ablator.analysis.results import Results
 
 REFERENCE = "#f28e2b"
 LEVEL = "#4e79a7"
@@ -32,6 +32,9 @@ BETTER = "#59a14f"
 WORSE = "#e15759"
 NEUTRAL = "#9c9c9c"
 BEST = "#b07aa1"
+NO_VERDICT = "#ffffff"  # hatched grey: too few seeds to judge
+#: Learning-curve colours: one per level, none repeated (tab10 holds 10; at most 8 are drawn).
+PALETTE = "tab10"
 MAX_CURVES = 8
 DPI = 110
 
@@ -81,6 +84,22 @@ def _best_index(values: np.ndarray, mask: np.ndarray, mode: str) -> int | None:
 
 def _short(label: str, width: int = 18) -> str:
     return label if len(label) <= width else label[: width - 1] + "…"
+
+
+def level_label(factor: Factor, level: str) -> str:
+    """How a level is named in legends: ``dropout=0`` for a searched path (its last part; the
+    full path is in the title), the variant's own name for an ablation."""
+    if factor.kind == "variant":
+        return level
+    return f"{factor.name.rsplit('.', 1)[-1]}={level}"
+
+
+def _bounds_note(bounds: tuple[float, float, str] | None) -> str:
+    if bounds is None:
+        return ""
+    lo, hi, source = bounds
+    how = "the experiment's metric.bounds" if source == "experiment" else "guessed from the metric's name"
+    return f"bands clipped to [{lo:g}, {hi:g}] ({how})"
 
 
 def categorical_figure(res: Results, effects: Effects, factor: Factor) -> Figure | None:
@@ -136,7 +155,11 @@ def categorical_figure(res: Results, effects: Effects, factor: Factor) -> Figure
         )
     if ref is not None:
         ax.axhline(
-            float(rows[ref]["mean"]), color=REFERENCE, linestyle="--", linewidth=1, label=f"{ref} mean"
+            float(rows[ref]["mean"]),
+            color=REFERENCE,
+            linestyle="--",
+            linewidth=1,
+            label=f"{level_label(factor, ref)}: mean (reference)",
         )
     mask = usable & np.isin(labels, order)
     best = _best_index(values, mask, effects.mode)
@@ -235,54 +258,78 @@ def numeric_figure(res: Results, effects: Effects, factor: Factor) -> Figure | N
 
 
 def ablation_figure(effects: Effects, factor: Factor) -> Figure | None:
-    """Each level's difference from the reference with its confidence interval, best at the
-    top; green when the interval says better, red when it says worse, grey when it cannot tell."""
-    rows = [r for r in effects.factor(factor.name).to_dicts() if not r["reference"] and r["diff"] is not None]
-    ref = next((r for r in effects.factor(factor.name).to_dicts() if r["reference"]), None)
+    """Each level's difference from the reference with its confidence interval, top to bottom in
+    the table's order. The colour is the verdict of the adjusted p-value: green better, red
+    worse, grey unclear, hatched white no verdict (fewer than 3 trials on a side). The axis is
+    scaled to the differences; an interval that runs far past them is cut at the edge and
+    marked with an arrow. Each label prints the same p-values as the table."""
+    table = effects.factor(factor.name).to_dicts()
+    rows = [r for r in table if not r["reference"] and r["diff"] is not None]
+    ref = next((r for r in table if r["reference"]), None)
     if not rows or ref is None:
         return None
-    sign = 1.0 if effects.mode == "max" else -1.0
-    rows.sort(key=lambda r: sign * r["diff"])  # worst first: barh draws bottom-up, so best on top
-    fig = _figure(7.5, 1.2 + 0.5 * len(rows))
+    fig = _figure(8.5, 1.3 + 0.5 * len(rows))
     ax = fig.add_subplot()
-    ys = np.arange(len(rows))
-    diffs = np.array([r["diff"] for r in rows])
-    # No interval (fewer than two trials on a side): no error bar at all, rather than a flat one.
-    lo = np.array([r["diff"] - r["diff_ci_low"] if r["diff_ci_low"] is not None else np.nan for r in rows])
-    hi = np.array([r["diff_ci_high"] - r["diff"] if r["diff_ci_high"] is not None else np.nan for r in rows])
-    colors = []
+    ys = np.arange(len(rows))[::-1]  # the table's first row on top
+    diffs = np.array([r["diff"] for r in rows], dtype=np.float64)
+    lows = np.array([np.nan if r["diff_ci_low"] is None else r["diff_ci_low"] for r in rows])
+    highs = np.array([np.nan if r["diff_ci_high"] is None else r["diff_ci_high"] for r in rows])
+    # Scale to the effects: the differences set the axis; intervals may widen it up to 3x the
+    # largest difference (two seeds give t quantiles of 12.7, which would flatten every bar).
+    reach = float(np.max(np.abs(diffs))) or float(np.nanmax(np.abs(np.concatenate([lows, highs, [1e-12]]))))
+    limit = 3.0 * reach
+    lo_edge = max(float(np.nanmin(np.concatenate([lows, diffs, [0.0]]))), -limit)
+    hi_edge = min(float(np.nanmax(np.concatenate([highs, diffs, [0.0]]))), limit)
+    pad = 0.06 * ((hi_edge - lo_edge) or 1.0)
+    left, right = lo_edge - pad, hi_edge + pad
+    colors, hatches = [], []
     for r in rows:
-        known = r["diff_ci_low"] is not None
-        if known and sign * r["diff_ci_low"] > 0 and sign * r["diff_ci_high"] > 0:
-            colors.append(BETTER)
-        elif known and sign * r["diff_ci_low"] < 0 and sign * r["diff_ci_high"] < 0:
-            colors.append(WORSE)
-        else:
-            colors.append(NEUTRAL)
-    ax.barh(ys, diffs, xerr=np.vstack([lo, hi]), color=colors, alpha=0.85, capsize=4, height=0.6)
+        verdict = r.get("verdict")
+        colors.append({"better": BETTER, "worse": WORSE, "unclear": NEUTRAL}.get(verdict or "", NO_VERDICT))
+        hatches.append("" if verdict else "///")
+    bars = ax.barh(ys, diffs, color=colors, alpha=0.85, height=0.6, edgecolor=NEUTRAL, linewidth=1)
+    for bar, hatch in zip(bars, hatches, strict=True):
+        bar.set_hatch(hatch)
+    for y, lo, hi in zip(ys.tolist(), lows.tolist(), highs.tolist(), strict=True):
+        if math.isnan(lo) or math.isnan(hi):
+            continue  # no interval (fewer than two trials on a side): no bar at all, not a flat one
+        a, b = max(lo, left), min(hi, right)
+        ax.plot([a, b], [y, y], color="black", linewidth=1.2)
+        for end, cut, marker in ((a, lo < left, "<"), (b, hi > right, ">")):
+            if cut:
+                ax.plot([end], [y], marker=marker, color="black", markersize=6)
+            else:
+                ax.plot([end, end], [y - 0.15, y + 0.15], color="black", linewidth=1.2)
     ax.axvline(0.0, color="black", linewidth=1)
-    left = float(np.min(np.concatenate([diffs - np.nan_to_num(lo), [0.0]])))
-    right = float(np.max(np.concatenate([diffs + np.nan_to_num(hi), [0.0]])))
-    span = (right - left) or 1.0
-    for y, r, d, h in zip(ys, rows, diffs, np.nan_to_num(hi), strict=True):
-        p = r["p_value"]
-        label = f"{d:+.3g}"
+    ax.set_xlim(left, right)
+    for y, r in zip(ys.tolist(), rows, strict=True):
+        label = f"{r['diff']:+.3g}"
         if r["rel_change"] is not None:
             label += f" ({100 * r['rel_change']:+.1f}%)"
-        label += f", p={p:.2g}" if p is not None else ", n<2: no interval"
-        # Every label right of both its bar and zero, so none runs into the variant names.
+        label += f"; {text.p_label(r, effects.adjust)}"
+        if r.get("verdict") is None and r.get("note"):
+            label += "; no verdict: n < 3" if "too few seeds" in r["note"] else "; no verdict"
+        # Labels live right of the axes, so the axis can be scaled to the effects alone.
         ax.annotate(
-            label, (max(0.0, d + h), y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8
+            label,
+            (1.01, y),
+            xycoords=("axes fraction", "data"),
+            va="center",
+            fontsize=8,
+            annotation_clip=False,
         )
-    ax.set_xlim(left - 0.08 * span, right + 0.9 * span)
     ax.set_yticks(ys, [f"{_short(r['level'], 24)} (n={r['n']})" for r in rows], fontsize=9)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
     what = "baseline" if ref["vs"] == "baseline" else f"best level {ref['level']}"
     ax.set_xlabel(
         f"Δ {effects.metric} vs {what} (mean {ref['mean']:.4g}); {_better(effects)}; {effects.confidence:.0%} CI",
         fontsize=9,
     )
     ax.set_title(
-        f"Effect of each {factor.name if factor.kind != 'variant' else 'variant'} ({effects.metric})"
+        f"Effect of each {factor.name if factor.kind != 'variant' else 'variant'} ({effects.metric}); "
+        f"colour: {text.ADJUST_NAMES.get(effects.adjust, effects.adjust)}-adjusted p over "
+        f"{effects.n_comparisons} comparisons",
+        fontsize=9,
     )
     ax.grid(axis="x", alpha=0.3)
     return fig
@@ -290,7 +337,9 @@ def ablation_figure(effects: Effects, factor: Factor) -> Figure | None:
 
 def curves_figure(res: Results, effects: Effects, factor: Factor) -> Figure | None:
     """The metric over steps, one line per level (mean across its trials, seeds included) with a
-    band of one standard deviation; at most the 8 best levels."""
+    band of one standard deviation, at most the 8 best levels. Every line has its own colour;
+    the reference level is set apart by a dashed, thicker line. Bands are clipped to the
+    metric's range when it is known (:meth:`Results.bounds`), and the figure says so."""
     if res.history.height == 0:
         return None
     hist = res.history.filter(pl.col("metric") == effects.metric)
@@ -303,43 +352,58 @@ def curves_figure(res: Results, effects: Effects, factor: Factor) -> Figure | No
         schema={"trial": pl.Int64, "level": pl.String, "usable": pl.Boolean},
     ).filter(pl.col("usable") & pl.col("level").is_not_null())
     stepwise = (
-        hist.join(level_of, on="trial", how="inner")
+        hist.select("trial", "step", "value")
+        .join(level_of, on="trial", how="inner")
         .group_by("level", "step")
         .agg(pl.col("value").mean().alias("mean"), pl.col("value").std().alias("std"), pl.len().alias("n"))
         .sort("level", "step")
     )
     if stepwise.height == 0:
         return None
-    ranked = effects.factor(factor.name).filter(pl.col("rank").is_not_null()).sort("rank")["level"].to_list()
-    shown = [name for name in ranked if name in set(stepwise["level"].to_list())][:MAX_CURVES]
-    ref = next((r["level"] for r in effects.factor(factor.name).to_dicts() if r["reference"]), None)
-    fig = _figure(7.0, 4.6)
+    table = effects.factor(factor.name)
+    ranked = table.filter(pl.col("rank").is_not_null()).sort("rank")["level"].to_list()
+    present = set(stepwise["level"].to_list())
+    best = set([name for name in ranked if name in present][:MAX_CURVES])
+    # Drawn in the table's order (and so the legend), the best MAX_CURVES levels only.
+    shown = [name for name in table["level"].to_list() if name in best]
+    ref = next((r["level"] for r in table.to_dicts() if r["reference"]), None)
+    bounds = res.bounds(effects.metric)
+    fig = _figure(7.5, 4.8)
     ax = fig.add_subplot()
-    palette = matplotlib.colormaps["tab10"]
+    palette = matplotlib.colormaps[PALETTE]
     counts = dict(level_of.group_by("level").len().iter_rows())
     for k, name in enumerate(shown):
         part = stepwise.filter(pl.col("level") == name)
         steps = part["step"].to_numpy()
         mean = part["mean"].to_numpy()
         std = np.nan_to_num(part["std"].to_numpy().astype(np.float64), nan=0.0)
-        color = REFERENCE if name == ref else palette(k % 10)
+        color = palette(k % palette.N)
+        is_ref = name == ref
         ax.plot(
             steps,
             mean,
             color=color,
-            linewidth=2 if name == ref else 1.4,
+            linewidth=2.4 if is_ref else 1.4,
+            linestyle="--" if is_ref else "-",
             # A curve of a few evaluations (or one) is invisible as a bare line: mark its points.
             marker="o" if len(steps) <= 20 else None,
             markersize=4,
-            label=f"{_short(name)} (n={counts.get(name, 0)})",
+            label=f"{_short(level_label(factor, name), 28)} (n={counts.get(name, 0)})"
+            + (" reference" if is_ref else ""),
         )
-        ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+        low, high = mean - std, mean + std
+        if bounds is not None:
+            low, high = np.clip(low, bounds[0], bounds[1]), np.clip(high, bounds[0], bounds[1])
+        ax.fill_between(steps, low, high, color=color, alpha=0.15, linewidth=0)
     ax.set_xlabel("step")
     ax.set_ylabel(f"{effects.metric} ({_better(effects)})", fontsize=9)
     title = f"{effects.metric} during training by {factor.name}: mean ± 1 std across trials"
     if len(ranked) > len(shown):
         title += f" (best {len(shown)} of {len(ranked)} levels)"
     ax.set_title(title, fontsize=10)
+    note = _bounds_note(bounds)
+    if note:
+        ax.text(0.99, 0.01, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.35")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return fig
@@ -347,7 +411,8 @@ def curves_figure(res: Results, effects: Effects, factor: Factor) -> Figure | No
 
 def parallel_figure(res: Results, effects: Effects, k: int = 20) -> Figure | None:
     """Parallel coordinates of the ``k`` best trials over every searched factor and the metric
-    (each axis scaled to the range of all finished trials; log axes in log10)."""
+    (each axis scaled to the range of all finished trials; log axes in log10), each line
+    coloured by its metric value with a colour bar; axes carry their full names."""
     factors = [f for f in effects.factors if f.kind != "variant"]
     if len(factors) < 2:
         return None
@@ -367,32 +432,39 @@ def parallel_figure(res: Results, effects: Effects, k: int = 20) -> Figure | Non
             scale = (t - lo) / (hi - lo) if hi > lo else np.full_like(t, 0.5)
             fmt = (lambda v: f"{10**v:.3g}") if log else (lambda v: f"{v:.3g}")
             ticks = [(0.0, fmt(lo)), (1.0, fmt(hi))] if hi > lo else [(0.5, fmt(lo))]
+            name = f.name + (" (log)" if log else "")
         else:
             lv = assign_levels(res.trials, f, usable)
             names = lv.order
             pos = {n: (i / (len(names) - 1) if len(names) > 1 else 0.5) for i, n in enumerate(names)}
             scale = np.array([pos.get(lab, np.nan) if lab is not None else np.nan for lab in lv.labels])
-            ticks = [(p, _short(n, 12)) for n, p in pos.items()]
-        axes_data.append((f.name, scale, ticks))
+            ticks = [(p, _short(n, 14)) for n, p in pos.items()]
+            name = f.name
+        axes_data.append((name, scale, ticks))
     vlo, vhi = float(values[idx].min()), float(values[idx].max())
     vscale = (values - vlo) / (vhi - vlo) if vhi > vlo else np.full_like(values, 0.5)
     axes_data.append((effects.metric, vscale, [(0.0, f"{vlo:.4g}"), (1.0, f"{vhi:.4g}")]))
-    fig = _figure(max(7.0, 1.6 * len(axes_data)), 4.8)
+    fig = _figure(max(8.0, 1.9 * len(axes_data)), 5.0)
     ax = fig.add_subplot()
     xs_axis = np.arange(len(axes_data))
-    cmap = matplotlib.colormaps["viridis"]
-    ranks = np.linspace(1.0, 0.0, order.size) if order.size > 1 else np.array([1.0])
-    for row, shade in zip(order[::-1], ranks[::-1], strict=True):  # best drawn last, on top
+    # Colour by the metric itself: bright is best in either direction.
+    cmap = matplotlib.colormaps["viridis" if effects.mode == "max" else "viridis_r"]
+    norm = Normalize(vmin=vlo, vmax=vhi if vhi > vlo else vlo + 1.0)
+    for row in order[::-1]:  # best drawn last, on top
         ys = [a[1][row] for a in axes_data]
-        ax.plot(xs_axis, ys, color=cmap(float(shade)), alpha=0.85, linewidth=1.6 if shade == 1.0 else 1.0)
+        ax.plot(
+            xs_axis, ys, color=cmap(norm(values[row])), alpha=0.85, linewidth=1.6 if row == order[0] else 1.0
+        )
     for x, (_name, _scale, ticks) in zip(xs_axis.tolist(), axes_data, strict=True):
         ax.axvline(x, color="0.4", linewidth=1)
-        for p, text in ticks:
-            ax.annotate(text, (x, p), xytext=(4, 0), textcoords="offset points", fontsize=7, va="center")
-    ax.set_xticks(xs_axis, [_short(a[0], 20) for a in axes_data], fontsize=8)
+        for p, label in ticks:
+            ax.annotate(label, (x, p), xytext=(4, 0), textcoords="offset points", fontsize=7, va="center")
+    ax.set_xticks(xs_axis, [a[0] for a in axes_data], fontsize=8, rotation=15 if len(axes_data) > 4 else 0)
     ax.set_yticks([])
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlim(-0.2, len(axes_data) - 0.5)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01)
+    bar.set_label(f"{effects.metric} ({_better(effects)})", fontsize=8)
     ax.set_title(f"Top {order.size} trials by {effects.metric} (bright = best)", fontsize=10)
     return fig
 
@@ -413,8 +485,9 @@ def figures(res: Results, effects: Effects) -> list[tuple[str, Figure, str, str,
                         "ablation.png",
                         fig,
                         "Ablation: difference from the baseline",
-                        "Each variant's mean difference from the baseline with its Welch confidence interval; "
-                        "green: better, red: worse, grey: the interval includes no change.",
+                        "Each variant's mean difference from the baseline with its confidence interval (paired "
+                        "t where seeds pair, else Welch), in the table's order; colour by the adjusted p: "
+                        "green better, red worse, grey unclear, hatched no verdict (fewer than 3 seeds).",
                         f.name,
                     )
                 )
@@ -434,7 +507,12 @@ def figures(res: Results, effects: Effects) -> list[tuple[str, Figure, str, str,
                     f"curves-{name}.png",
                     fig,
                     f"Learning curves by {f.name}",
-                    "Mean over the trials of each level (seeds are replicates), band: one standard deviation.",
+                    "Mean over the trials of each level (seeds are replicates), band: one standard deviation"
+                    + (
+                        f"; {_bounds_note(res.bounds(effects.metric))}."
+                        if res.bounds(effects.metric)
+                        else "."
+                    ),
                     f.name,
                 )
             )

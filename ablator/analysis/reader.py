@@ -171,7 +171,7 @@ def read_trial(store: Store, index: int, ctx: Context) -> TrialData:
         row.update(
             status=result.status,
             steps=result.steps,
-            duration_s=result.duration_s,
+            duration_s=result.duration_s,  # refined by attempt_times below when there is history
             best_step=result.best_step,
         )
         row.update({FINAL_PREFIX + k: _float(v) for k, v in result.metrics.items()})
@@ -195,13 +195,49 @@ def read_trial(store: Store, index: int, ctx: Context) -> TrialData:
     # Done trials: the lineage the result names. Running ones: the newest attempt's lineage,
     # provisional. A failed or released trial's partial rows are not history (yet): a retry
     # will continue them along its own lineage.
+    if att is not None and epoch is not None and att.epoch == epoch and att.resumed_from is not None:
+        row["resumed_from"] = att.resumed_from[1]  # the checkpoint step the canonical attempt resumed
     if row["status"] in DONE_STATUSES or row["status"] == "running":
         tip = epoch if result is not None else (max(attempts) if attempts else None)
         if tip is not None:
-            _history(data, lineage.canonical_rows(view, index, tip))
+            canonical = lineage.canonical_rows(view, index, tip)
+            _history(data, canonical)
             if result is None and data.steps:
                 row["steps"] = data.steps[-1]  # progress so far
+            if result is not None:
+                segs = lineage.segments(view, index, tip)  # memoised reads: no extra round trips
+                row["duration_s"], row["setup_s"] = attempt_times(canonical, segs, result.duration_s)
     return data
+
+
+def attempt_times(
+    rows: list[records.MetricRow], segments: list[tuple[int, int | None]], last_duration: float
+) -> tuple[float, float | None]:
+    """(training seconds, warm-up seconds) of the attempts on a result's lineage.
+
+    Each row's ``time`` counts from its attempt's start, before data and model are built, so
+    an attempt's first row holds its warm-up (imports, data loading, model building: a worker's
+    first trial pays most of it) plus the steps up to that row. The warm-up is estimated per
+    attempt by taking those steps away at the attempt's own pace (its later rows). Training
+    seconds are each attempt's last row (the result's attempt: the result's ``duration_s``)
+    minus its warm-up. Warm-up is None when no attempt has two rows to pace it by."""
+    total = 0.0
+    setup: float | None = None
+    start = 0
+    floor = -1
+    for k, (_epoch, bound) in enumerate(segments):
+        part = [r for r in rows if r.step > floor and (bound is None or r.step <= bound)]
+        last = k == len(segments) - 1
+        end = last_duration if last else (part[-1].time if part else 0.0)
+        warm = None
+        if len(part) >= 2 and part[-1].step > part[0].step:
+            pace = (part[-1].time - part[0].time) / (part[-1].step - part[0].step)
+            warm = min(part[0].time, max(0.0, part[0].time - (part[0].step - start) * pace))
+            setup = (setup or 0.0) + warm
+        total += max(0.0, end - (warm or 0.0))
+        if bound is not None:
+            floor = start = bound
+    return total, setup
 
 
 def _float(value: Any) -> float:
@@ -241,4 +277,4 @@ def _history(data: TrialData, rows: list[records.MetricRow]) -> None:
             add_value(value)
 
 
-__all__ = ["DONE_STATUSES", "STATUSES", "Context", "TrialData", "flatten", "read_trial"]
+__all__ = ["DONE_STATUSES", "STATUSES", "Context", "TrialData", "attempt_times", "flatten", "read_trial"]

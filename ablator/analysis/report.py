@@ -14,17 +14,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 
 from ablator.analysis import text
-from ablator.analysis.effects import Effects
+from ablator.analysis.effects import Effects, compute_effects
 from ablator.analysis.figures import FigureFile, write_figures
 from ablator.analysis.reader import DONE_STATUSES
-
-if TYPE_CHECKING:
-    from ablator.analysis.results import Mode, Results
+from ablator.analysis.results import Mode, Results, Value
+from ablator.analysis.stats import Adjust
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,11 @@ def _best(res: Results, effects: Effects, k: int = 10) -> list[Block]:
 
 
 def _effects(res: Results, effects: Effects, figures: list[FigureFile]) -> list[Block]:
-    out = [Block("h2", "Effects"), Block("p", text.describe(effects) + ".")]
+    out = [
+        Block("h2", "Effects"),
+        Block("p", text.describe(effects) + "."),
+        Block("p", text.describe_comparisons(effects) + "."),
+    ]
     if not effects.factors:
         out.append(Block("p", "The design varies nothing: there are no factors to compare."))
     for factor in effects.factors:
@@ -122,12 +125,19 @@ def _effects(res: Results, effects: Effects, figures: list[FigureFile]) -> list[
         vs = rows[0]["vs"] if rows else "best"
         out.append(Block("h3", f"{factor.name} ({factor.kind}; differences vs the {vs})"))
         if rows:
-            out.append(_table(text.LEVEL_HEADERS, [text.level_cells(r, effects.confidence) for r in rows]))
+            out.append(_table(text.level_headers(effects), [text.level_cells(r) for r in rows]))
+            notes = text.level_notes(rows)
+            if notes:
+                out.append(Block("ul", items=tuple(n.removeprefix("* ") for n in notes)))
         else:
             out.append(Block("p", "No data yet."))
         trend = effects.trends.filter(pl.col("factor") == factor.name)
         if trend.height:
-            out.append(_table(text.TREND_HEADERS, [text.trend_cells(r) for r in trend.to_dicts()]))
+            trends = trend.to_dicts()
+            out.append(_table(text.TREND_HEADERS, [text.trend_cells(r) for r in trends]))
+            notes = [f"{r['factor']}: {r['note']}" for r in trends if r.get("note")]
+            if notes:
+                out.append(Block("ul", items=tuple(notes)))
         out += [Block("img", figure=f) for f in figures if f.factor == factor.name]
     out += [Block("img", figure=f) for f in figures if f.factor is None]
     return out
@@ -240,11 +250,15 @@ def write_report(
     *,
     metric: str | None = None,
     mode: Mode | None = None,
+    value: Value = "best",
+    adjust: Adjust = "holm",
 ) -> ReportFiles:
-    """Write the figures, ``report.md``, ``report.html`` and ``effects.json`` into ``out``."""
+    """Write the figures, ``report.md``, ``report.html`` and ``effects.json`` of ``res`` into
+    ``out`` (created if missing). ``metric``, ``mode``, ``value`` and ``adjust`` as for
+    :func:`~ablator.analysis.effects.compute_effects`."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    effects = res.effects(metric, mode=mode)
+    effects = compute_effects(res, metric, mode=mode, value=value, adjust=adjust)
     figures = write_figures(res, effects, folder)
     blocks = build(res, effects, figures)
     (folder / "report.md").write_text(markdown(blocks), encoding="utf-8")

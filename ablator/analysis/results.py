@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import os
+import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -24,14 +25,17 @@ from ablator.analysis import reader
 from ablator.analysis.reader import BEST_PREFIX, CONFIG_PREFIX, DONE_STATUSES, FINAL_PREFIX, TrialData
 from ablator.analysis.snapshot import SnapshotCache, cache_root
 from ablator.errors import AnalysisError, StoreError
+from ablator.samplers import locate
 from ablator.store import open_store
 from ablator.store.base import Store
 
 if TYPE_CHECKING:
-    from ablator.analysis.effects import Effects, Factor
-    from ablator.analysis.report import ReportFiles
+    from ablator.analysis.effects import Effects
 
 Mode = Literal["min", "max"]
+Value = Literal["best", "final"]
+#: Metric name words that mark a proportion (guessed bounds [0, 1], see ``Results.bounds``).
+_PROPORTIONS = frozenset({"accuracy", "acc", "f1", "auc", "auroc", "precision", "recall", "iou", "dice"})
 
 #: The fixed columns of ``Results.trials``, in order; config and metric columns follow.
 BASE_COLUMNS: dict[str, pl.DataType] = {
@@ -44,9 +48,11 @@ BASE_COLUMNS: dict[str, pl.DataType] = {
     "failures": pl.Int64(),
     "takeovers": pl.Int64(),
     "epoch": pl.Int64(),
+    "resumed_from": pl.Int64(),
     "steps": pl.Int64(),
     "best_step": pl.Int64(),
     "duration_s": pl.Float64(),
+    "setup_s": pl.Float64(),
     "host": pl.String(),
     "gpu": pl.String(),
     "config_hash": pl.String(),
@@ -169,64 +175,59 @@ def _budget(experiment: dict[str, Any], extensions: int) -> int | None:
 # --- the public object -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
 class Results:
-    """An experiment's trials and histories as polars frames, plus its statistics and figures.
+    """An experiment's trials and histories as polars frames: data that
+    :func:`~ablator.analysis.effects.compute_effects`, :mod:`~ablator.analysis.figures` and
+    :func:`~ablator.analysis.report.write_report` take. Build one with :func:`load`.
 
     ``trials``: one row per trial: ``index``, ``variant``, ``seed``, ``repeat``, ``status`` (a
     result's status, or failed/retrying/released/running/pending), ``attempts``, ``failures``,
-    ``takeovers``, ``epoch`` (the attempt whose lineage is canonical), ``steps``, ``best_step``,
-    ``duration_s``, ``host``, ``gpu``, ``config_hash``, ``error`` (the newest failure), then
-    ``final.<metric>`` and ``best.<metric>`` from the result (null until there is one), then every
-    config value under its dotted path (``model.dropout``; ``config.<path>`` if that name is taken).
+    ``takeovers``, ``epoch`` (the attempt whose lineage is canonical), ``resumed_from``, ``steps``,
+    ``best_step``, ``duration_s``, ``setup_s``, ``host``, ``gpu``, ``config_hash``, ``error`` (the
+    newest failure), then ``final.<metric>`` and ``best.<metric>`` from the result (null until
+    there is one), then every config value under its dotted path (``model.dropout``;
+    ``config.<path>`` if that name is taken).
 
-    ``history``: (trial, step, metric, value) of finished trials along their result's lineage and
-    of running trials along their newest attempt's (provisional); never a failed attempt's
-    orphaned rows.
+    ``history``: (trial, variant, step, metric, value) of finished trials along their result's
+    lineage and of running trials along their newest attempt's (provisional); never a failed
+    attempt's orphaned rows.
     """
 
-    def __init__(
-        self,
-        spec: records.ExperimentSpec,
-        rows: pl.DataFrame,
-        history: pl.DataFrame,
-        *,
-        budget: int | None,
-        info: LoadInfo,
-    ) -> None:
-        self.spec = spec
-        self.experiment: dict[str, Any] = dict(spec.experiment)
-        self.name: str = spec.name or str(self.experiment.get("name", ""))
-        metric = self.experiment.get("metric") or {}
-        self.metric: str = str(metric.get("name", ""))
-        self.mode: Mode = "min" if metric.get("mode") == "min" else "max"
-        self.design: dict[str, Any] = dict(self.experiment.get("design") or {})
-        self.budget = budget
-        self.info = info
-        self.url = info.url
-        self.trials, self.config_columns = self._public(rows, budget)
-        self.history = history
+    spec: records.ExperimentSpec
+    trials: pl.DataFrame
+    history: pl.DataFrame
+    config_columns: dict[str, str]
+    budget: int | None
+    info: LoadInfo
 
-    @staticmethod
-    def _public(rows: pl.DataFrame, budget: int | None) -> tuple[pl.DataFrame, dict[str, str]]:
-        if rows.width == 0:
-            rows = rows_frame([])
-        present = set(rows["index"].to_list())
-        missing = [{"index": i, "status": "pending"} for i in range(budget or 0) if i not in present]
-        if missing:
-            rows = _concat([rows, rows_frame(missing)])
-        rows = rows.sort("index")
-        taken = {c for c in rows.columns if not c.startswith(CONFIG_PREFIX)}
-        config_columns: dict[str, str] = {}
-        renames: dict[str, str] = {}
-        for c in rows.columns:
-            if c.startswith(CONFIG_PREFIX):
-                path = c[len(CONFIG_PREFIX) :]
-                config_columns[path] = c if path in taken else path
-                if path not in taken:
-                    renames[c] = path
-        metrics = sorted(c for c in rows.columns if c.startswith((FINAL_PREFIX, BEST_PREFIX)))
-        order = [*BASE_COLUMNS, *metrics, *(config_columns[p] for p in config_columns)]
-        return rows.rename(renames).select(order), config_columns
+    # -- what the experiment says ------------------------------------------------------------
+    @property
+    def experiment(self) -> dict[str, Any]:
+        """The launched experiment file as plain data."""
+        return dict(self.spec.experiment)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name or str(self.spec.experiment.get("name", ""))
+
+    @property
+    def url(self) -> str:
+        return self.info.url
+
+    @property
+    def design(self) -> dict[str, Any]:
+        return dict(self.spec.experiment.get("design") or {})
+
+    @property
+    def metric(self) -> str:
+        """The experiment's metric."""
+        return str((self.spec.experiment.get("metric") or {}).get("name", ""))
+
+    @property
+    def mode(self) -> Mode:
+        """The experiment metric's direction."""
+        return "min" if (self.spec.experiment.get("metric") or {}).get("mode") == "min" else "max"
 
     # -- convenience ----------------------------------------------------------------------
     @property
@@ -259,7 +260,30 @@ class Results:
         )
         return metric, guess, "guessed"
 
-    def values(self, metric: str | None = None, value: Literal["best", "final"] = "best") -> pl.Series:
+    def bounds(self, metric: str | None = None) -> tuple[float, float, str] | None:
+        """The range a metric's values can take, as (low, high, source), or None when unknown.
+
+        ``source`` is "experiment" when the experiment's ``metric.bounds`` says so (for its own
+        metric), or "guessed" for a name that is a proportion (accuracy, acc, f1, auc,
+        precision, recall, iou, dice) whose every recorded value lies in [0, 1] (an accuracy in
+        percent is then not clipped to 1). Figures clip drawn bands to it and say so."""
+        metric = metric or self.metric
+        declared = (self.spec.experiment.get("metric") or {}).get("bounds")
+        if metric == self.metric and isinstance(declared, (list, tuple)) and len(declared) == 2:
+            return float(declared[0]), float(declared[1]), "experiment"
+        words = re.split(r"[^a-z0-9]+", metric.lower())
+        if not any(w in _PROPORTIONS for w in words):
+            return None
+        seen = [self.values(metric, "best"), self.values(metric, "final")]
+        hist = self.history.filter(pl.col("metric") == metric)["value"] if self.history.height else None
+        if hist is not None:
+            seen.append(hist)
+        finite = [s.drop_nulls().filter(s.drop_nulls().is_finite()) for s in seen]
+        if any(f.len() and (f.min() < 0.0 or f.max() > 1.0) for f in finite):
+            return None
+        return 0.0, 1.0, "guessed"
+
+    def values(self, metric: str | None = None, value: Value = "best") -> pl.Series:
         """The per-trial value the statistics use: ``best.<metric>``, or ``final.<metric>`` where
         a result has no best value for it (``value="final"``: the final one only)."""
         metric = metric or self.metric
@@ -276,7 +300,7 @@ class Results:
         k: int = 10,
         metric: str | None = None,
         mode: Mode | None = None,
-        value: Literal["best", "final"] = "best",
+        value: Value = "best",
     ) -> pl.DataFrame:
         """The ``k`` best finished trials by ``metric`` (direction-aware), with a ``value`` column."""
         metric, mode, _ = self.direction(metric, mode)
@@ -292,53 +316,95 @@ class Results:
         counts = dict(self.trials.group_by("status").len().iter_rows())
         return {s: int(counts[s]) for s in reader.STATUSES if counts.get(s)}
 
-    def factors(self) -> list[Factor]:
-        """The experiment's factors: the ablation's variants, or each searched config path."""
-        from ablator.analysis.effects import factors_of
+    def effects(self, metric: str | None = None, **options: Any) -> Effects:
+        """Shorthand for :func:`ablator.analysis.effects.compute_effects(self, metric, ...)
+        <ablator.analysis.effects.compute_effects>`: per factor and level n, mean, CI, the
+        difference from the reference with its test (paired when seeds pair, else Welch), raw
+        and adjusted p-values, Hedges' g; Spearman trends of numeric factors."""
+        from ablator.analysis.effects import compute_effects  # the one call back into effects
 
-        return factors_of(self)
-
-    def effects(
-        self,
-        metric: str | None = None,
-        *,
-        mode: Mode | None = None,
-        value: Literal["best", "final"] = "best",
-        statuses: Sequence[str] = ("completed", "early_stopped"),
-        confidence: float = 0.95,
-    ) -> Effects:
-        """Per factor and level: n, mean, std, CI, difference from the baseline (or the best
-        level) with Welch's CI and p-value, relative change, rank; for numeric factors Spearman's
-        rho and a trend. Seeds are the replicates. See :mod:`ablator.analysis.effects`."""
-        from ablator.analysis.effects import compute_effects
-
-        return compute_effects(self, metric, mode=mode, value=value, statuses=statuses, confidence=confidence)
-
-    def report(
-        self, out: str | os.PathLike[str], metric: str | None = None, mode: Mode | None = None
-    ) -> ReportFiles:
-        """Write figures, ``report.md``, a self-contained ``report.html`` and ``effects.json``
-        into ``out``."""
-        from ablator.analysis.report import write_report
-
-        return write_report(self, out, metric=metric, mode=mode)
+        return compute_effects(self, metric, **options)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in self.status_counts().items())
         return f"Results({self.name!r}, {self.trials.height} trials: {counts or 'none'}; {self.history.height} history rows)"
 
 
+def make_results(
+    spec: records.ExperimentSpec,
+    rows: pl.DataFrame,
+    history: pl.DataFrame,
+    *,
+    budget: int | None,
+    info: LoadInfo,
+) -> Results:
+    """:class:`Results` from internal trial rows: pending rows added for the budget's unclaimed
+    trials (with their variant when the design names it), config columns renamed to their paths,
+    the history given its ``variant`` column."""
+    if rows.width == 0:
+        rows = rows_frame([])
+    present = set(rows["index"].to_list())
+    variants = _variant_of(spec.experiment)
+    missing = [
+        {"index": i, "status": "pending", "variant": variants(i)}
+        for i in range(budget or 0)
+        if i not in present
+    ]
+    if missing:
+        rows = _concat([rows, rows_frame(missing)])
+    rows = rows.sort("index").with_columns(
+        pl.lit(None, dtype=dtype).alias(name)
+        for name, dtype in BASE_COLUMNS.items()
+        if name not in rows.columns
+    )
+    taken = {c for c in rows.columns if not c.startswith(CONFIG_PREFIX)}
+    config_columns: dict[str, str] = {}
+    renames: dict[str, str] = {}
+    for c in rows.columns:
+        if c.startswith(CONFIG_PREFIX):
+            path = c[len(CONFIG_PREFIX) :]
+            config_columns[path] = c if path in taken else path
+            if path not in taken:
+                renames[c] = path
+    metrics = sorted(c for c in rows.columns if c.startswith((FINAL_PREFIX, BEST_PREFIX)))
+    order = [*BASE_COLUMNS, *metrics, *(config_columns[p] for p in config_columns)]
+    trials = rows.rename(renames).select(order)
+    if history.width == 0:
+        history = pl.DataFrame(schema=HISTORY_SCHEMA)
+    lookup = trials.select(pl.col("index").alias("trial"), "variant")
+    history = history.join(lookup, on="trial", how="left", maintain_order="left").select(
+        "trial", "variant", "step", "metric", "value"
+    )
+    return Results(spec, trials, history, config_columns, budget, info)
+
+
+def _variant_of(experiment: dict[str, Any]) -> Callable[[int], str | None]:
+    """Trial index -> its variant for an ablation (where :func:`ablator.samplers.locate` puts
+    it); None for other designs."""
+    design = experiment.get("design") or {}
+    if design.get("kind") != "ablation":
+        return lambda i: None
+    names = ["baseline", *(design.get("ablations") or {})]
+    repeats = max(1, int(design.get("repeats") or 1))
+    return lambda i: names[locate("ablation", i, repeats=repeats, points=len(names))[0]]
+
+
 # --- load ------------------------------------------------------------------------------------
 
 
-def _read_spec(store: Store) -> records.ExperimentSpec:
-    data = store.get(layout.EXPERIMENT)
-    if data is None:
-        raise AnalysisError(
-            f"{store.url} holds no {layout.EXPERIMENT}: not an ablator store, or not launched yet "
-            "(create it with `python -m ablator launch EXP --store URL`)"
-        )
-    return records.decode_json(data, records.ExperimentSpec, layout.EXPERIMENT)
+def _read_spec(store: Store) -> tuple[records.ExperimentSpec, bool]:
+    """The experiment and whether the store is a private ``ablator run`` store."""
+    for key, private in ((layout.EXPERIMENT, False), (layout.PRIVATE_EXPERIMENT, True)):
+        data = store.get(key)
+        if data is not None:
+            return records.decode_json(data, records.ExperimentSpec, key), private
+    hint = (
+        "it holds trials but no experiment: a private `ablator run` store from before ablator recorded "
+        "it there; run one trial there again with `python -m ablator run EXP --store URL` to record it"
+        if store.list_dirs(layout.TRIALS_DIR)
+        else "not an ablator store, or not launched yet (create it with `python -m ablator launch EXP --store URL`)"
+    )
+    raise AnalysisError(f"{store.url} holds no {layout.EXPERIMENT}: {hint}")
 
 
 def _records_under(store: Store, prefix: str, type_: type[records.R]) -> list[records.R]:
@@ -415,7 +481,7 @@ def load(
     """
     started = time.perf_counter()
     reading = store if isinstance(store, Store) else open_store(store, read_only=True)
-    spec = _read_spec(reading)
+    spec, private = _read_spec(reading)
     exp = spec.experiment
     design = exp.get("design") or {}
     limits = exp.get("limits") or {}
@@ -430,7 +496,7 @@ def load(
         forgiven=forgiven,
     )
     extensions = sum(e.trials for e in _records_under(reading, layout.EXTEND_DIR, records.Extension))
-    budget = _budget(exp, extensions)
+    budget = None if private else _budget(exp, extensions)  # a private store runs single trials
     indices = _trial_indices(reading)
 
     snaps: SnapshotCache | None = None
@@ -488,7 +554,7 @@ def load(
         snapshot_written_to=written[1] if written else None,
         seconds=time.perf_counter() - started,
     )
-    return Results(spec, rows_all, history_all, budget=budget, info=info)
+    return make_results(spec, rows_all, history_all, budget=budget, info=info)
 
 
-__all__ = ["LoadInfo", "Results", "load"]
+__all__ = ["LoadInfo", "Mode", "Results", "Value", "load", "make_results"]

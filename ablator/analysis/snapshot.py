@@ -33,7 +33,7 @@ from ablator.errors import CorruptRecordError, StoreError
 from ablator.store.base import Store
 
 #: Bump when the snapshot's tables change meaning: old snapshots are then simply not found.
-FORMAT = 1
+FORMAT = 2
 _SPOT_CHECKS = 16
 
 

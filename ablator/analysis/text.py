@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ablator.analysis.stats import MIN_N
+
 if TYPE_CHECKING:
     from ablator.analysis.effects import Effects
 
@@ -57,17 +59,39 @@ def duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-LEVEL_HEADERS = ["level", "n", "mean", "std", "95% CI", "diff", "diff 95% CI", "rel.", "p", "rank"]
+ADJUST_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
 
 
-def level_cells(row: dict[str, Any], confidence: float = 0.95) -> list[str]:
-    """One level row of ``Effects.levels`` as table cells (LEVEL_HEADERS order)."""
+def level_headers(effects: Effects) -> list[str]:
+    """The header row of a levels table."""
+    pc = f"{effects.confidence:.0%}"
+    return [
+        "level",
+        "n",
+        "mean",
+        "std",
+        f"{pc} CI",
+        "diff",
+        f"diff {pc} CI",
+        "rel.",
+        "test",
+        "p",
+        f"p adj. ({effects.adjust})",
+        "g",
+        "verdict",
+        "rank",
+    ]
+
+
+def level_cells(row: dict[str, Any]) -> list[str]:
+    """One level row of ``Effects.levels`` as table cells (:func:`level_headers` order)."""
     baseline = row["vs"] == "baseline" and row["reference"] and row["level"] != "baseline"
     level = row["level"] + (" (baseline)" if baseline else "")
     level += " (best)" if row["vs"] == "best" and row["reference"] else ""
     if row["n_excluded"]:
         level += f" [{row['n_excluded']} excl.]"
     ref = bool(row["reference"])
+    verdict = row.get("verdict")
     return [
         level,
         str(row["n"]),
@@ -77,20 +101,40 @@ def level_cells(row: dict[str, Any], confidence: float = 0.95) -> list[str]:
         "ref" if ref else signed(row["diff"]),
         DASH if ref else interval(row["diff_ci_low"], row["diff_ci_high"]),
         DASH if ref else pct(row["rel_change"]),
+        DASH if ref else (row.get("test") or DASH),
         DASH if ref else pval(row["p_value"]),
+        DASH if ref else pval(row.get("p_adjusted")),
+        DASH if ref else signed(row.get("hedges_g"), 2),
+        DASH if ref else (verdict or ("none*" if row.get("note") else DASH)),
         num(row["rank"]),
     ]
 
 
-TREND_HEADERS = ["factor", "n", "spearman rho", "p", "slope", "slope 95% CI", "x"]
+def level_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """``* level: why`` for every level row with a note (no verdict, no test, Welch for partly
+    paired seeds)."""
+    return [f"* {r['level']}: {r['note']}" for r in rows if r.get("note")]
+
+
+def p_label(row: dict[str, Any], adjust: str) -> str:
+    """The p-values of a level as the figures print them: the same text as the tables'."""
+    if row.get("p_value") is None:
+        return "no test"
+    raw, adj = pval(row["p_value"]), pval(row.get("p_adjusted"))
+    return f"p {raw if raw.startswith('<') else '= ' + raw}, {adjust} {adj}"
+
+
+TREND_HEADERS = ["factor", "n", "spearman rho", "p", "p adj.", "slope", "slope CI", "x"]
 
 
 def trend_cells(row: dict[str, Any]) -> list[str]:
+    """One row of ``Effects.trends`` as table cells (TREND_HEADERS order)."""
     return [
-        row["factor"],
+        row["factor"] + (" *" if row.get("note") else ""),
         str(row["n"]),
         num(row["spearman_rho"], 3),
-        pval(row["spearman_p"]),
+        pval(row["spearman_p"]) + (" (exact)" if row.get("spearman_exact") else ""),
+        pval(row.get("spearman_p_adjusted")),
         signed(row["slope"]),
         interval(row["slope_ci_low"], row["slope_ci_high"]),
         "per decade" if row["x_scale"] == "log10" else "per unit",
@@ -128,25 +172,50 @@ def describe(effects: Effects) -> str:
     return (
         f"{effects.metric} ({effects.mode}: {direction}{guessed}); each trial's {effects.value} value; "
         f"{effects.n_used} of {effects.n_finished} finished trials used (status {', '.join(effects.statuses)}); "
-        f"{effects.confidence:.0%} intervals, Welch's t-test"
+        f"{effects.confidence:.0%} intervals; paired t-test where both levels ran the same seeds, else Welch's"
+    )
+
+
+def describe_comparisons(effects: Effects) -> str:
+    """How many comparisons were made and how their p-values were adjusted."""
+    name = ADJUST_NAMES.get(effects.adjust, effects.adjust)
+    what = "family-wise error" if effects.adjust == "holm" else "false discovery rate"
+    return (
+        f"{effects.n_comparisons} comparison(s) in these tables; p adj. = {name}-adjusted over all of them "
+        f"({what} at {effects.alpha:g}); verdicts (better / worse / unclear) follow the adjusted p; "
+        f"no verdict below {MIN_N} trials per level; g = Hedges' g"
     )
 
 
 def render_effects(effects: Effects) -> str:
-    out = [describe(effects)]
+    """The effects tables as plain text for a terminal."""
+    out = [describe(effects), describe_comparisons(effects)]
     if not effects.factors:
         out.append("\nno factors: the design varies nothing")
     for factor in effects.factors:
         rows = effects.levels.filter(effects.levels["factor"] == factor.name).to_dicts()
         vs = rows[0]["vs"] if rows else "best"
         out.append(f"\n{factor.name} ({factor.kind}; diff vs the {vs})")
-        out.append(
-            table(LEVEL_HEADERS, [level_cells(r, effects.confidence) for r in rows]) if rows else "  no data"
-        )
+        out.append(table(level_headers(effects), [level_cells(r) for r in rows]) if rows else "  no data")
+        out += ["  " + note for note in level_notes(rows)]
     if effects.trends.height:
         out.append("\ntrends of numeric factors")
-        out.append(table(TREND_HEADERS, [trend_cells(r) for r in effects.trends.to_dicts()]))
+        trends = effects.trends.to_dicts()
+        out.append(table(TREND_HEADERS, [trend_cells(r) for r in trends]))
+        out += [f"  * {r['factor']}: {r['note']}" for r in trends if r.get("note")]
     return "\n".join(out)
 
 
-__all__ = ["describe", "markdown_table", "num", "render_effects", "table"]
+__all__ = [
+    "describe",
+    "describe_comparisons",
+    "level_cells",
+    "level_headers",
+    "level_notes",
+    "markdown_table",
+    "num",
+    "p_label",
+    "render_effects",
+    "table",
+    "trend_cells",
+]

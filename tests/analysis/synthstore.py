@@ -197,9 +197,10 @@ class StoreBuilder:
         n_steps: int = 20,
         status: str = "completed",
         host: str = "node-1",
+        seed: int | None = None,
     ) -> records.TrialSpec:
         """A trial run once, start to end: its curve approaches ``final``."""
-        spec = self.spec_for(index, overrides, variant=variant, repeat=repeat)
+        spec = self.spec_for(index, overrides, variant=variant, repeat=repeat, seed=seed)
         self.claim(index, 0, spec)
         self.attempt(index, 0, host=host)
         self.metrics(

@@ -58,6 +58,7 @@ def test_trials_table_is_typed_and_flat(tmp_path: Path) -> None:
     assert res.metrics == ["train_loss", "val_accuracy"]
     assert list(res.history.schema.items()) == [
         ("trial", pl.Int64),
+        ("variant", pl.String),
         ("step", pl.Int64),
         ("metric", pl.Categorical()),
         ("value", pl.Float64),
@@ -296,3 +297,61 @@ def test_s3_store_loads_in_parallel_and_snapshots_in_the_bucket(s3_url: str) -> 
     assert (second.info.from_snapshot, second.info.read) == (8, 0)
     assert second.trials.equals(first.trials) and second.history.equals(first.history)
     assert second.effects().factor("variant")["n"].to_list() == [2, 2, 2, 2]
+
+
+def test_durations_sum_the_lineage_and_keep_warm_up_apart(tmp_path: Path) -> None:
+    b = StoreBuilder(open_store(tmp_path / "s"), ablation_experiment(repeats=1))
+    # Attempt 0: 12 s of warm-up (a fresh worker), then 0.1 s a step; rows every 10 steps; it
+    # checkpoints at 50 and dies at 60. Attempt 1 resumes from step 50 after 2 s of warm-up.
+    b.claim(0, 0, b.spec_for(0, {}, variant="baseline"))
+    b.attempt(0, 0)
+    rows0 = [
+        records.MetricRow(step=s, values={"val_accuracy": s / 100}, time=12 + 0.1 * s)
+        for s in range(10, 61, 10)
+    ]
+    assert b.store.create(
+        layout.metrics(0, 0, 60), records.encode(records.MetricsChunk(trial=0, epoch=0, rows=rows0))
+    )
+    b.failed(0, 0, step=60)
+    b.claim(0, 1)
+    b.attempt(0, 1, resumed_from=(0, 50))
+    rows1 = [
+        records.MetricRow(step=s, values={"val_accuracy": s / 100}, time=2 + 0.1 * (s - 50))
+        for s in range(60, 101, 10)
+    ]
+    assert b.store.create(
+        layout.metrics(0, 1, 100), records.encode(records.MetricsChunk(trial=0, epoch=1, rows=rows1))
+    )
+    b.result(0, 1, {"val_accuracy": 1.0}, steps=100, duration_s=7.0)
+    # Trial 1: one attempt, no warm-up to speak of.
+    b.claim(1, 0, b.spec_for(1, {"model.dropout": 0.0}, variant="no_dropout"))
+    b.attempt(1, 0)
+    rows = [
+        records.MetricRow(step=s, values={"val_accuracy": 0.5}, time=0.3 + 0.1 * s)
+        for s in range(10, 101, 10)
+    ]
+    assert b.store.create(
+        layout.metrics(1, 0, 100), records.encode(records.MetricsChunk(trial=1, epoch=0, rows=rows))
+    )
+    b.result(1, 0, {"val_accuracy": 0.5}, steps=100, duration_s=10.3)
+
+    res = load(tmp_path / "s", cache=False)
+    first, second = res.trials.row(0, named=True), res.trials.row(1, named=True)
+    assert first["setup_s"] == pytest.approx(12.0 + 2.0)
+    assert first["duration_s"] == pytest.approx(5.0 + 5.0)  # 50 steps before the crash, 50 after
+    assert first["resumed_from"] == 50 and first["attempts"] == 2 and first["failures"] == 1
+    assert second["setup_s"] == pytest.approx(0.3) and second["duration_s"] == pytest.approx(10.0)
+    assert second["resumed_from"] is None
+    assert res.history.filter(pl.col("trial") == 0)["step"].to_list() == list(range(10, 101, 10))
+
+
+def test_pending_rows_and_history_carry_the_variant(tmp_path: Path) -> None:
+    build_ablation(tmp_path / "s", finish=5)
+    res = load(tmp_path / "s")
+    pending = res.trials.filter(pl.col("status") == "pending")
+    # Ablations go round by round (docs/experiment.md): baseline, no_dropout, gelu, no_batchnorm.
+    order = ["baseline", "no_dropout", "gelu", "no_batchnorm"]
+    assert pending["variant"].to_list() == [order[i % 4] for i in pending["index"].to_list()]
+    hist = res.history.group_by("trial").agg(pl.col("variant").unique())
+    for trial, variants in hist.iter_rows():
+        assert variants == [res.trials.row(trial, named=True)["variant"]]

@@ -12,7 +12,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from ablator.analysis import load
+from ablator.analysis import load, write_report
 from analysis.test_analysis_effects import ablation_store, search_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ def _png_ok(path: Path) -> None:
 def test_ablation_report_has_every_figure_and_table(tmp_path: Path) -> None:
     ablation_store(tmp_path / "s")
     res = load(tmp_path / "s")
-    files = res.report(tmp_path / "out")
+    files = write_report(res, tmp_path / "out")
     names = {f.name for f in files.figures}
     assert names == {"ablation.png", "factor-variant.png", "curves-variant.png"}
     for f in files.figures:
@@ -36,7 +36,11 @@ def test_ablation_report_has_every_figure_and_table(tmp_path: Path) -> None:
     assert md.startswith("# digits-ablation: ablation report")
     for section in ("## Summary", "## Best trials", "## Effects", "### variant"):
         assert section in md
-    assert "| level | n | mean | std | 95% CI | diff | diff 95% CI | rel. | p | rank |" in md
+    assert (
+        "| level | n | mean | std | 95% CI | diff | diff 95% CI | rel. | test | p | p adj. (holm) | g | verdict | rank |"
+        in md
+    )
+    assert "3 comparison(s) in these tables; p adj. = Holm-adjusted" in md
     assert re.search(r"\| no_batchnorm \| 4 \| 0\.80", md)
     for name in names:
         assert f"]({name})" in md
@@ -50,7 +54,7 @@ def test_ablation_report_has_every_figure_and_table(tmp_path: Path) -> None:
 
 def test_search_report_has_factor_curve_and_parallel_figures(tmp_path: Path) -> None:
     search_store(tmp_path / "s", n=40)
-    files = load(tmp_path / "s").report(tmp_path / "out")
+    files = write_report(load(tmp_path / "s"), tmp_path / "out")
     names = {f.name for f in files.figures}
     for factor in ("model.dropout", "train.optimizer.lr", "model.activation", "model.hidden"):
         assert f"factor-{factor}.png" in names and f"curves-{factor}.png" in names
@@ -58,7 +62,7 @@ def test_search_report_has_factor_curve_and_parallel_figures(tmp_path: Path) -> 
     for f in files.figures:
         _png_ok(f.path)
     md = files.markdown.read_text()
-    assert "| factor | n | spearman rho | p | slope | slope 95% CI | x |" in md
+    assert "| factor | n | spearman rho | p | p adj. | slope | slope CI | x |" in md
     assert "per decade" in md
 
 
@@ -126,15 +130,16 @@ def test_report_of_a_store_mid_run(tmp_path: Path) -> None:
         if name == "gelu":
             b.failed(2 * i + 1, 0, kind="lost", message="host vanished")
     res = load(tmp_path / "s")
-    files = res.report(tmp_path / "out")
+    files = write_report(res, tmp_path / "out")
     assert {f.name for f in files.figures} == {"ablation.png", "factor-variant.png", "curves-variant.png"}
     md = files.markdown.read_text()
     assert "not finished yet" in md and "## Failures" in md and "lost: host vanished" in md
     assert "n<2" not in md  # tables show dashes, the chart says so in its labels
-    assert "| no_dropout | 1 | 0.88 | - | - | -0.02 | - | -2.2% | - | 2 |" in md
+    assert "| no_dropout | 1 | 0.88 | - | - | -0.02 | - | -2.2% | - | - | - | - | none* | 2 |" in md
+    assert "- no_dropout: fewer than 2 trials on a side: no test" in md
     empty = StoreBuilder(open_store(tmp_path / "e"), ablation_experiment())
     empty.claim(0, 0, empty.spec_for(0, {}))
-    files = load(tmp_path / "e").report(tmp_path / "out-empty")
+    files = write_report(load(tmp_path / "e"), tmp_path / "out-empty")
     assert files.figures == () and "No finished trial" in files.markdown.read_text()
 
 
@@ -148,3 +153,44 @@ def test_analysis_does_not_import_torch(cli_env: dict[str, str]) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+PRIVATE_EXPERIMENT = """
+name: tiny-private
+entry: trainlib:TinyWrapper
+config:
+  model: {hidden: 16}
+  train: {batch_size: 8, epochs: 1, eval_every: 4, optimizer: {name: adam, lr: 0.01}}
+metric: {name: val_accuracy, mode: max}
+design: {kind: ablation, repeats: 1, seed: 0, ablations: {wide: {model.hidden: 32}}}
+"""
+
+
+def test_a_private_run_store_can_be_analysed(
+    tmp_path: Path, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trials run with `ablator run` (no launch) are analysed and reported like launched ones."""
+    from ablator.cli import main
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(PRIVATE_EXPERIMENT)
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "train"))  # trainlib
+    env = cli_env
+    store = tmp_path / "runs"
+    for trial in ("0", "1"):
+        assert main(["run", str(exp), "--store", str(store), "--trial", trial, "--no-progress"]) == 0
+    assert (store / "private.json").is_file() and not (store / "experiment.json").exists()
+    out = _cli("analyze", str(store), "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["experiment"] == "tiny-private" and data["status"] == {"completed": 2}
+    assert data["budget"] is None  # no pending rows: a private store runs single trials
+    levels = {r["level"]: r["n"] for r in data["effects"]["levels"]}
+    assert levels == {"baseline": 1, "wide": 1}
+    res = load(store)
+    assert res.trials["variant"].to_list() == ["baseline", "wide"]
+    assert res.trials["setup_s"].drop_nulls().len() == 2 and (res.trials["duration_s"] > 0).all()
+    # A store with trials but no experiment at all says what it is and what to do.
+    (store / "private.json").unlink()
+    out = _cli("analyze", str(store), env=env)
+    assert out.returncode == 1 and "private `ablator run` store" in out.stderr
