@@ -66,14 +66,14 @@ def test_search_report_has_factor_curve_and_parallel_figures(tmp_path: Path) -> 
     assert "per decade" in md
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ablator", *args],
         capture_output=True,
         text=True,
         env=env,
         timeout=120,
-        cwd=ROOT,
+        cwd=cwd,
     )
 
 
@@ -101,6 +101,33 @@ def test_cli_analyze_and_report(tmp_path: Path, cli_env: dict[str, str]) -> None
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "rep" / "report.html").is_file() and (tmp_path / "rep" / "ablation.png").is_file()
     assert "3 figure(s)" in out.stdout
+    # --value final, --adjust bh; report without --out writes ./ablator-report/<name>/.
+    out = _cli("analyze", str(tmp_path / "s"), "--json", "--value", "final", "--adjust", "bh", env=cli_env)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["effects"]["value"] == "final" and data["effects"]["adjust"] == "bh"
+    out = _cli("report", str(tmp_path / "s"), env=cli_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "ablator-report" / "digits-ablation" / "report.html").is_file()
+
+
+def test_cli_analyze_shows_the_parameters_of_a_sweeps_best_trials(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    configs, losses = search_store(tmp_path / "s", n=12)
+    out = _cli("analyze", str(tmp_path / "s"), env=cli_env)
+    assert out.returncode == 0, out.stderr
+    best = out.stdout.split("best trials (best val_loss)")[1].splitlines()
+    header = best[1].split()
+    assert header[:5] == ["trial", "model.dropout", "train.optimizer.lr", "model.activation", "model.hidden"]
+    top = min(range(12), key=lambda i: losses[i])
+    first = best[2].split()
+    assert first[0] == f"#{top}" and first[3] == configs[top]["model.activation"]
+    out = _cli("analyze", str(tmp_path / "s"), "--json", env=cli_env)
+    row = json.loads(out.stdout)["best"][0]
+    assert row["index"] == top and row["train.optimizer.lr"] == pytest.approx(
+        configs[top]["train.optimizer.lr"]
+    )
 
 
 def test_cli_errors_name_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
