@@ -48,9 +48,6 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 def cli_serve(args: argparse.Namespace) -> int:
     """``ablator serve STORE``: print the URL, then serve until Ctrl-C."""
-    from ablator.serve.app import TOKEN_ENV, ServeOptions, serve
-    from ablator.serve.view import StoreView
-
     if not args.interval > 0:
         raise AblatorError(f"serve: --interval must be a positive number of seconds, got {args.interval}")
     if not 0 <= args.port <= 65535:
@@ -61,6 +58,10 @@ def cli_serve(args: argparse.Namespace) -> int:
             f"serve {args.store}: no experiment here (no {layout.EXPERIMENT}); "
             "create one with `python -m ablator launch EXP --store URL`"
         )
+    # Only now the web stack: a mistyped store is reported even without the 'serve' extra.
+    from ablator.serve.app import TOKEN_ENV, ServeOptions, serve
+    from ablator.serve.view import StoreView
+
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         print(

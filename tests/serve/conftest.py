@@ -20,12 +20,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-playwright_api = pytest.importorskip(
-    "playwright.sync_api", reason="the browser tests need playwright (dev extra)"
-)
-pytest.importorskip("starlette", reason="ablator serve needs the 'serve' extra")
-pytest.importorskip("uvicorn", reason="ablator serve needs the 'serve' extra")
-
 
 class Server:
     """A real ``python -m ablator serve STORE --port 0`` process; ``url`` is what it printed."""
@@ -90,6 +84,8 @@ def serve_env(tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """``servers(store_url, env, *flags)`` starts a server; all are stopped at the end."""
+    pytest.importorskip("starlette", reason="ablator serve needs the 'serve' extra")
+    pytest.importorskip("uvicorn", reason="ablator serve needs the 'serve' extra")
     started: list[Server] = []
 
     def start(store_url: str, env: dict[str, str], *extra: str) -> Server:
@@ -104,10 +100,13 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the browser tests need playwright (dev extra)"
+    )
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         pytest.skip("the browser tests need Debian's chromium package (.ci/run installs it)")
-    with playwright_api.sync_playwright() as p:
+    with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
         yield b
         b.close()
