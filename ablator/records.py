@@ -109,6 +109,7 @@ class DesignEvent(Record, frozen=True, kw_only=True):
     kind: Literal["claimed", "finished", "ended"] = "claimed"
     params: dict[str, Any] = {}
     value: float | None = None
+    pruned: bool = False  # ``finished`` by a pruner: no final value, but a trial TPE ranks low
 
 
 class RungValue(Record, frozen=True, kw_only=True):

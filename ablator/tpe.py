@@ -1,16 +1,34 @@
 """The ``tpe`` design: adaptive search with Optuna's TPE sampler, without a shared database.
 
-There is no coordinator and no Optuna storage shared between agents. The agent that claims
-trial ``n`` asks a sampler that has seen what the store holds: the finished trials' results, and
-the running trials' points as *pending* (Optuna's constant liar: a pending point counts as a bad
-result, so agents that claim at the same moment spread out instead of sampling the same point).
-The chosen point is recorded in the claim (``TrialSpec.overrides`` and ``TrialSpec.params``,
-the sampler's own coordinates), so every later reader uses the recorded config and a rebuilt
-sampler sees exactly what the claimer chose.
+There is no coordinator and no Optuna storage shared between agents. Each agent keeps one
+in-process Optuna study and follows the design's *journal* in the store: create-once entries
+``design/log/<seq>`` numbered from 0 without gaps (``records.DesignEvent``), appended by the
+agent that saw the event:
 
-Incremental: each agent keeps one in-process Optuna study. Trials whose result it has seen are
-never read again; a claim reads only the trials it has not yet seen finish (those running
-anywhere, and new ones), so the store work per claim does not grow with the results.
+* ``claimed`` -- a trial (new or taken over) started running a point (its ``params``);
+* ``finished`` -- it ended with a result, whose objective value the entry carries;
+* ``ended`` -- it stopped running without a result (failed, released, lost).
+
+**What the sampler sees.** Before every suggestion the agent reads the journal entries written
+since its last suggestion (one read per new entry, plus one for the first missing one: the cost
+grows with what happened since, never with the budget or the trials already seen). So a
+suggestion sees every result that was recorded in the journal at that moment, and exactly the
+trials that are running (claimed and not yet finished or ended) as *pending* points: Optuna's
+constant liar counts a pending point as a bad result, so agents that claim at the same moment
+spread out instead of sampling the same point. An agent's own trial counts as finished as soon as
+its worker reports the outcome, before the agent asks for its next point. Pruned trials are told
+``PRUNED``; failed or diverged trials (no usable value) are told ``FAIL`` and ignored by TPE.
+
+The first ``n_startup_trials`` points of the whole experiment are random: a suggestion is random
+while fewer than that many trials have finished or are running, in the store, not in one agent.
+
+What it cannot see: a result whose agent died between writing it and journaling it (the trial
+stays a pending point, which TPE avoids a little, and its value is not learned), and trials run
+outside agents (``ablator run --trial`` on a launched store), which write no journal entries.
+
+The chosen point is recorded in the claim (``TrialSpec.overrides`` and ``TrialSpec.params``,
+the sampler's own coordinates) and in ``design/points/<point>`` (every repeat of a point runs the
+same config).
 
 Requires ``optuna`` (``pip install "ablator[tpe]"``).
 """
@@ -19,6 +37,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from ablator import layout, records
@@ -113,21 +132,28 @@ class _ReplayPicker:
 def objective_value(result: records.Result, metric: str) -> float | None:
     """The value TPE learns from: the best value of ``metric`` (else its final value); None for
     results that carry no usable value (diverged, pruned, missing or non-finite)."""
-    if result.status not in ("completed", "early_stopped"):
+    return outcome_value(result.status, result.metrics, result.best, metric)
+
+
+def outcome_value(
+    status: str, metrics: Mapping[str, float], best: Mapping[str, float], metric: str
+) -> float | None:
+    """:func:`objective_value` of an outcome's parts (an agent has them before the result)."""
+    if status not in ("completed", "early_stopped"):
         return None
-    value = result.best.get(metric, result.metrics.get(metric))
+    value = best.get(metric, metrics.get(metric))
     if value is None or not math.isfinite(value):
         return None
     return float(value)
 
 
-EAGER_LOOKS = 8  # an open trial is read at every claim this many times...
-MAX_LOOK_GAP = 32  # ...then with doubling gaps, up to this many claims between two reads
-
-
 class TpeDesign:
-    """One agent's view of a ``tpe`` experiment; call :meth:`suggest` with the index it is about
-    to claim."""
+    """One agent's view of a ``tpe`` experiment (see the module docstring for what it sees).
+
+    The agent calls :meth:`choose` while claiming a new trial, :meth:`discard` when it lost that
+    claim, :meth:`claimed` when it holds a trial (new or taken over), :meth:`finished` when its
+    worker reported an outcome (before claiming again) and :meth:`published` once the result is
+    written, and :meth:`ended` when a trial it held stops without a result."""
 
     def __init__(
         self,
@@ -148,28 +174,77 @@ class TpeDesign:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # optuna flags some sampler options as experimental
             self.study = self.optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-        self._scanned = 0  # every index below this was looked at once
-        self._open: dict[int, int | None] = {}  # index -> optuna trial number while not finished
-        # Open trials are looked at again with a growing gap (in refreshes, capped): a trial that
-        # failed for good never gets a result, and re-reading every such trial at every claim
-        # would make a claim's cost grow with the experiment's failures.
-        self._refreshes = 0
-        self._look_at: dict[int, int] = {}  # index -> the refresh at which to read it again
-        self._gap: dict[int, int] = {}  # index -> reads that found no result
-        self._done: set[int] = set()
+        self._next_seq = 0  # the next journal entry to read
+        self._running: dict[int, int] = {}  # trial index -> optuna trial number, while running
+        self._epoch: dict[int, int] = {}  # trial index -> the epoch that runs it
+        self._suggested: dict[int, int] = {}  # trial index -> this agent's suggestion, not yet claimed
+        self._done: set[int] = set()  # trials whose result the study has
         self._points: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self.entries_read = 0  # journal entries read so far (the cost of following it)
+        self.random_draws = 0  # suggestions drawn at random (start-up)
 
-    # -- what the store holds -------------------------------------------------------------------
+    # -- the journal --------------------------------------------------------------------------------
 
-    def _spec(self, index: int) -> records.TrialSpec | None:
-        key = layout.claim(index, 0)
-        data = self.store.get(key)
-        if data is None:
-            return None
-        claim = records.try_decode(data, records.Claim, key)
-        return None if claim is None else claim.spec
+    def refresh(self) -> None:
+        """Read the journal entries written since the last refresh."""
+        while True:
+            key = layout.design_event(self._next_seq)
+            data = self.store.get(key)
+            if data is None:
+                return
+            self._next_seq += 1
+            self.entries_read += 1
+            event = records.try_decode(data, records.DesignEvent, key)
+            if event is not None:
+                self._apply(event)
+
+    def _apply(self, ev: records.DesignEvent) -> None:
+        if ev.trial in self._done:
+            return  # one result per trial; later entries (a duplicate) change nothing
+        state = self.optuna.trial.TrialState
+        if ev.kind == "claimed":
+            self._epoch[ev.trial] = max(ev.epoch, self._epoch.get(ev.trial, 0))
+            if ev.trial not in self._running:
+                number = self._add_pending(ev.params)
+                if number is not None:
+                    self._running[ev.trial] = number
+            return
+        if ev.kind == "ended" and ev.epoch < self._epoch.get(ev.trial, 0):
+            return  # an older attempt's end, journaled after a takeover's claim: still running
+        number = self._running.pop(ev.trial, None)
+        if ev.kind == "ended":
+            if number is not None:
+                self.study.tell(number, state=state.FAIL)
+            return
+        if number is None:  # its claim was never journaled (a writer died): learn it anyway
+            number = self._add_pending(ev.params)
+        self._done.add(ev.trial)
+        if number is not None:
+            self._tell(number, ev.value, ev.pruned)
+
+    def _tell(self, number: int, value: float | None, pruned: bool) -> None:
+        state = self.optuna.trial.TrialState
+        if value is not None:
+            self.study.tell(number, value)
+        elif pruned:
+            self.study.tell(number, state=state.PRUNED)
+        else:
+            self.study.tell(number, state=state.FAIL)
+
+    def _append(self, trial: int, epoch: int, kind: str, **fields: Any) -> None:
+        """Append an entry: at the end of the journal as this agent knows it, else the next free
+        number (the entries skipped are read by the next refresh)."""
+        self.refresh()
+        seq = self._next_seq
+        while True:
+            rec = records.DesignEvent(seq=seq, trial=trial, epoch=epoch, kind=kind, **fields)  # type: ignore[arg-type]
+            if self.store.create(layout.design_event(seq), records.encode(rec)):
+                return
+            seq += 1
 
     def _add_pending(self, params: dict[str, Any]) -> int | None:
+        if not params:
+            return None
         replay = _ReplayPicker(self.optuna, params)
         try:
             self.space.draw(replay)
@@ -179,60 +254,64 @@ class TpeDesign:
         trial = self.study.ask(replay.distributions)
         return int(trial.number)
 
-    def refresh(self, upto: int) -> None:
-        """Learn about every trial below ``upto``: newly claimed ones become pending points,
-        newly finished ones get their value. Reads only trials not yet seen finished."""
-        self._refreshes += 1
-        for index in [*sorted(self._open), *range(self._scanned, upto)]:
-            if index >= upto or index in self._done:
-                continue
-            if self._look_at.get(index, 0) > self._refreshes:
-                continue
-            number = self._open.get(index)
-            if index not in self._open:
-                spec = self._spec(index)
-                if spec is None:
-                    if index >= self._scanned:
-                        self._open[index] = None  # a gap: not claimed yet, look again later
-                    continue
-                number = self._add_pending(spec.params) if spec.params else None
-                self._open[index] = number
-            elif number is None:
-                spec = self._spec(index)
-                if spec is not None and spec.params:
-                    number = self._open[index] = self._add_pending(spec.params)
-            data = self.store.get(layout.result(index))
-            if data is None:
-                misses = self._gap.get(index, 0) + 1
-                self._gap[index] = misses
-                # Every claim for the first few misses (a running trial), then doubling gaps.
-                gap = 1 if misses <= EAGER_LOOKS else min(2 ** (misses - EAGER_LOOKS), MAX_LOOK_GAP)
-                self._look_at[index] = self._refreshes + gap
-                continue
-            result = records.try_decode(data, records.Result, layout.result(index))
-            if result is None:
-                continue
+    # -- what the agent tells -----------------------------------------------------------------------
+
+    def claimed(self, trial: int, epoch: int, params: dict[str, Any]) -> None:
+        """This agent holds ``trial`` (epoch ``epoch``): it is running. Journaled."""
+        number = self._suggested.pop(trial, None)
+        self._epoch[trial] = max(epoch, self._epoch.get(trial, 0))
+        if trial not in self._done and trial not in self._running:
+            if number is None:
+                number = self._add_pending(params)
             if number is not None:
-                value = objective_value(result, self.metric)
-                state = self.optuna.trial.TrialState
-                if value is None:
-                    self.study.tell(number, state=state.FAIL)
-                else:
-                    self.study.tell(number, value)
-            self._open.pop(index, None)
-            self._look_at.pop(index, None)
-            self._gap.pop(index, None)
-            self._done.add(index)
-        self._scanned = max(self._scanned, upto)
+                self._running[trial] = number
+        elif number is not None:
+            self.study.tell(number, state=self.optuna.trial.TrialState.FAIL)
+        self._append(trial, epoch, "claimed", params=dict(params))
+
+    def finished(self, trial: int, value: float | None, *, pruned: bool = False) -> None:
+        """This agent's worker reported ``trial``'s outcome: the study learns it now, before the
+        agent asks for its next point (the journal entry follows with :meth:`published`)."""
+        if trial in self._done:
+            return
+        number = self._running.pop(trial, None)
+        self._done.add(trial)
+        if number is not None:
+            self._tell(number, value, pruned)
+
+    def published(
+        self, trial: int, epoch: int, params: dict[str, Any], value: float | None, *, pruned: bool = False
+    ) -> None:
+        """``trial``'s result is in the store: journal it for the other agents."""
+        self.finished(trial, value, pruned=pruned)
+        self._append(trial, epoch, "finished", params=dict(params), value=value, pruned=pruned)
+
+    def ended(self, trial: int, epoch: int) -> None:
+        """``trial`` stopped running here without a result (failed, released). Journaled; nothing
+        for a trial whose outcome :meth:`finished` already told."""
+        if trial in self._done:
+            return
+        if epoch >= self._epoch.get(trial, 0):  # (a takeover's claim, if read first, stays running)
+            number = self._running.pop(trial, None)
+            if number is not None:
+                self.study.tell(number, state=self.optuna.trial.TrialState.FAIL)
+        self._append(trial, epoch, "ended")
 
     # -- choosing ---------------------------------------------------------------------------------
 
     def suggest(self, index: int, point: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """A new point for trial ``index``: (overrides by config path, the sampler's params). It
-        stays pending in this agent's study until the trial's result shows up. ``point`` seeds
-        the sampler (default ``index``)."""
-        self.refresh(index)
+        is pending in this agent's study until the trial ends. ``point`` seeds the sampler
+        (default ``index``)."""
+        self.refresh()
         seed_key = index if point is None else point
+        finished = sum(
+            1 for t in self.study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")
+        )
+        # Start-up counts the experiment's trials, running ones included: Optuna counts only the
+        # finished ones, which with several agents makes every agent draw at random for longer.
+        startup = self.n_startup_trials - len(self._running)
+        n_startup = max(startup, 1 if finished == 0 else 0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # A fresh random state per point: what the claimer picks depends on the seed, the
@@ -240,12 +319,13 @@ class TpeDesign:
             self.study.sampler = self.optuna.samplers.TPESampler(
                 seed=(self.seed * 1_000_003 + seed_key) % 2**32,
                 constant_liar=True,
-                n_startup_trials=self.n_startup_trials,
+                n_startup_trials=n_startup,
             )
             trial = self.study.ask()
             overrides = self.space.draw(_OptunaPicker(self.optuna, trial))
-        self._open[index] = int(trial.number)
-        self._scanned = max(self._scanned, index + 1)
+        if finished < n_startup:
+            self.random_draws += 1
+        self._suggested[index] = int(trial.number)
         return overrides, dict(trial.params)
 
     def choose(self, index: int, point: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -277,16 +357,20 @@ class TpeDesign:
         return None if rec is None else (rec.overrides, rec.params)
 
     def discard(self, index: int) -> None:
-        """Forget this agent's suggestion for ``index`` (it lost the claim race): the next refresh
-        reads the point that the winner recorded."""
-        number = self._open.get(index)
+        """Forget this agent's suggestion for ``index`` (it lost the claim race, or the point was
+        chosen by another agent): it is no longer pending."""
+        number = self._suggested.pop(index, None)
         if number is not None:
             self.study.tell(number, state=self.optuna.trial.TrialState.FAIL)
-        self._open[index] = None
 
     @property
     def n_finished(self) -> int:
         return len(self._done)
 
+    @property
+    def running(self) -> set[int]:
+        """The trials the study holds as pending points (running, as far as the journal says)."""
+        return set(self._running)
 
-__all__ = ["TpeDesign", "objective_value"]
+
+__all__ = ["TpeDesign", "objective_value", "outcome_value"]

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -46,6 +47,7 @@ from ablator.agent.slots import GpuSlots
 from ablator.agent.worker import Worker
 from ablator.errors import AblatorError, ConfigError, LeaseLost
 from ablator.store.base import Store
+from ablator.tpe import outcome_value
 
 # A worker that dies before saying hello this many times in a row means the environment is
 # broken (not one trial): the agent stops instead of restarting workers forever.
@@ -520,6 +522,8 @@ class Agent:
         run = Running(
             held=held, started=now, last_progress=now, next_check=now + self.limits.heartbeat_seconds
         )
+        if self.tpe is not None:  # the other agents' samplers see it as pending from now on
+            self._journal(self.tpe.claimed, held.trial, held.epoch, held.spec.params)
         with self.lock:
             st.run = run
         st.worker.send(
@@ -594,6 +598,9 @@ class Agent:
             self.gpu.on_trial_ok(st.slot)
             self.gpu.on_peak(st.slot, msg.peak_gpu_mb)
             sharing = self._sharing(st)
+            objective = outcome_value(msg.status, msg.metrics, msg.best, self.exp.metric.name)
+            if self.tpe is not None:  # learn it before the next suggestion (the claim below)
+                self.tpe.finished(held.trial, objective, pruned=msg.status == "pruned")
             self._end(st)
             if self._may_claim():
                 # The slot is free: its worker starts the next trial while we write this one's
@@ -617,6 +624,15 @@ class Agent:
                 return
             if won:
                 self.counts.done += 1
+                if self.tpe is not None:
+                    self._journal(
+                        self.tpe.published,
+                        held.trial,
+                        held.epoch,
+                        held.spec.params,
+                        objective,
+                        pruned=msg.status == "pruned",
+                    )
                 metric = self.exp.metric.name
                 value = msg.best.get(metric, msg.metrics.get(metric))
                 shown = f" {metric}={value:.4g}" if value is not None else ""
@@ -780,7 +796,17 @@ class Agent:
         except AblatorError as exc:
             self.console.warn(f"trial {held.trial}: log not saved: {exc}")
 
+    def _journal(self, fn: Callable[..., None], *args: Any, **kw: Any) -> None:
+        """Write a tpe journal entry; a store error costs the sampler's view, never the trial."""
+        try:
+            fn(*args, **kw)
+        except AblatorError as exc:
+            self.console.warn(f"tpe journal entry not written: {exc}")
+
     def _end(self, st: SlotState) -> None:
+        run = st.run
+        if self.tpe is not None and run is not None:  # no longer running here (a finished one is known)
+            self._journal(self.tpe.ended, run.held.trial, run.held.epoch)
         with self.lock:
             st.run = None
         st.trials_run += 1
@@ -939,6 +965,8 @@ class Agent:
                 st.worker.kill()
                 st.worker.wait(5)
             self._save_log(st)
+            if self.tpe is not None:
+                self._journal(self.tpe.ended, run.held.trial, run.held.epoch)
             try:
                 run.held.release(f"{self.stop_reason}; did not stop within the grace period", None)
                 self.counts.released += 1
