@@ -277,7 +277,7 @@ class Pruning:
             rec = records.RungValue(trial=self.trial, rung=r, step=step, value=value, promoted=promoted)
             if self.fence is not None:
                 self.fence.check()
-            if self.store.create(key, records.encode(rec)):
+            if self.store.create(key, records.encode(rec), durable=True):
                 self._seen[key] = rec
                 return promoted, len(others) + 1, value
             mine = self._read(key, records.RungValue)
@@ -329,7 +329,7 @@ class Pruning:
         )
         if self.fence is not None:
             self.fence.check()
-        self.store.create(layout.curve(self.trial), records.encode(rec))
+        self.store.create(layout.curve(self.trial), records.encode(rec), durable=True)
 
     def _read(self, key: str, type_: type[records.R]) -> records.R | None:
         rec = self._seen.get(key)

@@ -341,13 +341,18 @@ class TpeDesign:
         if found is None:
             overrides, params = self.suggest(index, point)
             rec = records.DesignPoint(point=point, overrides=overrides, params=params)
-            if self.store.create(key, records.encode(rec)):
+            if self.store.create(key, records.encode(rec), durable=True):
                 found = (overrides, params)
             else:  # another agent chose this point first: use its choice, drop ours
-                self.discard(index)
                 found = self._read_point(key)
                 if found is None:
-                    raise AblatorError(f"tpe point {key!r} in {self.store.url} exists but cannot be read")
+                    # The point's record exists but is torn (a power loss on a disk that did
+                    # not keep it; _read_point warned): run our own choice rather than fail
+                    # every claim of this point. Its repeats may then differ; the claims record
+                    # what each one ran.
+                    found = (overrides, params)
+                else:
+                    self.discard(index)
         self._points[point] = found
         return found
 

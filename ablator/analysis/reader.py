@@ -136,9 +136,13 @@ def read_trial(store: Store, index: int, ctx: Context) -> TrialData:
 
     row: dict[str, Any] = {"index": index}
     spec = None
-    if 0 in kinds["claim"]:
-        claim = _decode(view, layout.claim(index, 0), records.Claim)
+    # The resolved trial is in claim.e0000; where that is torn, a takeover recorded it again in
+    # its own claim (the claimer embeds it when claim.e0000 is unreadable).
+    for ep in sorted(kinds["claim"]):
+        claim = _decode(view, layout.claim(index, ep), records.Claim)
         spec = None if claim is None else claim.spec
+        if spec is not None:
+            break
     variant: str | None = None
     if spec is not None:
         variant = spec.variant or None

@@ -107,7 +107,7 @@ class Held:
             resumed_from=resumed_from,
             environment=environment if environment is not None else records.Environment(),
         )
-        if not self._store.create(layout.attempt(self.trial, self.epoch), records.encode(rec)):
+        if not self._store.create(layout.attempt(self.trial, self.epoch), records.encode(rec), durable=True):
             raise LeaseLost(
                 f"trial {self.trial} epoch {self.epoch}: {layout.attempt(self.trial, self.epoch)!r} already "
                 "exists (an epoch starts once)"
@@ -133,7 +133,8 @@ class Held:
             traceback=traceback,
             step=step,
         )
-        self._store.create(layout.failed(self.trial, self.epoch), records.encode(rec))
+        # Durable: a torn failure loses its kind (a "lost" poison pill would become retryable).
+        self._store.create(layout.failed(self.trial, self.epoch), records.encode(rec), durable=True)
         self._close("failed", released=True)
 
     def release(self, reason: str = "", step: int | None = None) -> None:
@@ -529,7 +530,7 @@ class Claimer:
         )
         if not lost:
             self.membership.hold(i, e, self.clock())  # listed before the claim exists: never unlisted
-        if not self.store.create(layout.claim(i, e), records.encode(claim)):
+        if not self.store.create(layout.claim(i, e), records.encode(claim), durable=embed):
             if not lost:
                 self.membership.drop(i, e, released=False)
             self.stats.lost_races += 1
@@ -547,7 +548,7 @@ class Claimer:
                     "every holder died or vanished while running it"
                 ),
             )
-            self.store.create(layout.failed(i, e), records.encode(rec))
+            self.store.create(layout.failed(i, e), records.encode(rec), durable=True)
             self._terminal.add(i)
             self.stats.lost_written += 1
             return None
@@ -575,7 +576,8 @@ class Claimer:
         # Hold first, create second: the heartbeat may list the pair before the claim exists
         # (harmless), never after it existed unlisted for longer than it must.
         self.membership.hold(i, 0, self.clock())
-        won = self.store.create(layout.claim(i, 0), records.encode(claim))
+        # Durable: claim.e0000 is the only record of the resolved trial (config, seed, variant).
+        won = self.store.create(layout.claim(i, 0), records.encode(claim), durable=True)
         self.frontier.saw_claimed(i)  # ours or somebody else's: not a landing place
         if not won:
             self.membership.drop(i, 0, released=False)

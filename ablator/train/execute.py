@@ -171,7 +171,9 @@ def execute_trial(
             else collect_environment(device=dev),
         )
         key = layout.attempt(trial, epoch)
-        if not store.create(key, records.encode(record)):
+        # Durable: the lineage hangs on it (a torn attempt would cut earlier epochs' rows from
+        # the canonical history after a power loss).
+        if not store.create(key, records.encode(record), durable=True):
             raise LeaseLost(
                 f"trial {trial}: {key!r} exists already; attempt {epoch} was started by someone else"
             )

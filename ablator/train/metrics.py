@@ -91,7 +91,10 @@ class MetricWriter:
 
     def _write(self, key: str, chunk: records.MetricsChunk) -> None:
         self.fence.check()
-        if not self.store.create(key, records.encode(chunk)):
+        # Durable, and written in order on the writer thread: every chunk is on stable storage
+        # before the (durable) checkpoint that covers its rows, so a power loss can never keep
+        # checkpoint k and lose rows <= k (a resumed attempt continues at k + 1).
+        if not self.store.create(key, records.encode(chunk), durable=True):
             raise LeaseLost(
                 f"metric chunk {key!r} already exists with other content: another writer holds this epoch"
             )

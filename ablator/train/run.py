@@ -307,7 +307,7 @@ def _claim_private(store: Store, spec: records.TrialSpec, index: int) -> int:
         rec = records.Claim(
             trial=index, epoch=epoch, agent_id=_agent_id(), host=_host(), spec=spec if epoch == 0 else None
         )
-        if store.create(layout.claim(index, epoch), records.encode(rec)):
+        if store.create(layout.claim(index, epoch), records.encode(rec), durable=epoch == 0):
             return epoch
         epoch += 1  # another run claimed it a moment ago: take over after it
 
@@ -338,7 +338,7 @@ def _write_failure(store: Store, index: int, epoch: int, exc: BaseException) -> 
         traceback="".join(traceback.format_exception(exc)),
     )
     with contextlib.suppress(Exception):  # the original error matters more than this record
-        store.create(layout.failed(index, epoch), records.encode(rec))
+        store.create(layout.failed(index, epoch), records.encode(rec), durable=True)
 
 
 def _result(store: Store, index: int, epoch: int, outcome: Outcome) -> records.Result:
