@@ -37,7 +37,7 @@ from ablator.formats import read_data
 from ablator.overrides import apply_collecting, set_path, split_override, typed_value
 from ablator.pruners import config_problems
 from ablator.records import TrialSpec
-from ablator.samplers import SAMPLERS, locate, trial_seed
+from ablator.samplers import SAMPLERS, locate, repeat_seed, trial_seed
 from ablator.space import ExtremePicker, Space, parse_space
 from ablator.validation import check_data, from_dict
 
@@ -58,6 +58,8 @@ class Metric(_Schema, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
     name: str
     mode: Literal["min", "max"]
+    # the range the metric can take, e.g. [0, 1] for an accuracy: figures clip drawn bands to it
+    bounds: tuple[float, float] | None = None
 
 
 class Design(_Schema, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -75,6 +77,13 @@ class Design(_Schema, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # (a mapping here, parsed by ablator.pruners.parse_pruner: its errors name the field and kind)
     pruner: dict[str, Any] | None = None
     allow_pruning: bool = False
+    # common random numbers: repeat r runs the same seed in every variant/point (None: yes for
+    # ablations, no otherwise), so that analysis can compare variants seed by seed
+    paired_seeds: bool | None = None
+
+    def seeds_paired(self) -> bool:
+        """Whether repeat ``r`` uses one seed across the design (see ``paired_seeds``)."""
+        return self.kind == "ablation" if self.paired_seeds is None else self.paired_seeds
 
 
 class Limits(_Schema, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -123,6 +132,8 @@ def _schema_problems(exp: Experiment) -> list[str]:
         )
     if not exp.metric.name:
         out.append("$.metric.name: must not be empty")
+    if exp.metric.bounds is not None and not exp.metric.bounds[0] < exp.metric.bounds[1]:
+        out.append(f"$.metric.bounds: expected [low, high] with low < high, found {list(exp.metric.bounds)}")
     if d.repeats < 1:
         out.append(f"$.design.repeats: must be >= 1, found {d.repeats}")
     if d.seed < 0:
@@ -449,9 +460,12 @@ def experiment_hash(exp: Experiment) -> str:
     # Design fields added later are left out at their defaults, so that an experiment launched
     # before they existed keeps its hash (a relaunch of it stays a no-op).
     design = data.get("design", {})
-    for name, default in (("pruner", None), ("allow_pruning", False)):
+    for name, default in (("pruner", None), ("allow_pruning", False), ("paired_seeds", None)):
         if design.get(name, default) == default:
             design.pop(name, None)
+    metric = data.get("metric", {})
+    if metric.get("bounds") is None:
+        metric.pop("bounds", None)
     return hashlib.sha256(b"ablator-experiment-v1\n" + canonical_json(data)).hexdigest()
 
 
@@ -503,7 +517,9 @@ class BoundExperiment:
             index=index,
             config=to_dict(cfg),
             config_hash=config_hash(cfg),
-            seed=trial_seed(exp.design.seed, index, repeat),
+            seed=repeat_seed(exp.design.seed, repeat)
+            if exp.design.seeds_paired()
+            else trial_seed(exp.design.seed, index, repeat),
             variant=variant,
             repeat=repeat,
             overrides=copy.deepcopy(overrides),

@@ -14,7 +14,8 @@ conditional ones included, numbered in pre-order), so a point's value for one di
 depend on which option a conditional choice took.
 
 :func:`locate` maps a trial index to (point, repeat); :func:`trial_seed` derives the trial's seed
-from (design seed, trial index, repeat) with sha256, the same on every machine and Python.
+from (design seed, trial index, repeat) with sha256, the same on every machine and Python, and
+:func:`repeat_seed` from (design seed, repeat) alone when the design pairs seeds.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ def trial_seed(design_seed: int, index: int, repeat: int) -> int:
     """The seed of trial ``index`` (repeat ``repeat``): a 31-bit int from sha256, so it fits
     every RNG (``torch.manual_seed``, numpy, ``random``) and is the same everywhere."""
     digest = hashlib.sha256(f"ablator-seed-v1:{design_seed}:{index}:{repeat}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFF_FFFF
+
+
+def repeat_seed(design_seed: int, repeat: int) -> int:
+    """The seed of repeat ``repeat`` when seeds are paired (common random numbers: every variant
+    or point of the design runs repeat r with this seed), as :func:`trial_seed`, from sha256."""
+    digest = hashlib.sha256(f"ablator-seed-v1:{design_seed}:repeat:{repeat}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFF_FFFF
 
 
@@ -115,4 +123,4 @@ def _by_coord(units: Any) -> Callable[[Range | Choice], float]:
     return unit
 
 
-__all__ = ["SAMPLERS", "grid", "locate", "quasi_random", "random", "trial_seed"]
+__all__ = ["SAMPLERS", "grid", "locate", "quasi_random", "random", "repeat_seed", "trial_seed"]

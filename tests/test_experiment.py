@@ -29,7 +29,7 @@ from ablator.experiment import (
     trial_spec,
     validate,
 )
-from ablator.samplers import trial_seed
+from ablator.samplers import repeat_seed, trial_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,10 +106,12 @@ def test_schema_problems_all_at_once(tmp_path: Path) -> None:
     data["design"]["repeats"] = 0
     data["design"]["seed"] = -1
     data["limits"] = {"lease_seconds": 10, "heartbeat_seconds": 5, "max_attempts": 0}
+    data["metric"]["bounds"] = [1, 0]
     with pytest.raises(ConfigError) as info:
         load_experiment(write(tmp_path, data))
     text = str(info.value)
     for needle in [
+        "$.metric.bounds: expected [low, high] with low < high, found [1.0, 0.0]",
         "$.name: use letters, digits",
         "$.design.repeats: must be >= 1, found 0",
         "$.design.seed: must be >= 0, found -1",
@@ -325,11 +327,19 @@ def test_ablation_design_contents() -> None:
     # everything else is the baseline's
     for s in specs:
         assert s.config["model"]["hidden"] == 16 and s.config["train"]["epochs"] == 2
-    # repeats share the config hash; seeds come from (design seed, index, repeat)
+    # repeats share the config hash; seeds pair across variants (common random numbers):
+    # repeat r runs seed repeat_seed(design seed, r) in every variant
     for a, b in zip(specs[:4], specs[4:], strict=True):
         assert a.config_hash == b.config_hash and a.seed != b.seed
     assert len({s.config_hash for s in specs}) == 4
-    assert [s.seed for s in specs] == [trial_seed(4, i, i // 4) for i in range(8)]
+    assert [s.seed for s in specs] == [repeat_seed(4, i // 4) for i in range(8)]
+    # paired_seeds: false gives every trial its own seed from (design seed, index, repeat)
+    unpaired_data = experiment()
+    unpaired_data["design"]["paired_seeds"] = False
+    unpaired = experiment_from_dict(unpaired_data)
+    assert [trial_spec(unpaired, i, entry).seed for i in range(8)] == [
+        trial_seed(4, i, i // 4) for i in range(8)
+    ]
     # an index past the budget (a budget extension) continues with another round of repeats
     extra = trial_spec(exp, 9, entry)
     assert (extra.variant, extra.repeat, extra.config_hash) == ("no_dropout", 2, specs[1].config_hash)
@@ -495,3 +505,15 @@ def test_import_ablator_does_not_import_torch() -> None:
 def test_yaml_file_is_plain_yaml(tmp_path: Path) -> None:
     path = write(tmp_path, experiment())
     assert yaml.safe_load(path.read_text())["design"]["ablations"]["no_dropout"] == {"model.dropout": 0.0}
+
+
+def test_paired_seeds_are_an_option_for_searches() -> None:
+    space = {"model.dropout": {"choice": [0.0, 0.2, 0.5]}}
+    grid = experiment_from_dict(experiment(kind="grid", repeats=2, space=space))
+    specs = [trial_spec(grid, i) for i in range(6)]
+    assert len({s.seed for s in specs}) == 6  # searches: every trial its own seed by default
+    data = experiment(kind="grid", repeats=2, space=space)
+    data["design"]["paired_seeds"] = True
+    paired = [trial_spec(experiment_from_dict(data), i) for i in range(6)]
+    assert [s.seed for s in paired] == [repeat_seed(0, s.repeat) for s in paired]  # design seed 0
+    assert [s.config_hash for s in paired] == [s.config_hash for s in specs]  # same configs
