@@ -44,6 +44,7 @@ class S3Server:
         self._server = make_server("127.0.0.1", 0, self._app, threaded=True, request_handler=_QuietHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto-s3", daemon=True)
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)  # an IPv4 address, never the bytes of a unix socket path
         self.endpoint = f"http://{host}:{port}"
 
     def start(self) -> S3Server:

@@ -17,6 +17,7 @@ import pytest
 from ablator import layout
 from ablator.codesnap import CodeSnapshotError, activate, ensure_code, sha256_hex, snapshot_code, unpack_zip
 from ablator.store import open_store
+from ablator.store.base import Store
 
 
 def _tree(root: Path, files: dict[str, str]) -> None:
@@ -138,7 +139,7 @@ def test_snapshot_outside_git_lists_what_git_would(tmp_path: Path) -> None:
     assert "nested/deep/keep.py" in by_git and "nested/deep/drop.py" not in by_git
 
 
-def _store_with(tmp_path: Path, data: bytes, sha: str | None = None) -> tuple[object, str]:
+def _store_with(tmp_path: Path, data: bytes, sha: str | None = None) -> tuple[Store, str]:
     store = open_store(tmp_path / "store")
     sha = sha or sha256_hex(data)
     assert store.create(layout.code(sha), data)
@@ -168,7 +169,7 @@ def test_ensure_code_unpacks_once_and_imports(tmp_path: Path) -> None:
     assert sorted(p.name for p in (cache / "code").iterdir() if not p.name.endswith(".lock")) == [sha]
     activate(folder)
     try:
-        import snapmod_ok  # type: ignore[import-not-found]
+        import snapmod_ok
 
         assert snapmod_ok.VALUE == "from the snapshot"
         assert sys.path[0] == str(folder)

@@ -212,7 +212,7 @@ def test_the_pruner_option_and_its_errors() -> None:
 
 
 def test_an_ablation_takes_a_pruner_only_when_asked() -> None:
-    abl = {
+    abl: dict[str, Any] = {
         "name": "a",
         "entry": "a:b",
         "metric": {"name": "m", "mode": "max"},

@@ -190,7 +190,7 @@ def grid_spaces(draw: st.DrawFn) -> dict[str, Any]:
         if kind == "choice":
             spec[path] = {"choice": [v + lo for v in draw(choice_values)]}
         else:
-            r = draw(int_ranges)
+            r: dict[str, Any] = draw(int_ranges)
             spec[path] = {"range": [r["range"][0] + lo, r["range"][1] + lo], "step": r["step"]}
     if draw(st.booleans()):
         spec["model.dropout"] = draw(float_bins)

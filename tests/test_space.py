@@ -46,8 +46,10 @@ def test_parse_dimensions() -> None:
     assert [d.name for d in sgd.dims] == ["train.optimizer[0].lr", "train.optimizer[0].args.momentum"]
     assert [d.path for d in sgd.dims] == ["lr", "args.momentum"]
     # every range and choice has its own coordinate, conditional ones included
-    coords = [dropout.coord, hidden.coord, lr.coord, opt.coord, *(d.coord for d in sgd.dims)]
-    coords += [d.coord for d in opt.options[1].dims]
+    conditional = [*sgd.dims, *opt.options[1].dims]
+    assert all(isinstance(d, (Range, Choice)) for d in conditional)
+    coords = [dropout.coord, hidden.coord, lr.coord, opt.coord]
+    coords += [d.coord for d in conditional if isinstance(d, (Range, Choice))]
     assert sorted(coords) == list(range(space.n_coords)) and space.n_coords == 7
     assert ("train.grad_clip", "range [0.0001, 0.01] log") in space.describe()
 
@@ -106,7 +108,9 @@ def test_from_unit_stays_in_bounds() -> None:
             assert dim.lo <= v <= dim.hi, (dim.name, u, v)
             assert isinstance(v, int) == dim.integer
         assert dim.from_unit(0.0) == dim.lo
-    assert [dims[3].from_unit(u) for u in (0.0, 0.34, 0.67, 0.99)] == [1, 2, 3, 3]
+    batch = dims[3]
+    assert isinstance(batch, Range)
+    assert [batch.from_unit(u) for u in (0.0, 0.34, 0.67, 0.99)] == [1, 2, 3, 3]
 
 
 def test_draw_in_preorder_only_active_dimensions() -> None:

@@ -17,7 +17,7 @@ from ablator.errors import AnalysisError
 from ablator.store import open_store
 from analysis.synthstore import StoreBuilder, ablation_experiment, search_experiment
 
-TOL = {"rel": 1e-6, "abs": 1e-12}
+TOL: dict[str, Any] = {"rel": 1e-6, "abs": 1e-12}
 MEANS = {"baseline": 0.90, "no_dropout": 0.88, "gelu": 0.905, "no_batchnorm": 0.80}
 
 
@@ -110,7 +110,7 @@ def search_store(path: Path, n: int = 60) -> tuple[list[dict[str, Any]], list[fl
     rng = random.Random(5)
     configs, losses = [], []
     for i in range(n):
-        ov = {
+        ov: dict[str, Any] = {
             "model.dropout": rng.choice([0.0, 0.2, 0.5]),
             "train.optimizer.lr": 10 ** rng.uniform(-4, -1),
             "model.activation": rng.choice(["relu", "gelu"]),

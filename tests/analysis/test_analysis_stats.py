@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from statsmodels.stats.multitest import multipletests
 
 from ablator.analysis import stats
 
-TOL = {"rel": 1e-6, "abs": 1e-9}
+TOL: dict[str, Any] = {"rel": 1e-6, "abs": 1e-9}
 
 
 def _welch_vs_scipy(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> None:

@@ -119,16 +119,16 @@ class Agent:
                     f"no {key!r} event within {timeout}s; events {self.events}; stderr {self.stderr[-3000:]}"
                 )
             try:
-                ev = self._q.get(timeout=left)
+                got = self._q.get(timeout=left)
             except queue.Empty:
                 continue
-            if ev is None:
+            if got is None:
                 self._err.join(5)
                 raise AssertionError(
                     f"process exited without a {key!r} event; events {self.events}; stderr {self.stderr[-3000:]}"
                 )
-            if key in ev:
-                return ev
+            if key in got:
+                return got
 
     def all(self, key: str) -> list[Any]:
         return [ev[key] for ev in self.events if key in ev]

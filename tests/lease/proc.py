@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 
 def emit(**event: object) -> None:
@@ -60,11 +61,10 @@ def main() -> int:
     from ablator.errors import LeaseLost
     from ablator.lease import Claimer, LeaseLimits, Membership
     from ablator.store import open_store
-    from ablator.store.base import Store
 
-    store: Store = open_store(args.store)
+    store: Any = open_store(args.store)  # a Store, wrapped by the counting and dying proxies
     counter = _Counting(store)
-    store = counter  # type: ignore[assignment]
+    store = counter
     if args.die_after_claim:
         store = _DieAfterClaim(store)
     limits = LeaseLimits(
@@ -100,7 +100,7 @@ def main() -> int:
         return 0
 
     if args.mode == "hold":
-        helds = []
+        helds: list[Any] = []
         while len(helds) < args.trials and time.monotonic() < deadline:
             h = claimer.claim_next(spec)
             if h is None:
@@ -135,7 +135,7 @@ def main() -> int:
         return 0
 
     # take
-    took = []
+    took: list[Any] = []
     while len(took) < args.want and time.monotonic() < deadline:
         h = claimer.claim_next(spec)
         if h is None:
@@ -178,7 +178,7 @@ class _Counting:
             def counted(*a: object, **k: object) -> object:
                 key = f"{name} {a[0]}".split("/")[0] if a else name
                 self.ops[key] = self.ops.get(key, 0) + 1
-                return attr(*a, **k)  # type: ignore[operator]
+                return attr(*a, **k)
 
             return counted
         return attr

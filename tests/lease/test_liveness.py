@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -30,8 +30,8 @@ def store() -> Iterator[Store]:
 
 
 def _hb(
-    agent_id: str, counter: int, held: list[tuple[int, int]] = (), state: str = "running"
-) -> records.Heartbeat:  # type: ignore[assignment]
+    agent_id: str, counter: int, held: Sequence[tuple[int, int]] = (), state: str = "running"
+) -> records.Heartbeat:
     return records.Heartbeat(
         agent_id=agent_id,
         host="h",

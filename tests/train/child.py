@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
@@ -52,7 +53,7 @@ def main() -> int:
     if args.block_at is not None:
         original = metrics_mod.MetricWriter.add
 
-        def add(self: metrics_mod.MetricWriter, step: int, values: dict[str, float]) -> None:
+        def add(self: metrics_mod.MetricWriter, step: int, values: Mapping[str, float]) -> None:
             original(self, step, values)
             if step >= args.block_at:
                 self.flush()  # rows past the checkpoint reach the store: a successor must drop them

@@ -167,7 +167,7 @@ class NanWrapper(TinyWrapper):
         self.calls = 0
 
     def loss(self, model: nn.Module, batch: Any) -> Any:
-        loss, out = super().loss(model, batch)  # type: ignore[misc]
+        loss, out = super().loss(model, batch)
         if model.training:
             self.calls += 1
             if self.calls > self.at:
@@ -183,7 +183,7 @@ class BlowUpWrapper(TinyWrapper):
         self.calls = 0
 
     def loss(self, model: nn.Module, batch: Any) -> Any:
-        loss, out = super().loss(model, batch)  # type: ignore[misc]
+        loss, out = super().loss(model, batch)
         if model.training:
             self.calls += 1
             if self.calls > self.at:
