@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.colors import to_hex
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
 from ablator.analysis import compute_effects, figures, load, text
 from ablator.store import open_store
@@ -29,11 +30,13 @@ def test_learning_curves_have_one_colour_per_line_and_a_dashed_reference(tmp_pat
     lines = _curve_lines(fig)
     colours = [to_hex(ln.get_color()) for ln in lines]
     assert len(lines) == 4 and len(set(colours)) == 4, colours
-    styles = {ln.get_label().split(" (")[0]: ln.get_linestyle() for ln in lines}
+    styles = {str(ln.get_label()).split(" (")[0]: ln.get_linestyle() for ln in lines}
     assert styles == {"baseline": "--", "no_dropout": "-", "gelu": "-", "no_batchnorm": "-"}
     # Drawn (and so listed in the legend) in the table's order.
-    assert [ln.get_label().split(" (")[0] for ln in lines] == eff.factor("variant")["level"].to_list()
-    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert [str(ln.get_label()).split(" (")[0] for ln in lines] == eff.factor("variant")["level"].to_list()
+    leg = fig.axes[0].get_legend()
+    assert leg is not None
+    legend = [t.get_text() for t in leg.get_texts()]
     assert legend[0] == "baseline (n=4) reference"
 
 
@@ -44,12 +47,14 @@ def test_search_legends_name_the_factor(tmp_path: Path) -> None:
     dropout = next(f for f in eff.factors if f.name == "model.dropout")
     fig = figures.curves_figure(res, eff, dropout)
     assert fig is not None
-    labels = [ln.get_label() for ln in _curve_lines(fig)]
+    labels = [str(ln.get_label()) for ln in _curve_lines(fig)]
     assert [lab.split(" (")[0] for lab in labels] == ["dropout=0", "dropout=0.2", "dropout=0.5"]
     assert len({to_hex(ln.get_color()) for ln in _curve_lines(fig)}) == 3
     box = figures.categorical_figure(res, eff, dropout)
     assert box is not None
-    legend = [t.get_text() for t in box.axes[0].get_legend().get_texts()]
+    leg = box.axes[0].get_legend()
+    assert leg is not None
+    legend = [t.get_text() for t in leg.get_texts()]
     assert "dropout=0.2: mean (reference)" in legend and not any(t.endswith(" mean") for t in legend)
 
 
@@ -65,7 +70,8 @@ def test_ablation_chart_follows_the_table_colours_by_adjusted_p_and_prints_its_p
     ys = [t.get_position()[1] for t in ax.get_yticklabels()]
     top_down = [name for _, name in sorted(zip(ys, ticks, strict=True), reverse=True)]
     assert top_down == [r["level"] for r in table]  # the table's first row on top
-    bars = {round(p.get_y() + p.get_height() / 2): p for p in ax.patches}
+    assert all(isinstance(p, Rectangle) for p in ax.patches)  # bars
+    bars = {round(p.get_y() + p.get_height() / 2): p for p in ax.patches if isinstance(p, Rectangle)}
     for y, name in zip(ys, ticks, strict=True):
         row = next(r for r in table if r["level"] == name)
         colour = to_hex(bars[round(y)].get_facecolor())
@@ -126,7 +132,9 @@ def test_parallel_coordinates_have_a_colour_scale_and_full_labels(tmp_path: Path
     assert "val_loss" in bar.get_ylabel()
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert "train.optimizer.weight_decay_long_name" in labels and "train.optimizer.lr (log)" in labels
-    colours = {to_hex(ln.get_color()) for ln in fig.axes[0].get_lines() if len(ln.get_xdata()) > 2}
+    colours = {
+        to_hex(ln.get_color()) for ln in fig.axes[0].get_lines() if len(np.asarray(ln.get_xdata())) > 2
+    }
     assert len(colours) > 10  # coloured by value, not one colour per rank bucket
 
 
@@ -145,7 +153,7 @@ def test_bounded_metric_bands_are_clipped_and_the_figure_says_so(tmp_path: Path)
     fig = figures.curves_figure(res, eff, eff.factors[0])
     assert fig is not None
     ax = fig.axes[0]
-    tops = [float(np.max(c.get_paths()[0].vertices[:, 1])) for c in ax.collections]
+    tops = [float(np.max(np.asarray(c.get_paths()[0].vertices)[:, 1])) for c in ax.collections]
     assert tops and max(tops) <= 1.0
     # Unclipped, mean + std of the last step would pass 1.
     last = np.array([0.96, 0.999, 1.0])

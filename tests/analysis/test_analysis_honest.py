@@ -4,6 +4,7 @@ no verdict from too few seeds, effect sizes; checked against scipy and statsmode
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from ablator.analysis import compute_effects, load
 from ablator.store import open_store
 from analysis.synthstore import StoreBuilder, ablation_experiment
 
-TOL = {"rel": 1e-6, "abs": 1e-12}
+TOL: dict[str, Any] = {"rel": 1e-6, "abs": 1e-12}
 #: seed effect (shared by every variant that runs the seed) + the variant's own shift
 SEED_EFFECT = [0.03, -0.02, 0.01, 0.04, -0.05]
 SHIFT = {"baseline": 0.0, "no_dropout": -0.004, "gelu": 0.0005, "no_batchnorm": -0.1}

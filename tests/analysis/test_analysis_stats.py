@@ -70,6 +70,7 @@ def test_paired_matches_ttest_rel() -> None:
     assert (ours.ci_low, ours.ci_high) == (pytest.approx(ci.low, **TOL), pytest.approx(ci.high, **TOL))
     # The same numbers unpaired: the seed-to-seed spread swamps the difference.
     welch = stats.welch(a, b)
+    assert ours.p_value is not None
     assert welch is not None and welch.p_value is not None and ours.p_value < 0.05 < welch.p_value
     assert stats.paired([1.0], [2.0]) is None
     same = stats.paired([1.0, 2.0, 3.0], [0.5, 1.5, 2.5])

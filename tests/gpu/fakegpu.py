@@ -120,10 +120,10 @@ def fake_cuda() -> None:
 
     peak = int(os.environ.get("FAKE_CUDA_PEAK_MB", "100")) * 2**20
     name = os.environ.get("FAKE_CUDA_NAME", "Fake GPU")
-    torch.cuda.is_available = lambda: True  # type: ignore[assignment]
-    torch.cuda.device_count = lambda: 1  # type: ignore[assignment]
-    torch.cuda.current_device = lambda: 0  # type: ignore[assignment]
-    torch.cuda.get_device_name = lambda device=None: name  # type: ignore[assignment]
-    torch.cuda.reset_peak_memory_stats = lambda device=None: None  # type: ignore[assignment]
-    torch.cuda.max_memory_reserved = lambda device=None: peak  # type: ignore[assignment]
-    torch.cuda.synchronize = lambda device=None: None  # type: ignore[assignment]
+    torch.cuda.is_available = lambda: True
+    torch.cuda.device_count = lambda: 1
+    torch.cuda.current_device = lambda: 0
+    torch.cuda.get_device_name = lambda device=None: name
+    torch.cuda.reset_peak_memory_stats = lambda device=None: None
+    torch.cuda.max_memory_reserved = lambda device=None: peak
+    torch.cuda.synchronize = lambda device=None: None

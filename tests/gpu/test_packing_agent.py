@@ -26,7 +26,9 @@ def test_auto_packs_trials_and_backs_off_on_oom(tmp_path: Path, start_agent: Any
     # Trials run out of memory when more than 2 share the GPU.
     config = {"mode": "oom_crowded", "crowd": 2, "steps": 32, "sleep": 0.25, "trace_dir": str(trace)}
     launch_exp(store, gpu_experiment(gpu="required", trials=6, config=config))
-    env = agent_env(tmp_path, smi, ABLATOR_DEVICE_CHECK="tests.gpu.fakegpu:fake_cuda", FAKE_CUDA_PEAK_MB="1000")
+    env = agent_env(
+        tmp_path, smi, ABLATOR_DEVICE_CHECK="tests.gpu.fakegpu:fake_cuda", FAKE_CUDA_PEAK_MB="1000"
+    )
     agent = start_agent(store, env, "--slots-per-gpu", "auto", "--slots", "3")
     assert agent.wait(300) == 0, agent.output()
     out = agent.output()
@@ -38,7 +40,9 @@ def test_auto_packs_trials_and_backs_off_on_oom(tmp_path: Path, start_agent: Any
     assert first["crowd"] == 1  # measured alone
     assert max(t["crowd"] for t in seen) >= 3  # packed up to the third slot ...
     releases = [r for t in range(6) for r in records_of(s, t, "release").values()]
-    assert releases and all("CUDA out of memory on gpu0 while 3 trials shared it" in r.reason for r in releases)
+    assert releases and all(
+        "CUDA out of memory on gpu0 while 3 trials shared it" in r.reason for r in releases
+    )
     assert "started on gpu0" in out
     # ... and after the out-of-memory error never more than two at once
     usage = read(s, layout.usage(first["trial"], 0), records.Usage)
