@@ -1,7 +1,9 @@
 """Store keys. This module alone spells them; ``docs/store.md`` lists each key, who writes it and when.
 
 Numbers are zero-padded so that names sort in numeric order: trial ``000042``, epoch ``e0003``,
-step ``s00000120``.
+step ``s00000120``. Padding is a minimum width, not a limit: trial 1,234,567 is ``1234567`` (such
+names sort after ``999999`` only by number; every reader parses them with :func:`parse_trial`
+or :func:`parse_trial_dir`, never by a fixed width).
 """
 
 from __future__ import annotations
@@ -148,7 +150,11 @@ def log(index: int, epoch: int) -> str:
 
 # --- parsing: the inverse of the builders above, for readers that list a folder -------------
 
-_TRIAL_RE = re.compile(rf"^{TRIALS_DIR}(\d{{{_TRIAL_W}}})/")
+# A trial folder's name: six digits, or more without a leading zero (what ``trial_dir`` builds
+# for indexes >= 1,000,000). Nothing else is a trial: ``0000001`` must not alias trial 1.
+_TRIAL_NAME = rf"(?:\d{{{_TRIAL_W}}}|[1-9]\d{{{_TRIAL_W},}})"
+_TRIAL_RE = re.compile(rf"^{TRIALS_DIR}({_TRIAL_NAME})/")
+_TRIAL_DIR_RE = re.compile(rf"^{_TRIAL_NAME}$")
 _RECORD_RE = re.compile(r"^(claim|attempt|release|failed)\.e(\d+)\.msgpack$")
 _EPOCH_STEP_RE = re.compile(r"^e(\d+)-s(\d+)\.(msgpack|pt)$")
 
@@ -157,6 +163,16 @@ def parse_trial(key: str) -> int | None:
     """The trial index of a key under ``trials/``, or None."""
     m = _TRIAL_RE.match(key)
     return int(m.group(1)) if m else None
+
+
+def parse_trial_dir(name: str) -> int | None:
+    """A folder name listed under ``trials/`` (``000042``, ``1234567``) -> its index, or None."""
+    return int(name) if _TRIAL_DIR_RE.match(name) else None
+
+
+def trial_indexes(names: list[str]) -> set[int]:
+    """The trial indexes among folder names listed under ``trials/`` (``list_dirs``)."""
+    return {i for n in names if (i := parse_trial_dir(n)) is not None}
 
 
 def parse_record(name: str) -> tuple[str, int] | None:

@@ -363,7 +363,13 @@ def gc(store: str | os.PathLike[str] | Store, *, dry_run: bool = False) -> GcRep
     """After the experiment is done, delete checkpoints nobody needs: each trial with a result
     keeps the newest checkpoint of its canonical lineage and the one at its best step; a failed
     trial keeps the checkpoint a retry would resume from. Refused while any trial may still run
-    (a running or resumable trial may need any checkpoint of its lineage)."""
+    (a running or resumable trial may need any checkpoint of its lineage).
+
+    ``retry --failed`` may reopen a failed trial while gc runs, and an agent may then resume it.
+    So each trial is decided at the moment of deleting, by the holder's own rules: only
+    checkpoints of epochs up to the one judged final are ever deleted (a later attempt's are
+    its own), and a trial whose state changed since (a retry forgave it, a new claim exists) is
+    left alone; a failed trial always keeps the checkpoint a retry resumes from."""
     from ablator import lineage
     from ablator.lease import TERMINAL, read_budget
     from ablator.store import open_store
@@ -383,6 +389,7 @@ def gc(store: str | os.PathLike[str] | Store, *, dry_run: bool = False) -> GcRep
             "gc deletes checkpoints that those trials may resume from. Run it once `ablator status` says done"
         )
     report = GcReport()
+    retries: dict[str, records.Retry | None] = {}
     for i, s in states.items():
         entries = st.list(layout.ckpt_dir(i))
         if not entries:
@@ -414,6 +421,13 @@ def gc(store: str | os.PathLike[str] | Store, *, dry_run: bool = False) -> GcRep
             candidates = lineage.checkpoint_candidates(st, i, top)
             if candidates:
                 keep.add(candidates[0][2])
+        for key in by_key:
+            parsed = layout.parse_epoch_step(layout.basename(key))
+            if parsed is not None and s.epoch is not None and parsed[0] > s.epoch:
+                keep.add(key)  # a later attempt's (a retry that started since): never ours to judge
+        if any(key not in keep for key in by_key) and not _still_final(st, spec, i, s, retries):
+            report.kept.extend(by_key)  # reopened or claimed since it was judged: decide nothing
+            continue
         for key, e in by_key.items():
             if key in keep:
                 report.kept.append(key)
@@ -423,6 +437,19 @@ def gc(store: str | os.PathLike[str] | Store, *, dry_run: bool = False) -> GcRep
             if not dry_run:
                 st.delete(key)
     return report
+
+
+def _still_final(
+    st: Store, spec: records.ExperimentSpec, i: int, judged: Any, retries: dict[str, records.Retry | None]
+) -> bool:
+    """Whether trial ``i`` is still in the final state ``judged`` (same status, same epoch), read
+    again now (its own folder, and the retry records: ``retries`` caches those already read),
+    right before gc deletes any of its checkpoints."""
+    from ablator.lease import TERMINAL, read_forgiven, read_trial
+
+    forgiven = read_forgiven(st, retries)
+    now = read_trial(st, i, judge=lambda *_: False, limits=_limits(spec), forgiven=forgiven.get(i, -1))
+    return now.status in TERMINAL and now.status == judged.status and now.epoch == judged.epoch
 
 
 def cli_gc(args: argparse.Namespace) -> int:

@@ -609,7 +609,7 @@ class Claimer:
             lost_run += 1
             self.stats.extra["lost_in_gaps"] = self.stats.extra.get("lost_in_gaps", 0) + 1
             if lost_run >= 4:
-                existing = {int(n) for n in self.store.list_dirs(layout.TRIALS_DIR) if n.isdigit()}
+                existing = layout.trial_indexes(self.store.list_dirs(layout.TRIALS_DIR))
                 self._free = [k for k in self._free if k not in existing]
                 lost_run = 0
             self._free_pos = self.rng.randrange(len(self._free)) if self._free else 0
@@ -647,7 +647,7 @@ class Claimer:
         for t, ep in self._forgiven.items():
             if old_forgiven.get(t, -1) != ep:
                 self._terminal.discard(t)  # an operator's retry reopened it
-        existing = {int(n) for n in self.store.list_dirs(layout.TRIALS_DIR) if n.isdigit()}
+        existing = layout.trial_indexes(self.store.list_dirs(layout.TRIALS_DIR))
         mine = {t for t, _ in self.membership.held()}
         now = self.clock()
         # Trials with a re-check scheduled for later (running elsewhere) are not re-read: the

@@ -1,0 +1,133 @@
+"""Trial indexes of a million and more, and ``gc`` racing ``retry --failed``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ablator import layout, records, status
+from ablator.experiment import experiment_from_dict
+from ablator.lease import Claimer, LeaseLimits, Membership, group_by_trial
+from ablator.ops import gc, launch, retry_failed
+from ablator.store import Entry, open_store
+from ablator.store.posix import PosixStore
+from tests.agent.conftest import experiment
+from tests.lease.helpers import FakeClock, spec
+
+BIG = 1_000_000
+LIMITS = LeaseLimits(max_attempts=1, lease_seconds=30.0, heartbeat_seconds=5.0)
+
+
+def test_layout_round_trips_indexes_past_six_digits() -> None:
+    for i in (0, 42, 999_999, BIG, 1_234_567, 10**9 + 7):
+        assert layout.parse_trial(layout.claim(i, 0)) == i
+        assert layout.parse_trial_dir(layout.trial_dir(i)[len(layout.TRIALS_DIR) : -1]) == i
+    # only what trial_dir builds is a trial: no aliasing of trial 1 by a padded name
+    assert layout.parse_trial("trials/0000001/claim.e0000.msgpack") is None
+    assert layout.parse_trial("trials/99999/claim.e0000.msgpack") is None
+    assert layout.trial_indexes(["000001", "1000000", "0000001", "abc", "99999"]) == {1, BIG}
+    grouped = group_by_trial(
+        [Entry(layout.claim(BIG + 3, 0), 1), Entry(layout.result(BIG + 3), 1), Entry(layout.claim(7, 0), 1)]
+    )
+    assert sorted(grouped) == [7, BIG + 3] and len(grouped[BIG + 3]) == 2
+
+
+def _big_store(tmp_path: Path, trials: int) -> tuple[str, Any]:
+    url = str(tmp_path / "s")
+    exp = experiment(
+        design={"kind": "random", "trials": trials, "space": {"x": {"range": [0.0, 1.0]}}},
+        limits={"max_attempts": 1},
+    )
+    launch(experiment_from_dict(exp), url)
+    return url, open_store(url)
+
+
+def test_status_and_retry_see_trials_past_a_million(tmp_path: Path) -> None:
+    url, store = _big_store(tmp_path, BIG + 2)
+    clock = FakeClock()
+    m = Membership(store, LIMITS, clock=clock, host="h", versions={})
+    c = Claimer(store, m, budget=BIG + 2)
+    held = c.claim(BIG + 1, spec)
+    assert held is not None and (held.trial, held.epoch) == (BIG + 1, 0)
+    held.fail("exception", "boom")
+    done = c.claim(BIG, spec)
+    assert done is not None and done.finish(metrics={"score": 1.0})
+    report = status.collect(store, url=url)
+    assert report.counts.get("done") == 1 and report.counts.get("failed") == 1, report.counts
+    rec = retry_failed(store)
+    assert rec is not None and rec.epochs == {BIG + 1: 0}
+    # the claimer sees the reopened trial by its index too
+    again = c.claim(BIG + 1, spec)
+    assert again is not None and (again.trial, again.epoch) == (BIG + 1, 1)
+
+
+# --- gc racing retry --failed ----------------------------------------------------------------------
+
+
+class RetryDuringGc(PosixStore):
+    """When gc lists trial 0's checkpoints, an operator's retry and an agent's new attempt
+    happen first: the retry record, claim e1, and the new attempt's first checkpoint."""
+
+    def __init__(self, root: str, url: str) -> None:
+        super().__init__(root)
+        self.url_ = url
+        self.fired = False
+
+    def list(self, prefix: str) -> list[Entry]:
+        if prefix == layout.ckpt_dir(0) and not self.fired:
+            self.fired = True
+            assert retry_failed(self.url_) is not None
+            clock = FakeClock()
+            m = Membership(self, LIMITS, clock=clock, host="h2", versions={})
+            held = Claimer(self, m, budget=1).claim(0, spec)
+            assert held is not None and held.epoch == 1
+            super().create(layout.checkpoint(0, 1, 5), b"new attempt's checkpoint", durable=True)
+        return super().list(prefix)
+
+
+def test_gc_never_deletes_a_retry_that_started_meanwhile(tmp_path: Path) -> None:
+    url, store = _big_store(tmp_path, 1)
+    m = Membership(store, LIMITS, clock=FakeClock(), host="h", versions={})
+    held = Claimer(store, m, budget=1).claim(0, spec)
+    assert held is not None
+    held.attempt()
+    for step in (1, 2, 3):
+        store.create(layout.checkpoint(0, 0, step), b"ckpt %d" % step, durable=True)
+    held.fail("exception", "boom")  # max_attempts 1: failed for good
+    racing = RetryDuringGc(str(tmp_path / "s"), url)
+    report = gc(racing)
+    assert racing.fired
+    left = sorted(e.key for e in store.list(layout.ckpt_dir(0)))
+    # The new attempt's checkpoint and its resume point survive; nothing of the reopened trial
+    # was deleted (it was decided again at the moment of deleting).
+    assert layout.checkpoint(0, 1, 5) in left and layout.checkpoint(0, 0, 3) in left
+    assert report.deleted == []
+    assert records.decode(store.read(layout.claim(0, 1)), records.Claim, "c").epoch == 1
+
+
+def test_gc_without_a_race_still_deletes_what_nobody_needs(tmp_path: Path) -> None:
+    url, store = _big_store(tmp_path, 1)
+    m = Membership(store, LIMITS, clock=FakeClock(), host="h", versions={})
+    held = Claimer(store, m, budget=1).claim(0, spec)
+    assert held is not None
+    held.attempt()
+    for step in (1, 2, 3):
+        store.create(layout.checkpoint(0, 0, step), b"ckpt %d" % step, durable=True)
+    held.fail("exception", "boom")
+    report = gc(url)
+    assert sorted(report.deleted) == [layout.checkpoint(0, 0, 1), layout.checkpoint(0, 0, 2)]
+    assert [e.key for e in store.list(layout.ckpt_dir(0))] == [layout.checkpoint(0, 0, 3)]
+
+
+@pytest.mark.parametrize("n", [3])
+def test_retry_by_trial_number_past_a_million(tmp_path: Path, n: int) -> None:
+    url, store = _big_store(tmp_path, BIG + n)
+    m = Membership(store, LIMITS, clock=FakeClock(), host="h", versions={})
+    c = Claimer(store, m, budget=BIG + n)
+    held = c.claim(BIG + n - 1, spec)
+    assert held is not None
+    held.fail("exception", "boom")
+    rec = retry_failed(url, [BIG + n - 1])
+    assert rec is not None and rec.epochs == {BIG + n - 1: 0}
