@@ -30,6 +30,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("ablator.train.run", "run one trial in this process (the prototype path)"),
     "analyze": ("ablator.analysis.cli", "print the effects table of a store"),
     "report": ("ablator.analysis.cli", "write figures, report.md and report.html for a store"),
+    "submit": ("ablator.engines.submit", "start agents on Slurm, Kubernetes or SkyPilot (docs/engines.md)"),
     "serve": ("ablator.serve", "a live, read-only dashboard of a store in the browser"),
 }
 
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ablator.serve import add_serve_arguments
 
     add_serve_arguments(p)
+    from ablator.engines.submit import add_submit_arguments
+
+    add_submit_arguments(add("submit"))
     return parser
 
 

@@ -95,3 +95,23 @@ def traces(trace_dir: Path) -> dict[int, list[list[str]]]:
 
 def open_(url: str) -> Store:
     return open_store(url)
+
+
+def read(store: Store, key: str, type_: type[Any]) -> Any:
+    data = store.get(key)
+    return None if data is None else records.decode(data, type_, key)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[Any]:
+    """A real one-node Slurm cluster for the whole session (tests/engines/slurmcluster.py)."""
+    from tests.engines.slurmcluster import missing_binaries, running_cluster
+
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(
+            f"Slurm is not installed ({', '.join(missing)} not found); .ci/run installs Debian's "
+            "slurmctld, slurmd, slurm-client and munge"
+        )
+    with running_cluster() as cluster:
+        yield cluster

@@ -1,0 +1,214 @@
+"""``python -m ablator submit slurm|k8s|sky STORE --agents N ...``: render the engine's native
+artifact, print it (or write it with ``--out``), and with ``--submit`` hand it to the engine's own
+command (``sbatch``, ``kubectl apply``, ``sky jobs launch``). See docs/engines.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ablator.engines import common
+from ablator.engines.common import AgentOptions
+from ablator.errors import ConfigError
+
+
+def add_submit_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``submit`` subcommand's arguments (no heavy imports: building the parser is cheap)."""
+    engines = p.add_subparsers(dest="engine", metavar="ENGINE", required=True)
+    helps = {
+        "slurm": "an sbatch job array, one agent per task",
+        "k8s": "a Kubernetes Indexed Job, one agent per pod (with the ablator wheel in a ConfigMap)",
+        "sky": "a SkyPilot managed-job task, launched once per agent (spot by default)",
+    }
+    for engine, text in helps.items():
+        e = engines.add_parser(engine, help=text, description=text)
+        e.add_argument("store", help="store URL the experiment was launched into (ablator launch --code ...)")
+        e.add_argument("--agents", type=int, default=1, help="agents to start (tasks, pods, managed jobs)")
+        e.add_argument("--name", default=None, help="job name (default: ablator-<last part of STORE>)")
+        e.add_argument("--gpus", type=int, default=0, help="GPUs per agent (0: CPU trials)")
+        e.add_argument("--cpus", type=int, default=None, help="CPU cores per agent (default 1 per slot)")
+        e.add_argument("--memory", default=None, help="memory per agent, e.g. 16G")
+        e.add_argument("--slots", type=int, default=None, help="CPU trials at once per agent (CPU agents)")
+        e.add_argument("--slots-per-gpu", type=int, default=1, help="trials sharing each GPU")
+        e.add_argument(
+            "--grace-seconds",
+            type=float,
+            default=25.0,
+            help="time the agent has to checkpoint and release after SIGTERM (the engine waits this + 15 s)",
+        )
+        e.add_argument(
+            "--env", action="append", default=[], metavar="KEY=VALUE", help="set in the agent's environment"
+        )
+        e.add_argument(
+            "--agent-arg",
+            action="append",
+            default=[],
+            metavar="ARG",
+            help="pass to the agent, e.g. --agent-arg=--lease-seconds=300",
+        )
+        e.add_argument(
+            "--out", default=None, metavar="PATH", help="write the artifact here instead of printing it"
+        )
+        e.add_argument("--submit", action="store_true", help=f"submit it with {_CLI[engine]}")
+        if engine == "slurm":
+            e.add_argument("--partition", default=None)
+            e.add_argument("--account", default=None)
+            e.add_argument("--qos", default=None)
+            e.add_argument(
+                "--time", default=None, help="time limit per task, e.g. 4:00:00 (drains and requeues)"
+            )
+            e.add_argument(
+                "--python",
+                default=sys.executable,
+                help="interpreter with ablator on every node, same path (default: this one)",
+            )
+            e.add_argument(
+                "--setup", action="append", default=[], metavar="LINE", help="shell line before the agent"
+            )
+            e.add_argument(
+                "--sbatch-arg", action="append", default=[], metavar="ARG", help="extra #SBATCH line"
+            )
+            e.add_argument(
+                "--output", default=None, help="sbatch --output pattern (default <name>-%%A_%%a.out)"
+            )
+        elif engine == "k8s":
+            e.add_argument("--image", required=True, help="container image with Python and torch")
+            e.add_argument("--namespace", default=None)
+            e.add_argument("--secret", default=None, help="Secret whose keys become the agent's environment")
+            e.add_argument("--gpu-resource", default="nvidia.com/gpu", help="extended resource name of a GPU")
+            e.add_argument("--python", default="python", help="interpreter in the image")
+        else:
+            e.add_argument("--accelerators", default=None, help="SkyPilot accelerators, e.g. A100:1")
+            e.add_argument("--cloud", default=None)
+            e.add_argument("--region", default=None)
+            e.add_argument("--on-demand", action="store_true", help="on-demand VMs instead of spot")
+            e.add_argument("--recovery", default="EAGER_NEXT_REGION", help="EAGER_NEXT_REGION or FAILOVER")
+            e.add_argument(
+                "--setup", action="append", default=[], metavar="LINE", help="setup line before ablator"
+            )
+            e.add_argument(
+                "--secret",
+                action="append",
+                default=[],
+                metavar="NAME",
+                help="environment variable passed as a secret (store credentials)",
+            )
+            e.add_argument("--python", default="python", help="interpreter on the VM")
+
+
+_CLI = {"slurm": "sbatch", "k8s": "kubectl apply", "sky": "sky jobs launch"}
+
+
+def agent_options(args: argparse.Namespace) -> AgentOptions:
+    """The engine-independent options from parsed arguments (every problem at once)."""
+    env = []
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--env {item!r}: use KEY=VALUE")
+        env.append((key, value))
+    slots = args.slots if args.gpus == 0 else None
+    cpus = args.cpus if args.cpus is not None else (slots or 1)
+    opts = AgentOptions(
+        store=args.store,
+        agents=args.agents,
+        name=args.name or common.default_name(args.store),
+        gpus=args.gpus,
+        cpus=cpus,
+        memory=args.memory,
+        slots=args.slots,
+        slots_per_gpu=args.slots_per_gpu,
+        grace_seconds=args.grace_seconds,
+        agent_args=tuple(args.agent_arg),
+        env=tuple(env),
+    )
+    common.validate(opts)
+    return opts
+
+
+def _emit(text: str, out: str | None) -> None:
+    if out is None:
+        sys.stdout.write(text)
+        return
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text)
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def cli_submit(args: argparse.Namespace) -> int:
+    """Render (and with ``--submit`` submit) one engine's artifact."""
+    opts = agent_options(args)
+    if args.engine == "slurm":
+        from ablator.engines import slurm
+
+        sopts = slurm.SlurmOptions(
+            partition=args.partition,
+            account=args.account,
+            qos=args.qos,
+            time=args.time,
+            python=args.python,
+            setup=tuple(args.setup),
+            sbatch_args=tuple(args.sbatch_arg),
+            output=args.output,
+        )
+        script = slurm.render(opts, sopts, digest=common.package_digest())
+        if args.out or not args.submit:
+            _emit(script, args.out)
+        if args.submit:
+            job = slurm.submit(script)
+            print(
+                f"submitted Slurm array job {job} ({opts.agents} agents); watch: ablator status {opts.store}"
+            )
+        return 0
+    wheel = common.build_wheel()
+    if args.engine == "k8s":
+        from ablator.engines import k8s
+
+        kopts = k8s.K8sOptions(
+            image=args.image,
+            namespace=args.namespace,
+            secret=args.secret,
+            gpu_resource=args.gpu_resource,
+            python=args.python,
+        )
+        manifest = k8s.render(opts, kopts, wheel)
+        if args.out or not args.submit:
+            _emit(manifest, args.out)
+        if args.submit:
+            print(k8s.submit(manifest))
+            print(
+                f"submitted Kubernetes Job {opts.name} ({opts.agents} agents); watch: ablator status {opts.store}"
+            )
+        return 0
+    from ablator.agent.codecache import default_cache_dir
+    from ablator.engines import sky
+
+    # The wheel must lie on this machine for SkyPilot to upload it: next to --out, else in the
+    # cache (named by its content, so an unchanged ablator is written once).
+    wheel_dir = Path(args.out).resolve().parent if args.out else default_cache_dir() / "wheels"
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    wheel_path = wheel_dir / wheel.filename
+    if not wheel_path.exists() or wheel_path.read_bytes() != wheel.data:
+        wheel_path.write_bytes(wheel.data)
+    sky_opts = sky.SkyOptions(
+        accelerators=args.accelerators,
+        cloud=args.cloud,
+        region=args.region,
+        spot=not args.on_demand,
+        recovery=args.recovery,
+        setup=tuple(args.setup),
+        secrets=tuple(args.secret),
+        python=args.python,
+    )
+    task = sky.render(opts, sky_opts, wheel, wheel_path)
+    task_path = Path(args.out) if args.out else None
+    if task_path is not None or not args.submit:
+        _emit(task, args.out)
+    if args.submit:
+        if task_path is None:
+            task_path = wheel_dir / f"{opts.name}.sky.yaml"
+            task_path.write_text(task)
+        names = sky.submit(task_path, opts, sky_opts)
+        print(f"launched SkyPilot managed jobs {', '.join(names)}; watch: ablator status {opts.store}")
+    return 0

@@ -1,0 +1,225 @@
+"""Agents on a real one-node Slurm cluster, started by ``ablator submit slurm --submit``: a job
+array runs a study to completion; a task cancelled mid-trial releases its trial to the other
+task; a requeued task rejoins; a task reaching its time limit drains on ``--signal``, releases,
+requeues itself and finishes the study. The cluster (munged, slurmctld, slurmd) is started by the
+session fixture ``slurm_cluster``; the tests skip only when the Slurm binaries are absent."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ablator import layout, records
+from tests.engines.conftest import ROOT, launch_study, open_, read, results, traces, trial_records, wait_for
+from tests.engines.slurmcluster import SlurmCluster, missing_binaries
+
+pytestmark = pytest.mark.skipif(
+    bool(missing_binaries()),
+    reason="Slurm is not installed (.ci/run installs slurmctld, slurmd, slurm-client and munge)",
+)
+
+
+def submit(cluster: SlurmCluster, env: dict[str, str], store: str, logs: Path, *extra: str) -> str:
+    """``python -m ablator submit slurm STORE --submit ...`` against the test cluster; the job id."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ablator",
+            "submit",
+            "slurm",
+            store,
+            "--output",
+            str(logs / "%A_%a.out"),
+            "--submit",
+            *extra,
+        ],
+        cwd=ROOT,
+        env={**env, "SLURM_CONF": str(cluster.conf)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    m = re.search(r"submitted Slurm array job (\d+)", out.stdout)
+    assert m, out.stdout
+    return m.group(1)
+
+
+def finished(cluster: SlurmCluster, job: str, n: int) -> dict[str, str] | None:
+    """The tasks' final states once none of the ``n`` tasks is pending or running."""
+    states = cluster.job_states(job)
+    if len(states) == n and all(
+        s in ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT") for s in states.values()
+    ):
+        return states
+    return None
+
+
+def job_logs(logs: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(logs.glob("*")))
+
+
+def attempt_agent(store: Any, trial: int, epoch: int) -> str:
+    att = read(store, layout.attempt(trial, epoch), records.Attempt)
+    assert att is not None, (trial, epoch)
+    return str(att.agent_id)
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> dict[str, Path]:
+    paths = {
+        "store": tmp_path / "store",
+        "trace": tmp_path / "trace",
+        "logs": tmp_path / "logs",
+        "hold": tmp_path / "hold",
+    }
+    paths["trace"].mkdir()
+    paths["logs"].mkdir()
+    return paths
+
+
+class TimeLimited:
+    """The time-limit scenario, submitted when this module starts (its minute-long time limit
+    runs while the other tests do) and checked by the last test."""
+
+    def __init__(self, cluster: SlurmCluster, env: dict[str, str], root: Path) -> None:
+        self.cluster = cluster
+        self.store = str(root / "store")
+        self.trace = root / "trace"
+        self.logs = root / "logs"
+        self.hold = root / "hold"
+        self.trace.mkdir()
+        self.logs.mkdir()
+        launch_study(self.store, 1, {"trace_dir": str(self.trace), "hold_file": str(self.hold), "sleep": 0.2})
+        # --time 1 (minute) and grace 35 s: Slurm signals the batch shell 50 s before the limit
+        # (checked every 30 s, so 10 to 40 s after the start), with the trial running.
+        self.job = submit(
+            cluster, env, self.store, self.logs, "--agents", "1", "--time", "1", "--grace-seconds", "35"
+        )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def time_limited(
+    slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TimeLimited]:
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    root = tmp_path_factory.mktemp("time-limited")
+    env["ABLATOR_CACHE_DIR"] = str(root / "cache")
+    env["ABLATOR_LOCK_DIR"] = str(root / "locks")
+    yield TimeLimited(slurm_cluster, env, root)
+    slurm_cluster.cancel_all()
+
+
+def test_a_two_task_array_runs_a_study_to_completion(
+    slurm_cluster: SlurmCluster, child_env: dict[str, str], study: dict[str, Path]
+) -> None:
+    store = str(study["store"])
+    launch_study(store, 6, {"trace_dir": str(study["trace"]), "sleep": 0.3, "steps": 3})
+    job = submit(slurm_cluster, child_env, store, study["logs"], "--agents", "2", "--grace-seconds", "5")
+    states = wait_for("both tasks to finish", lambda: finished(slurm_cluster, job, 2), 90)
+    assert states == {f"{job}_0": "COMPLETED", f"{job}_1": "COMPLETED"}, job_logs(study["logs"])
+    s = open_(store)
+    assert sorted(results(s)) == list(range(6))
+    seen = traces(study["trace"])
+    # Inside a real Slurm job, no trial saw the job's SLURM_* variables.
+    assert {line[3] for lines in seen.values() for line in lines} == {"-"}
+    # Both tasks' agents ran trials (each task writes an agent line to its own log).
+    agents = {attempt_agent(s, t, 0) for t in range(6)}
+    assert len(agents) == 2, job_logs(study["logs"])
+    for i in range(2):
+        assert "is done; exiting" in (study["logs"] / f"{job}_{i}.out").read_text()
+
+
+def test_scancel_mid_trial_releases_it_and_the_other_task_takes_it_over(
+    slurm_cluster: SlurmCluster, child_env: dict[str, str], study: dict[str, Path]
+) -> None:
+    store = str(study["store"])
+    launch_study(store, 2, {"trace_dir": str(study["trace"]), "hold_file": str(study["hold"]), "sleep": 0.2})
+    job = submit(slurm_cluster, child_env, store, study["logs"], "--agents", "2", "--grace-seconds", "10")
+    s = open_(store)
+    wait_for("both trials running", lambda: all(trial_records(s, t, "attempt") == [0] for t in (0, 1)), 90)
+    slurm_cluster.run("scancel", f"{job}_0")
+    released = wait_for(
+        "the cancelled task's release",
+        lambda: [t for t in (0, 1) if trial_records(s, t, "release") == [0]],
+        60,
+    )
+    assert len(released) == 1
+    (trial,) = released
+    study["hold"].touch()
+    states = wait_for("the array to end", lambda: finished(slurm_cluster, job, 2), 90)
+    # scancel meant it: the cancelled task was not requeued by its script.
+    assert states == {f"{job}_0": "CANCELLED", f"{job}_1": "COMPLETED"}, job_logs(study["logs"])
+    assert slurm_cluster.task_field(f"{job}_0", "Restarts") == "0"
+    res = results(s)
+    assert sorted(res) == [0, 1]
+    assert res[trial].epoch == 1
+    # The other task's agent continued the released trial from its checkpoint.
+    assert attempt_agent(s, trial, 1) == attempt_agent(s, 1 - trial, 0) != attempt_agent(s, trial, 0)
+    first, second = traces(study["trace"])[trial]
+    assert second[1] == "1" and int(second[2]) > 0, (first, second)
+    rel = read(s, layout.release(trial, 0), records.Release)
+    assert "SIGTERM" in rel.reason
+
+
+def test_a_requeued_task_drains_and_rejoins(
+    slurm_cluster: SlurmCluster, child_env: dict[str, str], study: dict[str, Path]
+) -> None:
+    store = str(study["store"])
+    launch_study(store, 2, {"trace_dir": str(study["trace"]), "hold_file": str(study["hold"]), "sleep": 0.2})
+    job = submit(slurm_cluster, child_env, store, study["logs"], "--agents", "2", "--grace-seconds", "10")
+    s = open_(store)
+    wait_for("both trials running", lambda: all(trial_records(s, t, "attempt") == [0] for t in (0, 1)), 90)
+    slurm_cluster.run("scontrol", "requeue", f"{job}_1")
+    released = wait_for(
+        "the requeued task's release",
+        lambda: [t for t in (0, 1) if trial_records(s, t, "release") == [0]],
+        60,
+    )
+    (trial,) = released
+    # The requeued task starts again (after the credential expiry) and its new agent claims the
+    # trial its previous run released; the other task is still busy with its own.
+    wait_for("the rejoined agent's attempt", lambda: trial_records(s, trial, "attempt") == [0, 1], 90)
+    study["hold"].touch()
+    states = wait_for("the array to end", lambda: finished(slurm_cluster, job, 2), 90)
+    assert states == {f"{job}_0": "COMPLETED", f"{job}_1": "COMPLETED"}, job_logs(study["logs"])
+    assert slurm_cluster.task_field(f"{job}_1", "Restarts") == "1"
+    assert sorted(results(s)) == [0, 1]
+    new_agent = attempt_agent(s, trial, 1)
+    assert new_agent not in (attempt_agent(s, trial, 0), attempt_agent(s, 1 - trial, 0))
+    log = (study["logs"] / f"{job}_1.out").read_text()
+    assert "start 1" in log and "start 2" in log, log
+
+
+def test_the_time_limit_signal_drains_releases_and_requeues(
+    slurm_cluster: SlurmCluster, time_limited: TimeLimited
+) -> None:
+    tl = time_limited
+    s = open_(tl.store)
+    task = f"{tl.job}_0"
+    wait_for("the drain's release before the time limit", lambda: trial_records(s, 0, "release") == [0], 90)
+    rel = read(s, layout.release(0, 0), records.Release)
+    assert "SIGTERM" in rel.reason
+    # The script requeued its own task (it was still RUNNING: the time-limit warning), and the
+    # next run's agent takes the released trial.
+    wait_for("the requeued run's attempt", lambda: trial_records(s, 0, "attempt") == [0, 1], 90)
+    tl.hold.touch()
+    states = wait_for("the task to end", lambda: finished(slurm_cluster, tl.job, 1), 90)
+    assert states == {task: "COMPLETED"}, job_logs(tl.logs)
+    assert slurm_cluster.task_field(task, "Restarts") == "1"
+    res = results(s)
+    assert sorted(res) == [0] and res[0].epoch == 1
+    _first, second = traces(tl.trace)[0]
+    assert int(second[2]) > 0  # resumed from the drain's checkpoint
+    log = job_logs(tl.logs)
+    assert "drained before the time limit; requeueing" in log
