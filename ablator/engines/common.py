@@ -212,7 +212,9 @@ def _metadata() -> tuple[str, str]:
                     req, _, marker = d.partition(";")
                     cond = f'({marker.strip()}) and extra == "{extra}"' if marker else f'extra == "{extra}"'
                     lines.append(f"Requires-Dist: {req.strip()}; {cond}")
-            return str(project["version"]), "\n".join(lines) + "\n"
+            import ablator  # the one source of the version (pyproject reads it from there)
+
+            return ablator.__version__, "\n".join(lines) + "\n"
     from importlib.metadata import PackageNotFoundError, distribution
 
     try:

@@ -181,7 +181,7 @@ def cli_submit(args: argparse.Namespace) -> int:
                 f"submitted Kubernetes Job {opts.name} ({opts.agents} agents); watch: ablator status {opts.store}"
             )
         return 0
-    from ablator.agent.codecache import default_cache_dir
+    from ablator.codesnap import default_cache_dir
     from ablator.engines import sky
 
     # The wheel must lie on this machine for SkyPilot to upload it: next to --out, else in the
