@@ -52,15 +52,22 @@ def child_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     yield env
 
 
-def wait_for(what: str, cond: Callable[[], Any], timeout: float = 60.0, every: float = 0.2) -> Any:
-    """Poll ``cond`` until it is truthy (a bound, not a measurement: tests never assert on time)."""
+def wait_for(
+    what: str,
+    cond: Callable[[], Any],
+    timeout: float = 60.0,
+    every: float = 0.2,
+    context: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``cond`` until it is truthy (a bound, not a measurement: tests never assert on time);
+    on timeout the error carries ``context()`` (job logs)."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}" + (f"\n{context()}" if context else ""))
         time.sleep(every)
 
 

@@ -6,10 +6,13 @@ session fixture ``slurm_cluster``; the tests skip only when the Slurm binaries a
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +89,11 @@ def study(tmp_path: Path) -> dict[str, Path]:
 
 
 class TimeLimited:
-    """The time-limit scenario, submitted when this module starts (its minute-long time limit
-    runs while the other tests do) and checked by the last test."""
+    """The time-limit scenario. Submitted when this module starts, so that it runs while the other
+    tests do: a one-task array with a 10-minute limit; once its trial runs, the limit is cut to
+    about 45 s from now (``scontrol update``, as an administrator might), so that Slurm's
+    ``--signal`` warning (40 s before the limit with the default 25 s grace; slurmctld checks every
+    30 s) comes while the trial is running. The last test checks the outcome."""
 
     def __init__(self, cluster: SlurmCluster, env: dict[str, str], root: Path) -> None:
         self.cluster = cluster
@@ -97,36 +103,53 @@ class TimeLimited:
         self.hold = root / "hold"
         self.trace.mkdir()
         self.logs.mkdir()
+        self.error: BaseException | None = None
         launch_study(self.store, 1, {"trace_dir": str(self.trace), "hold_file": str(self.hold), "sleep": 0.2})
-        # --time 1 (minute) and grace 35 s: Slurm signals the batch shell 50 s before the limit
-        # (checked every 30 s, so 10 to 40 s after the start), with the trial running.
-        self.job = submit(
-            cluster, env, self.store, self.logs, "--agents", "1", "--time", "1", "--grace-seconds", "35"
-        )
+        self.job = submit(cluster, env, self.store, self.logs, "--agents", "1", "--time", "10")
+        self.task = f"{self.job}_0"
+        self.thread = threading.Thread(target=self._shorten, daemon=True)
+        self.thread.start()
+
+    def _shorten(self) -> None:
+        try:
+            s = open_(self.store)
+            wait_for("the trial to run", lambda: trial_records(s, 0, "attempt") == [0], 120)
+            h, m, sec = ([0, 0, *map(int, self.cluster.task_field(self.task, "RunTime").split(":"))])[-3:]
+            elapsed = 3600 * h + 60 * m + sec
+            minutes = max(1, math.ceil((elapsed + 45) / 60))
+            self.cluster.run("scontrol", "update", f"JobId={self.task}", f"TimeLimit={minutes}")
+        except BaseException as exc:  # reported by the test
+            self.error = exc
 
 
 @pytest.fixture(scope="module", autouse=True)
 def time_limited(
     slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TimeLimited]:
-    import os
-
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     root = tmp_path_factory.mktemp("time-limited")
     env["ABLATOR_CACHE_DIR"] = str(root / "cache")
     env["ABLATOR_LOCK_DIR"] = str(root / "locks")
-    yield TimeLimited(slurm_cluster, env, root)
+    tl = TimeLimited(slurm_cluster, env, root)
+    yield tl
+    tl.hold.touch()
+    tl.thread.join(130)
     slurm_cluster.cancel_all()
+
+
+def logs_of(logs: Path) -> Callable[[], str]:
+    return lambda: job_logs(logs)
 
 
 def test_a_two_task_array_runs_a_study_to_completion(
     slurm_cluster: SlurmCluster, child_env: dict[str, str], study: dict[str, Path]
 ) -> None:
     store = str(study["store"])
+    ctx = logs_of(study["logs"])
     launch_study(store, 6, {"trace_dir": str(study["trace"]), "sleep": 0.3, "steps": 3})
     job = submit(slurm_cluster, child_env, store, study["logs"], "--agents", "2", "--grace-seconds", "5")
-    states = wait_for("both tasks to finish", lambda: finished(slurm_cluster, job, 2), 90)
+    states = wait_for("both tasks to finish", lambda: finished(slurm_cluster, job, 2), 90, context=ctx)
     assert states == {f"{job}_0": "COMPLETED", f"{job}_1": "COMPLETED"}, job_logs(study["logs"])
     s = open_(store)
     assert sorted(results(s)) == list(range(6))
@@ -144,10 +167,16 @@ def test_scancel_mid_trial_releases_it_and_the_other_task_takes_it_over(
     slurm_cluster: SlurmCluster, child_env: dict[str, str], study: dict[str, Path]
 ) -> None:
     store = str(study["store"])
+    ctx = logs_of(study["logs"])
     launch_study(store, 2, {"trace_dir": str(study["trace"]), "hold_file": str(study["hold"]), "sleep": 0.2})
     job = submit(slurm_cluster, child_env, store, study["logs"], "--agents", "2", "--grace-seconds", "10")
     s = open_(store)
-    wait_for("both trials running", lambda: all(trial_records(s, t, "attempt") == [0] for t in (0, 1)), 90)
+    wait_for(
+        "both trials running",
+        lambda: all(trial_records(s, t, "attempt") == [0] for t in (0, 1)),
+        90,
+        context=ctx,
+    )
     slurm_cluster.run("scancel", f"{job}_0")
     released = wait_for(
         "the cancelled task's release",
@@ -157,7 +186,7 @@ def test_scancel_mid_trial_releases_it_and_the_other_task_takes_it_over(
     assert len(released) == 1
     (trial,) = released
     study["hold"].touch()
-    states = wait_for("the array to end", lambda: finished(slurm_cluster, job, 2), 90)
+    states = wait_for("the array to end", lambda: finished(slurm_cluster, job, 2), 90, context=ctx)
     # scancel meant it: the cancelled task was not requeued by its script.
     assert states == {f"{job}_0": "CANCELLED", f"{job}_1": "COMPLETED"}, job_logs(study["logs"])
     assert slurm_cluster.task_field(f"{job}_0", "Restarts") == "0"
@@ -176,10 +205,16 @@ def test_a_requeued_task_drains_and_rejoins(
     slurm_cluster: SlurmCluster, child_env: dict[str, str], study: dict[str, Path]
 ) -> None:
     store = str(study["store"])
+    ctx = logs_of(study["logs"])
     launch_study(store, 2, {"trace_dir": str(study["trace"]), "hold_file": str(study["hold"]), "sleep": 0.2})
     job = submit(slurm_cluster, child_env, store, study["logs"], "--agents", "2", "--grace-seconds", "10")
     s = open_(store)
-    wait_for("both trials running", lambda: all(trial_records(s, t, "attempt") == [0] for t in (0, 1)), 90)
+    wait_for(
+        "both trials running",
+        lambda: all(trial_records(s, t, "attempt") == [0] for t in (0, 1)),
+        90,
+        context=ctx,
+    )
     slurm_cluster.run("scontrol", "requeue", f"{job}_1")
     released = wait_for(
         "the requeued task's release",
@@ -189,9 +224,11 @@ def test_a_requeued_task_drains_and_rejoins(
     (trial,) = released
     # The requeued task starts again (after the credential expiry) and its new agent claims the
     # trial its previous run released; the other task is still busy with its own.
-    wait_for("the rejoined agent's attempt", lambda: trial_records(s, trial, "attempt") == [0, 1], 90)
+    wait_for(
+        "the rejoined agent's attempt", lambda: trial_records(s, trial, "attempt") == [0, 1], 90, context=ctx
+    )
     study["hold"].touch()
-    states = wait_for("the array to end", lambda: finished(slurm_cluster, job, 2), 90)
+    states = wait_for("the array to end", lambda: finished(slurm_cluster, job, 2), 90, context=ctx)
     assert states == {f"{job}_0": "COMPLETED", f"{job}_1": "COMPLETED"}, job_logs(study["logs"])
     assert slurm_cluster.task_field(f"{job}_1", "Restarts") == "1"
     assert sorted(results(s)) == [0, 1]
@@ -205,21 +242,33 @@ def test_the_time_limit_signal_drains_releases_and_requeues(
     slurm_cluster: SlurmCluster, time_limited: TimeLimited
 ) -> None:
     tl = time_limited
+    ctx = logs_of(tl.logs)
+    tl.thread.join(130)
+    assert tl.error is None, f"{tl.error}\n{ctx()}"
     s = open_(tl.store)
-    task = f"{tl.job}_0"
-    wait_for("the drain's release before the time limit", lambda: trial_records(s, 0, "release") == [0], 90)
+    task = tl.task
+    wait_for(
+        "the drain's release before the time limit",
+        lambda: 0 in trial_records(s, 0, "release"),
+        90,
+        context=ctx,
+    )
     rel = read(s, layout.release(0, 0), records.Release)
     assert "SIGTERM" in rel.reason
     # The script requeued its own task (it was still RUNNING: the time-limit warning), and the
     # next run's agent takes the released trial.
-    wait_for("the requeued run's attempt", lambda: trial_records(s, 0, "attempt") == [0, 1], 90)
+    # (each later run may reach the short limit again: it drains and requeues the same way)
+    wait_for("the requeued run's attempt", lambda: len(trial_records(s, 0, "attempt")) >= 2, 90, context=ctx)
     tl.hold.touch()
-    states = wait_for("the task to end", lambda: finished(slurm_cluster, tl.job, 1), 90)
+    states = wait_for("the task to end", lambda: finished(slurm_cluster, tl.job, 1), 90, context=ctx)
     assert states == {task: "COMPLETED"}, job_logs(tl.logs)
-    assert slurm_cluster.task_field(task, "Restarts") == "1"
+    runs = int(slurm_cluster.task_field(task, "Restarts")) + 1
     res = results(s)
-    assert sorted(res) == [0] and res[0].epoch == 1
-    _first, second = traces(tl.trace)[0]
-    assert int(second[2]) > 0  # resumed from the drain's checkpoint
+    assert sorted(res) == [0] and res[0].epoch >= 1
+    attempts = trial_records(s, 0, "attempt")
+    # every run but the last drained and released its attempt; each next one resumed from it
+    assert trial_records(s, 0, "release") == attempts[:-1] and 2 <= len(attempts) <= runs
+    starts = [int(line[2]) for line in traces(tl.trace)[0]]
+    assert starts[0] == 0 and starts == sorted(set(starts))  # each run resumed further on
     log = job_logs(tl.logs)
     assert "drained before the time limit; requeueing" in log
