@@ -23,7 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
@@ -51,7 +51,7 @@ class SlurmCluster:
         self.cpus = cpus
         self.conf = root / "slurm.conf"
         self.jobcomp = root / "jobcomp.txt"
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
 
     def start(self) -> None:
@@ -121,20 +121,25 @@ PartitionName=debug Nodes=node0 Default=YES MaxTime=INFINITE State=UP
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.out", "wb")  # noqa: SIM115 -- kept open for the daemon's life
         self.procs.append(
-            subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+            (
+                name,
+                subprocess.Popen(
+                    argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+                ),
+            )
         )
         log.close()
 
     def _idle(self) -> bool:
-        for p in self.procs:
+        for name, p in self.procs:
             if p.poll() is not None:
-                raise RuntimeError(f"{p.args[0]} exited with {p.returncode}:\n{self.logs()}")
+                raise RuntimeError(f"{name} exited with {p.returncode}:\n{self.logs()}")
         out = self.run("sinfo", "-h", "-o", "%T", check=False)
         return out.strip() == "idle"
 
-    def _wait(self, what: str, cond: object, timeout: float) -> None:
+    def _wait(self, what: str, cond: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not cond():  # type: ignore[operator]
+        while not cond():
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the test Slurm cluster did not come up ({what}):\n{self.logs()}")
             time.sleep(0.1)
@@ -175,10 +180,10 @@ PartitionName=debug Nodes=node0 Default=YES MaxTime=INFINITE State=UP
             self._wait("all jobs to end", lambda: not self.run("squeue", "-h", check=False).strip(), 60)
 
     def stop(self) -> None:
-        for p in reversed(self.procs):
+        for _, p in reversed(self.procs):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
+        for _, p in self.procs:
             try:
                 p.wait(15)
             except subprocess.TimeoutExpired:
