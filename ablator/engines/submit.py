@@ -5,6 +5,7 @@ command (``sbatch``, ``kubectl apply``, ``sky jobs launch``). See docs/engines.m
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def agent_options(args: argparse.Namespace) -> AgentOptions:
     slots = args.slots if args.gpus == 0 else None
     cpus = args.cpus if args.cpus is not None else (slots or 1)
     opts = AgentOptions(
-        store=args.store,
+        store=_store_for(args.engine, args.store),
         agents=args.agents,
         name=args.name or common.default_name(args.store),
         gpus=args.gpus,
@@ -125,6 +126,28 @@ def agent_options(args: argparse.Namespace) -> AgentOptions:
     )
     common.validate(opts)
     return opts
+
+
+def _store_for(engine: str, store: str) -> str:
+    """The store as the nodes must name it: Slurm nodes share the file system, so a local folder
+    becomes absolute; pods and cloud VMs cannot see this machine's folders."""
+    scheme = store.split("://", 1)[0] if "://" in store else ""
+    if scheme == "memory":
+        raise ConfigError(
+            f"STORE {store!r}: a memory store lives in one process; agents elsewhere cannot reach it"
+        )
+    if engine == "slurm":
+        if scheme in ("", "file"):
+            path = store.split("://", 1)[1] if scheme else store
+            return os.path.abspath(os.path.expanduser(path))
+        return store
+    if scheme in ("", "file"):
+        where = "a Kubernetes pod" if engine == "k8s" else "a SkyPilot VM"
+        raise ConfigError(
+            f"STORE {store!r} is a folder on this machine, which {where} cannot reach; launch the "
+            "experiment into an object store (s3://bucket/prefix) and submit that URL"
+        )
+    return store
 
 
 def _emit(text: str, out: str | None) -> None:

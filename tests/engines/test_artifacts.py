@@ -243,10 +243,19 @@ def test_cli_errors_are_one_line_and_exit_1() -> None:
     assert out.returncode == 1 and "Traceback" not in out.stderr
     for text in ("--agents 0: must be at least 1", "--slots 0", "--memory 'lots'"):
         assert text in out.stderr
-    out = cli("sky", "/s", "--gpus", "1")
+    out = cli("sky", "s3://b/s", "--gpus", "1")
     assert out.returncode == 1 and "needs --accelerators" in out.stderr
     out = cli("slurm", "/s", "--time", "soon")
     assert out.returncode == 1 and "--time 'soon'" in out.stderr
+    out = cli("k8s", "./runs/exp", "--image", "x")
+    assert out.returncode == 1 and "which a Kubernetes pod cannot reach" in out.stderr
+    out = cli("sky", "file:///runs/exp")
+    assert out.returncode == 1 and "which a SkyPilot VM cannot reach" in out.stderr
+    out = cli("slurm", "memory://x")
+    assert out.returncode == 1 and "a memory store lives in one process" in out.stderr
+    # a Slurm job names a relative folder store by its absolute path (its nodes share the folder)
+    out = cli("slurm", "runs/exp")
+    assert out.returncode == 0 and f"ablator.agent {ROOT / 'runs' / 'exp'} " in out.stdout
 
 
 @pytest.mark.parametrize(
@@ -258,7 +267,7 @@ def test_submit_without_the_engines_command_says_what_to_do(
 ) -> None:
     empty = tmp_path / "bin"
     empty.mkdir()
-    out = cli(engine, "/s", "--submit", *extra, "--out", str(tmp_path / "a"), env={"PATH": str(empty)})
+    out = cli(engine, "s3://b/s", "--submit", *extra, "--out", str(tmp_path / "a"), env={"PATH": str(empty)})
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert f"{tool} is not on PATH" in out.stderr
     assert (tmp_path / "a").exists()  # the artifact was still written, for submitting by hand
