@@ -147,18 +147,26 @@ def test_a_two_task_array_runs_a_study_to_completion(
 ) -> None:
     store = str(study["store"])
     ctx = logs_of(study["logs"])
-    launch_study(store, 6, {"trace_dir": str(study["trace"]), "sleep": 0.3, "steps": 3})
+    # The first trials hold until both tasks' agents run one, so that both take part however
+    # unevenly the machine starts them.
+    launch_study(store, 6, {"trace_dir": str(study["trace"]), "hold_file": str(study["hold"]), "sleep": 0.1})
     job = submit(slurm_cluster, child_env, store, study["logs"], "--agents", "2", "--grace-seconds", "5")
+    s = open_(store)
+
+    def running_agents() -> set[str]:
+        return {attempt_agent(s, t, 0) for t in range(6) if trial_records(s, t, "attempt")}
+
+    wait_for("both tasks' agents to run a trial", lambda: len(running_agents()) == 2, 90, context=ctx)
+    study["hold"].touch()
     states = wait_for("both tasks to finish", lambda: finished(slurm_cluster, job, 2), 90, context=ctx)
     assert states == {f"{job}_0": "COMPLETED", f"{job}_1": "COMPLETED"}, job_logs(study["logs"])
-    s = open_(store)
     assert sorted(results(s)) == list(range(6))
     seen = traces(study["trace"])
     # Inside a real Slurm job, no trial saw the job's SLURM_* variables.
     assert {line[3] for lines in seen.values() for line in lines} == {"-"}
-    # Both tasks' agents ran trials (each task writes an agent line to its own log).
-    agents = {attempt_agent(s, t, 0) for t in range(6)}
-    assert len(agents) == 2, job_logs(study["logs"])
+    # Two agents, one per task, ran all the trials, each trial once.
+    assert len({attempt_agent(s, t, 0) for t in range(6)}) == 2
+    assert all(trial_records(s, t, "attempt") == [0] for t in range(6))
     for i in range(2):
         assert "is done; exiting" in (study["logs"] / f"{job}_{i}.out").read_text()
 
