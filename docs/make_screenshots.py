@@ -159,7 +159,7 @@ def main() -> None:
             shot("effects", "/#/effects", "table.effects tbody tr", full=True)
             rows = api("/api/trials?sort=takeovers&desc=1")["rows"]
             taken = rows[0]["index"] if rows[0]["takeovers"] else None
-            failed = api("/api/trials?sort=attempts&desc=1")["rows"][0]["index"]
+            failed = next(r["index"] for r in api("/api/trials")["rows"] if r["error"])
             shot("trial", f"/#/trial/{taken if taken is not None else failed}", "#trial #timeline", full=True)
             shot("failure", f"/#/trial/{failed}", "#trial #failures", full=True)
             shot("done", "/#/", "#progress")

@@ -198,7 +198,16 @@ def create_app(view: StoreView, *, token: str | None = None, start: bool = True)
                 lambda r: view.curves(r.query_params.get("metric") or None, r.query_params.get("group") or "")
             ),
         ),
-        Route("/api/effects", endpoint(lambda r: view.effects(r.query_params.get("metric") or None))),
+        Route(
+            "/api/effects",
+            endpoint(
+                lambda r: view.effects(
+                    r.query_params.get("metric") or None,
+                    value=r.query_params.get("value") or "best",
+                    adjust=r.query_params.get("adjust") or "holm",
+                )
+            ),
+        ),
         Route("/api/trial/{index:int}", endpoint(trial)),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]

@@ -540,16 +540,19 @@ class StoreView:
         return {"metric": metric, "group": group, "lines": _clean_rows(lines)}
 
     # -- effects -----------------------------------------------------------------------------
-    def effects(self, metric: str | None = None) -> dict[str, Any]:
-        """``Results.effects(metric).to_dict()``: the numbers ``ablator analyze`` prints."""
+    def effects(
+        self, metric: str | None = None, *, value: str = "best", adjust: str = "holm"
+    ) -> dict[str, Any]:
+        """``Results.effects(metric, value=..., adjust=...).to_dict()``: the numbers ``ablator
+        analyze --metric M --value V --adjust A`` prints (AnalysisError for a bad choice)."""
         snap = self.require()
         metric = metric or snap.results.metric
 
         def make() -> dict[str, Any]:
-            eff = snap.results.effects(metric)
+            eff = snap.results.effects(metric, value=value, adjust=adjust)
             return {"ablation": snap.results.design.get("kind") == "ablation", **eff.to_dict()}
 
-        return snap.cached(("effects", metric), make)
+        return snap.cached(("effects", metric, value, adjust), make)
 
 
 class NotReady(AblatorError):

@@ -152,6 +152,15 @@ def test_live_study_in_the_browser(
         assert cell == "<1e-4"
     else:
         assert float(cell) == pytest.approx(p_value, rel=5e-3)  # three significant digits
+    # ... and the adjusted p-value beside it (effects adjusts over all comparisons).
+    p_adjusted = next(lv["p_adjusted"] for lv in expected["levels"] if lv["level"] == "shift")
+    adjusted = page.inner_text("table.effects tbody tr[data-level=shift] td.p-adjusted")
+    if p_adjusted is None:
+        assert adjusted == "\u2013"
+    elif p_adjusted < 1e-4:
+        assert adjusted == "<1e-4"
+    else:
+        assert float(adjusted) == pytest.approx(p_adjusted, rel=5e-3)
     assert page.eval_on_selector("canvas.effect-chart", "e => e.dataset.levels") == "1"
     page.goto(server.base + "/#/curves")
     page.wait_for_function("() => document.getElementById('curves-chart')?.dataset.lines === '2'")
@@ -259,6 +268,12 @@ def test_sorting_and_paging_on_the_server(tmp_path: Path) -> None:
         view.trials(filters={"nope": "x"})
     with pytest.raises(AnalysisError, match="cannot sort by"):
         view.trials(sort="nope")
+    # Effects: the numbers of `analyze --value final --adjust bh` as well as the defaults.
+    res = load(open_store(store_url, read_only=True), cache_dir=tmp_path / "own-cache")
+    for options in ({}, {"value": "final", "adjust": "bh"}):
+        assert view.effects(**options)["levels"] == res.effects(**options).to_dict()["levels"]
+    with pytest.raises(AnalysisError, match="adjust"):
+        view.effects(adjust="bonferroni")
     curves = view.curves(group="variant")
     assert [line["label"] for line in curves["lines"]] == ["baseline", "no_dropout", "gelu", "no_batchnorm"]
     assert [line["trials"] for line in curves["lines"]] == [3, 2, 2, 2]  # the running one counts

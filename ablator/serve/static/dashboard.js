@@ -331,9 +331,9 @@ async function renderCurves(r, refresh) {
 }
 
 // ---- effects --------------------------------------------------------------------------------
-// The level columns `Results.effects` returns; those marked optional appear when present (adjusted
-// p-values, effect sizes, verdicts: added by newer analysis versions). Unknown columns are shown
-// too, after the p-value, so that nothing effects computes is hidden.
+// The level columns `Results.effects` returns; those marked optional appear when the analysis
+// gives them (adjusted p-values, effect sizes, verdicts). Unknown columns are shown too, before
+// the rank, so that nothing effects computes is hidden.
 const LEVEL_COLUMNS = [
   { key: "level", head: () => "level", cell: (l) => l.level + (l.reference ? " (reference)" : ""), cls: "" },
   { key: "n", head: () => "n", cell: (l) => (l.n_excluded ? `${l.n} (+${l.n_excluded} excl.)` : String(l.n)) },
@@ -345,8 +345,8 @@ const LEVEL_COLUMNS = [
   { key: "rel_change", head: () => "rel.", cell: (l) => (l.reference ? "–" : pct(l.rel_change)) },
   { key: "test", optional: true, head: () => "test", cell: (l) => (l.test ? l.test + (l.n_pairs ? ` (${l.n_pairs} pairs)` : "") : "–"), cls: "" },
   { key: "p_value", head: () => "p", cell: (l) => pval(l.p_value), cls: "num p-value" },
-  { key: "p_adjusted", optional: true, head: (e) => `p adj.${e.adjust ? " (" + e.adjust + ")" : ""}`, cell: (l) => pval(l.p_adjusted), cls: "num p-adjusted" },
-  { key: "hedges_g", optional: true, head: (e) => `Hedges' g [${e.conf}% CI]`, cell: (l) => (l.hedges_g === null || l.hedges_g === undefined ? "–" : `${num(l.hedges_g, 3)} ${interval(l.g_ci_low, l.g_ci_high)}`) },
+  { key: "p_adjusted", optional: "key", head: (e) => `p adj.${e.adjust ? " (" + e.adjust + ")" : ""}`, cell: (l) => pval(l.p_adjusted), cls: "num p-adjusted" },
+  { key: "hedges_g", optional: "key", head: (e) => `Hedges' g [${e.conf}% CI]`, cell: (l) => (l.hedges_g === null || l.hedges_g === undefined ? "–" : `${num(l.hedges_g, 3)} ${interval(l.g_ci_low, l.g_ci_high)}`) },
   { key: "rank", head: () => "rank", cell: (l) => (l.rank ?? "–") },
   { key: "verdict", optional: true, head: () => "verdict", cell: (l) => (l.verdict ? chip(l.verdict) : "–"), cls: "" },
   { key: "note", optional: true, head: () => "note", cell: (l) => l.note || "", cls: "note" },
@@ -358,19 +358,27 @@ async function renderEffects(r, refresh) {
   const cols = await columns(refresh);
   const P = Object.fromEntries(r.params.entries());
   const metric = P.metric || cols.metric;
-  const eff = await api(`effects?metric=${encodeURIComponent(metric)}`);
+  const valueKind = P.value || "best";
+  const adjustKind = P.adjust || "holm";
+  const eff = await api(`effects?metric=${encodeURIComponent(metric)}&value=${encodeURIComponent(valueKind)}&adjust=${encodeURIComponent(adjustKind)}`);
+  const setE = (changes) => go("effects", Object.assign({ metric, value: valueKind, adjust: adjustKind }, changes));
   const conf = Math.round(100 * eff.confidence);
   const adjust = eff.adjust ? `; p-values adjusted (${eff.adjust}) over ${eff.n_comparisons ?? "all"} comparisons` : "";
   const bar = h("div", { class: "toolbar" },
-    h("label", {}, "metric", select(cols.metrics.length ? cols.metrics : [metric], metric, (v) => go("effects", { metric: v }), { id: "effects-metric" })),
+    h("label", {}, "metric", select(cols.metrics.length ? cols.metrics : [metric], metric, (v) => setE({ metric: v }), { id: "effects-metric" })),
+    h("label", {}, "value", select([["best", "best"], ["final", "final"]], valueKind, (v) => setE({ value: v }), { id: "effects-value" })),
+    h("label", {}, "adjust p", select([["holm", "Holm"], ["bh", "Benjamini-Hochberg"]], adjustKind, (v) => setE({ adjust: v }), { id: "effects-adjust" })),
     h("span", { class: "muted", text: `${eff.value} ${eff.metric}, ${eff.mode === "max" ? "higher" : "lower"} is better (${eff.mode_source}); ${eff.n_used} of ${eff.n_finished} finished trials used; ${conf}% intervals${adjust}; the same numbers as \`ablator analyze\`.` }));
   const parts = [bar];
   const afters = [];
   for (const f of eff.factors) {
     const rows = eff.levels.filter((l) => l.factor === f.name);
+    // Optional columns: shown when any level has a value; those marked "key" whenever the
+    // analysis returns them at all (a dash then says why: too few seeds for a test).
     const present = new Set(rows.flatMap((l) => Object.keys(l).filter((k) => l[k] !== null && l[k] !== undefined)));
+    const keys = new Set(rows.flatMap((l) => Object.keys(l)));
     const known = new Set(LEVEL_COLUMNS.map((c) => c.key));
-    const shown = LEVEL_COLUMNS.filter((c) => !c.optional || present.has(c.key));
+    const shown = LEVEL_COLUMNS.filter((c) => !c.optional || present.has(c.key) || (c.optional === "key" && keys.has(c.key)));
     const extra = [...present].filter((k) => !known.has(k) && !HIDDEN_LEVEL_KEYS.has(k));
     const at = shown.findIndex((c) => c.key === "rank");
     const columns_ = [...shown.slice(0, at), ...extra.map((k) => ({
