@@ -293,6 +293,10 @@ class Claimer:
         self._hinted: set[tuple[int, int]] = set()
         self._exited: set[str] = set()
         self._prev_held: dict[str, frozenset[tuple[int, int]]] = {}
+        # agent -> (size, mtime, etag) of its heartbeat's listing entry when last read: an entry
+        # that has not changed holds the same body, so a scan does not read it again (dead
+        # agents' heartbeats cost one listing line each, not a read per scan forever).
+        self._hb_entry: dict[str, tuple[int, float | None, str | None]] = {}
         self._n_live = 1
         self._last_scan = -math.inf
         self._last_sweep: float | None = None
@@ -424,11 +428,31 @@ class Claimer:
             agent_id = layout.parse_agent(e.key)
             if agent_id is None or agent_id == self.membership.agent_id or agent_id in self._exited:
                 continue
+            sig = (e.size, e.mtime, e.etag)
+            v = self.liveness.agents.get(agent_id)
+            if (
+                v is not None
+                and sig[1] is not None
+                and self._hb_entry.get(agent_id) == sig
+                # A live agent's body is read at least every half lease anyway: on a file system
+                # whose timestamps are coarser than a heartbeat, a renewal may keep the entry.
+                and (self.liveness.is_dead(agent_id) or now - v.body_read_at < v.lease_s / 2)
+                and self.liveness.unchanged(agent_id)
+            ):
+                # The same body as our last read (a renewal changes the counter, so the entry:
+                # S3's ETag is the body's digest, a file's mtime moves with every replace).
+                if self.liveness.is_dead(agent_id):
+                    self._hint_dead(agent_id, self.liveness.agents[agent_id].heartbeat, now)
+                else:
+                    live += 1
+                continue
             data = self.store.get(e.key)
             hb = None if data is None else records.try_decode(data, records.Heartbeat, e.key)
             self.liveness.observe(agent_id, hb)
             if hb is None:
+                self._hb_entry.pop(agent_id, None)
                 continue
+            self._hb_entry[agent_id] = sig
             for t, ep in hb.released:
                 if (t, ep) not in self._hinted:
                     self._hinted.add((t, ep))
@@ -443,15 +467,19 @@ class Claimer:
             self._prev_held[agent_id] = held_now
             dead = self.liveness.is_dead(agent_id)
             if dead:
-                for t, ep in hb.held:
-                    if (t, ep) not in self._hinted:
-                        self._hinted.add((t, ep))
-                        self._check_at.setdefault(t, now)
-                if hb.state == "exited":
-                    self._exited.add(agent_id)  # its last word: no need to read it again
+                self._hint_dead(agent_id, hb, now)
             else:
                 live += 1
         self._n_live = live
+
+    def _hint_dead(self, agent_id: str, hb: records.Heartbeat, now: float) -> None:
+        """A dead agent's held trials are the ones to look at (once each)."""
+        for t, ep in hb.held:
+            if (t, ep) not in self._hinted:
+                self._hinted.add((t, ep))
+                self._check_at.setdefault(t, now)
+        if hb.state == "exited":
+            self._exited.add(agent_id)  # its last word: no need to read it again
 
     # -- takeovers -------------------------------------------------------------------------
     def _classify(self, st: TrialState) -> None:

@@ -7,6 +7,7 @@ declared lease since its first sight. Wall clocks are never compared. See docs/p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ablator import records
@@ -28,6 +29,7 @@ class AgentView:
     held: frozenset[tuple[int, int]]
     state: str
     heartbeat: records.Heartbeat
+    body_read_at: float = -math.inf  # last time the body itself was read (not only its listing)
 
 
 class Liveness:
@@ -71,7 +73,18 @@ class Liveness:
             held=frozenset((int(t), int(e)) for t, e in hb.held),
             state=hb.state,
             heartbeat=hb,
+            body_read_at=now,
         )
+
+    def unchanged(self, agent_id: str) -> bool:
+        """Record that ``agent_id``'s heartbeat is known to be the body last read (its listing
+        entry did not change): as good as reading the same counter again. False when there is
+        no valid earlier read to stand for."""
+        v = self.agents.get(agent_id)
+        if v is None:
+            return False
+        v.read_at = self.clock()
+        return True
 
     def needs_read(self, agent_id: str, max_age: float) -> bool:
         """True when the last read of ``agent_id`` is older than ``max_age`` (or there is none)."""

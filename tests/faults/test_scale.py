@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from ablator.experiment import experiment_from_dict
 from ablator.lease import Claimer, LeaseLimits, Membership, group_by_trial
 from ablator.ops import gc, launch, retry_failed
 from ablator.store import Entry, open_store
+from ablator.store.counting import CountingStore
 from ablator.store.posix import PosixStore
 from tests.agent.conftest import experiment
 from tests.lease.helpers import FakeClock, spec
@@ -131,3 +133,63 @@ def test_retry_by_trial_number_past_a_million(tmp_path: Path, n: int) -> None:
     held.fail("exception", "boom")
     rec = retry_failed(url, [BIG + n - 1])
     assert rec is not None and rec.epochs == {BIG + n - 1: 0}
+
+
+# --- heartbeats: scan cost follows live agents ------------------------------------------------------
+
+
+def test_dead_agents_heartbeats_are_not_read_again(tmp_path: Path) -> None:
+    inner = open_store(str(tmp_path / "s"))
+    store = CountingStore(inner)
+    clock = FakeClock()
+    limits = LeaseLimits(lease_seconds=3.0, heartbeat_seconds=1.0)
+    dead = [
+        Membership(inner, limits, clock=clock, host="d", agent_id=f"d-{k}-x", versions={}) for k in range(40)
+    ]
+    for m in dead:
+        m.beat()  # one heartbeat, then silence
+    live = [
+        Membership(inner, limits, clock=clock, host="l", agent_id=f"l-{k}-x", versions={}) for k in range(2)
+    ]
+    me = Membership(store, limits, clock=clock, host="me", versions={})
+    claimer = Claimer(store, me, budget=0)
+    reads_per_scan = []
+    for _ in range(12):
+        for m in live:
+            m.beat()
+        before = store.total("read", "agents")
+        claimer.done()  # scans the heartbeats (at most once per heartbeat interval)
+        reads_per_scan.append(store.total("read", "agents") - before)
+        clock.advance(limits.heartbeat_seconds)
+    assert reads_per_scan[0] == 42  # the first scan reads everyone once
+    # Until a silent agent is judged dead (a lease), its body is read again every half lease;
+    # from then on only the live ones are read, however long the experiment runs.
+    after_a_lease = int(limits.lease_seconds / limits.heartbeat_seconds) + 1
+    assert max(reads_per_scan[after_a_lease:]) <= 2, reads_per_scan
+    assert sum(reads_per_scan[1:after_a_lease]) <= 2 * after_a_lease + 40, reads_per_scan
+    # and liveness still works: the silent ones are dead, the renewing ones alive
+    assert all(claimer.liveness.is_dead(m.agent_id) for m in dead)
+    assert not any(claimer.liveness.is_dead(m.agent_id) for m in live)
+
+
+def test_a_live_agent_with_an_unchanged_listing_is_still_read_every_half_lease(tmp_path: Path) -> None:
+    """Belt and braces for file systems with coarse timestamps: a renewal that did not change the
+    listing entry is seen within half a lease, so a live agent is never judged dead."""
+    inner = open_store(str(tmp_path / "s"))
+    store = CountingStore(inner)
+    clock = FakeClock()
+    limits = LeaseLimits(lease_seconds=4.0, heartbeat_seconds=1.0)
+    other = Membership(inner, limits, clock=clock, host="o", agent_id="o-1-x", versions={})
+    other.beat()
+    me = Membership(store, limits, clock=clock, host="me", versions={})
+    claimer = Claimer(store, me, budget=0)
+    claimer.done()
+    key = layout.agent("o-1-x")
+    for _ in range(10):
+        clock.advance(limits.heartbeat_seconds)
+        entry = inner.stat(key)
+        assert entry is not None
+        other.beat()  # renewed ... but the file keeps its old mtime (a 1-second file system)
+        os.utime(Path(tmp_path / "s", *key.split("/")), (entry.mtime or 0, entry.mtime or 0))
+        claimer.done()
+        assert not claimer.liveness.is_dead("o-1-x")
