@@ -9,7 +9,11 @@ import argparse
 def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", help="store URL: a folder, file://, s3://bucket/prefix")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--gpus", default=None, help="comma-separated local GPU indexes to use (default: all)")
+    g.add_argument(
+        "--gpus",
+        default=None,
+        help="comma-separated local GPUs to use: nvidia-smi indexes or UUIDs (prefixes too); default: all visible",
+    )
     g.add_argument("--cpu", action="store_true", help="run trials on the CPU")
     p.add_argument("--slots", type=int, default=None, help="concurrent trials (CPU: default 1)")
     p.add_argument(

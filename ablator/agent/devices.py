@@ -404,6 +404,11 @@ def memory_summary(gpus: Sequence[GpuInfo]) -> str:
     return ", ".join(parts) + (f", ... ({len(gpus)} in all)" if len(gpus) > 8 else "")
 
 
+def capacity_mb(slot: Slot) -> int | None:
+    """The most memory a trial could ever have on ``slot``'s device: its total (None: unknown)."""
+    return None if slot.device is None else slot.device.memory_total_mb
+
+
 def gpus_out_of_service(gpus: Sequence[GpuInfo]) -> list[str]:
     """``gpu1 (GPU-...): why`` for each GPU of a heartbeat that its agent took out of service."""
     out = []

@@ -223,7 +223,8 @@ class Agent:
             slots, busy=self._busy_specs, packer=Packer(max_per_gpu=per_gpu) if auto else None
         )
         needs_gpu = exp.resources.gpu == "required"
-        if not any(s.can_run(needs_gpu, exp.resources.min_gpu_memory_mb) for s in slots):
+        # Capacity, not free memory now: a busy GPU frees up; the memory rule waits for it.
+        if not any(s.can_run(needs_gpu, exp.resources.min_gpu_memory_mb, D.capacity_mb(s)) for s in slots):
             what = (
                 "a GPU"
                 if not exp.resources.min_gpu_memory_mb
@@ -253,7 +254,13 @@ class Agent:
             self.entry = X.validate(exp)
             self.bound = X.bind(exp, self.entry)  # base config and space, once for all trials
         except AblatorError as exc:
-            raise AgentError(f"cannot run experiment {exp.name!r} from {store.url}: {exc}") from exc
+            hint = ""
+            if self.gpu.devices and "cuda" in str(exc).lower():
+                hint = (
+                    "\n(the agent's own process sees no GPU: it imports your module only to validate it. "
+                    "Move .cuda()/.to('cuda') at import time into make_model or the trial function)"
+                )
+            raise AgentError(f"cannot run experiment {exp.name!r} from {store.url}: {exc}{hint}") from exc
         self._wait_for_workers()
 
         self.tpe = None
