@@ -124,7 +124,7 @@ def test_inherited_uuid_prefix_reaches_the_worker_and_the_parent_sees_no_gpu(
         CUDA_VISIBLE_DEVICES="GPU-5d5ba0",
         GPUTOY_IMPORTS=str(imports),
     )
-    agent = start_agent(store, env)
+    agent = start_agent(store, env, "--slots-per-gpu", "2")
     assert agent.wait() == 0, agent.output()
     seen = traces(trace)
     assert len(seen) == 2
@@ -135,7 +135,7 @@ def test_inherited_uuid_prefix_reaches_the_worker_and_the_parent_sees_no_gpu(
             "PCI_BUS_ID",
             ":4096:8",
         )
-        assert t["threads"] == max(1, os.cpu_count() or 1)  # its share: the only slot
+        assert t["threads"] == max(1, (os.cpu_count() or 1) // 2)  # its share of the cores: two slots
     by_pid = dict(line.split(" ", 1) for line in imports.read_text().splitlines())
     assert by_pid[str(agent.proc.pid)] == "''"  # the agent process saw no GPU when it imported the module
     assert "'GPU-5d5ba0'" in [v for k, v in by_pid.items() if k != str(agent.proc.pid)]
@@ -146,3 +146,18 @@ def test_inherited_uuid_prefix_reaches_the_worker_and_the_parent_sees_no_gpu(
     assert [(g.index, g.uuid) for g in hb.gpus] == [(1, A100)]
     usage = read(s, layout.usage(0, 0), records.Usage)
     assert usage.peak_gpu_memory_mb == 100 + 512 and usage.gpu == "NVIDIA A100-SXM4-40GB"
+
+
+def test_entry_module_using_cuda_at_import_is_refused_with_advice(tmp_path: Path, start_agent: Any) -> None:
+    """A module-level `.cuda()`: the agent's process, which sees no GPU, refuses the entry point
+    with advice (exit 1, no traceback) instead of making a CUDA context of its own."""
+    smi = FakeSmi(tmp_path, [gpu(0, H100)])
+    store = str(tmp_path / "store")
+    exp = gpu_experiment(gpu="required", trials=1)
+    exp["entry"] = "tests.gpu.cudaimport:trial"
+    launch_exp(store, exp)
+    agent = start_agent(store, agent_env(tmp_path, smi, ABLATOR_DEVICE_CHECK=FAKE_CUDA))
+    assert agent.wait() == 1, agent.output()
+    out = agent.output()
+    assert "the agent's own process sees no GPU" in out and "Move .cuda()" in out
+    assert "Traceback" not in out
