@@ -7,6 +7,7 @@ script's directives, the wheel every node installs, the shell wrapper's exit map
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import shutil
@@ -15,12 +16,15 @@ import subprocess
 import sys
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
 
+from ablator.cli import main
 from ablator.engines.common import (
     DRAINED_EXIT,
     build_wheel,
@@ -30,17 +34,24 @@ from ablator.engines.common import (
 from tests.engines.conftest import ROOT
 
 
-def cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = dict(os.environ)
-    base["PYTHONPATH"] = os.pathsep.join([str(ROOT), base.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return subprocess.run(
-        [sys.executable, "-m", "ablator", "submit", *argv],
-        cwd=ROOT,
-        env={**base, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+@dataclass(frozen=True)
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*argv: str, env: dict[str, str] | None = None) -> Ran:
+    """``ablator submit ARGV`` through the real CLI entry point, in this process (the Slurm tests
+    run it as ``python -m ablator``); ``env`` is set for the call only."""
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        mock.patch.dict(os.environ, env or {}),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        rc = main(["submit", *argv])
+    return Ran(rc, out.getvalue(), err.getvalue())
 
 
 def k8s_docs(*extra: str) -> list[dict[str, Any]]:
@@ -238,7 +249,7 @@ def test_a_different_ablator_on_the_node_is_refused_before_the_agent_starts(tmp_
     assert "is not the ablator this job was rendered with" in out.stderr
 
 
-def test_cli_errors_are_one_line_and_exit_1() -> None:
+def test_cli_errors_are_one_line_and_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = cli("slurm", "/s", "--agents", "0", "--slots", "0", "--memory", "lots")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     for text in ("--agents 0: must be at least 1", "--slots 0", "--memory 'lots'"):
@@ -254,8 +265,9 @@ def test_cli_errors_are_one_line_and_exit_1() -> None:
     out = cli("slurm", "memory://x")
     assert out.returncode == 1 and "a memory store lives in one process" in out.stderr
     # a Slurm job names a relative folder store by its absolute path (its nodes share the folder)
+    monkeypatch.chdir(tmp_path)
     out = cli("slurm", "runs/exp")
-    assert out.returncode == 0 and f"ablator.agent {ROOT / 'runs' / 'exp'} " in out.stdout
+    assert out.returncode == 0 and f"ablator.agent {tmp_path / 'runs' / 'exp'} " in out.stdout
 
 
 @pytest.mark.parametrize(
