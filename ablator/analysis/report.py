@@ -24,6 +24,7 @@ from ablator.analysis.figures import FigureFile, write_figures
 from ablator.analysis.reader import DONE_STATUSES
 from ablator.analysis.results import Mode, Results, Value
 from ablator.analysis.stats import Adjust
+from ablator.pruners import Asha, parse_pruner, rung_step, rungs
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,66 @@ def _effects(res: Results, effects: Effects, figures: list[FigureFile]) -> list[
     return out
 
 
+COMPUTE_ROWS = 40
+
+
+def _compute(res: Results, effects: Effects) -> list[Block]:
+    """Compute spent per trial (steps and training time), and the pruned trials with their last
+    value and the rung where they stopped."""
+    done = res.trials.filter(pl.col("status").is_in(list(DONE_STATUSES)))
+    if done.height == 0 or "steps" not in done.columns:
+        return []
+    total = int(done["steps"].fill_null(0).sum())
+    by_status = done.group_by("status", maintain_order=True).agg(pl.col("steps").fill_null(0).sum()).rows()
+    parts = ", ".join(
+        f"{status} {int(steps):,} ({steps / total:.0%})" if total else f"{status} {int(steps):,}"
+        for status, steps in by_status
+    )
+    out = [
+        Block("h2", "Compute"),
+        Block("p", f"{total:,} trial-steps over {done.height} finished trials: {parts}."),
+    ]
+    pruned = done.filter(pl.col("status") == "pruned")
+    pruner, _ = parse_pruner(res.design.get("pruner"))
+    if pruned.height:
+        how = "" if pruner is None else " by ASHA" if isinstance(pruner, Asha) else " by the median rule"
+        out.append(
+            Block(
+                "p",
+                f"{pruned.height} trial(s) were pruned{how}: they stopped early and are left out of the effects "
+                f"(which count trials with status {', '.join(effects.statuses)}); each is listed with its last "
+                f"value of {effects.metric} and where it stopped.",
+            )
+        )
+    finals = res.values(effects.metric, "final")
+    frame = res.trials.with_columns(finals.alias("last")).filter(pl.col("status").is_in(list(DONE_STATUSES)))
+    frame = frame.sort(["steps", "index"], descending=[True, False], nulls_last=True)
+    rows = []
+    for r in frame.head(COMPUTE_ROWS).to_dicts():
+        where = text.DASH
+        if r["status"] == "pruned" and isinstance(pruner, Asha) and r["steps"] is not None:
+            reached = rungs(pruner, int(r["steps"]))
+            where = f"rung {reached[-1]} (step {rung_step(pruner, reached[-1])})" if reached else text.DASH
+        elif r["status"] == "pruned" and r["steps"] is not None:
+            where = f"step {r['steps']}"
+        rows.append(
+            [
+                f"#{r['index']}",
+                str(r["status"]),
+                text.num(r["steps"]),
+                text.duration(r["duration_s"]),
+                text.num(r["last"], 5),
+                where,
+            ]
+        )
+    out.append(
+        _table(["trial", "status", "steps", "training time", f"last {effects.metric}", "stopped at"], rows)
+    )
+    if frame.height > COMPUTE_ROWS:
+        out.append(Block("p", f"... and {frame.height - COMPUTE_ROWS} more (fewer steps)."))
+    return out
+
+
 def _failures(res: Results) -> list[Block]:
     bad = res.trials.filter(pl.col("status").is_in(["failed", "retrying"]) | pl.col("error").is_not_null())
     if bad.height == 0:
@@ -174,6 +235,7 @@ def build(res: Results, effects: Effects, figures: list[FigureFile]) -> list[Blo
         *_summary(res, effects),
         *_best(res, effects),
         *_effects(res, effects, figures),
+        *_compute(res, effects),
         *_failures(res),
     ]
 
