@@ -3,6 +3,7 @@ a live study written by real agent processes, a finished one, an S3 store (moto)
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,27 @@ def test_live_study_in_the_browser(
         shift = {r["index"] for r in server.json("/api/trials")["rows"] if r["variant"] == "shift"}
         assert set(_rows(tab)) == shift and len(shift) == 2
 
-        codes = [a.wait(180) for a in agents]
-        assert codes == [0, 0], "\n".join(a.output() for a in agents)
+        # SIGKILL an agent that holds a trial: the page calls it dead (its heartbeat stops for a
+        # lease on the server's clock), and the other agent takes the trial over.
+        def holding() -> tuple[str, int] | None:
+            # ... well before the end of its trial (24 steps), so that the kill leaves it unfinished
+            early = {
+                r["index"]
+                for r in server.json("/api/trials?status=running")["rows"]
+                if (r["steps"] or 0) <= 12
+            }
+            for a in server.json("/api/progress")["agents"]:
+                if a.get("pid") == agents[0].pid and a["state"] == "alive":
+                    for t, _ in a["held"]:
+                        if t in early:
+                            return str(a["agent_id"]), int(t)
+            return None
+
+        victim, orphan = wait_for("the first agent holding a trial", holding, timeout=120)
+        agents[0].kill_tree()
+        page.goto(server.base + "/#/")
+        page.wait_for_selector(f"#agents tr[data-agent='{victim}'] .s-dead", timeout=60_000)
+        assert agents[1].wait(180) == 0, agents[1].output()
     finally:
         for a in agents:
             a.kill_tree()
@@ -128,13 +148,19 @@ def test_live_study_in_the_browser(
     i = min(shift)
     page.goto(server.base + f"/#/trial/{i}")
     page.wait_for_selector(f"#trial[data-index='{i}'] #config-diff")
-    assert f"toy trial {i} epoch 0 step 24" in page.inner_text("#log")
+    assert re.search(rf"toy trial {i} epoch \d+ step 24\n", page.inner_text("#log"))
     diff = page.eval_on_selector_all(
         "#config-diff tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))"
     )
     assert diff == [["x", "0", "0.5"]]
     assert "baseline trial #" in page.inner_text("#trial h3:has-text('Config')")
     assert page.query_selector_all("#timeline .tl-row")
+    # The killed agent's trial: two attempts on its time line, the second a takeover.
+    page.goto(server.base + f"/#/trial/{orphan}")
+    page.wait_for_selector(f"#trial[data-index='{orphan}'] #timeline")
+    assert page.eval_on_selector_all("#timeline .tl-row", "rs => rs.map(r => r.dataset.epoch)") == ["0", "1"]
+    assert page.inner_text("#timeline .tl-row[data-epoch='1'] .chip") == "takeover"
+    assert "taken over" in page.inner_text("#timeline .tl-row[data-epoch='0']")
 
     # Effects: the same numbers as `ablator analyze` (Results.effects), shown on the page.
     expected = (
