@@ -76,6 +76,7 @@ class AgentOptions(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def cpu_slots(self) -> int:
+        """CPU trials one CPU agent runs at once."""
         return self.slots or 1
 
 

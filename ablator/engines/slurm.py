@@ -106,6 +106,7 @@ def render(opts: AgentOptions, slurm: SlurmOptions, *, digest: str) -> str:
         "    # The time-limit signal: this task's trials are released; come back for the rest.",
         '    echo "ablator: drained before the time limit; requeueing $task" >&2',
         '    scontrol requeue "$task" && exit 0',
+        '    echo "ablator: scontrol requeue $task failed; submit again to add agents" >&2',
         "  fi",
         "fi",
         'exit "$ablator_rc"',
