@@ -283,3 +283,61 @@ def test_submit_without_the_engines_command_says_what_to_do(
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert f"{tool} is not on PATH" in out.stderr
     assert (tmp_path / "a").exists()  # the artifact was still written, for submitting by hand
+
+
+def test_the_wheel_installs_and_the_node_check_accepts_it(tmp_path: Path) -> None:
+    """What a pod or VM does with the wheel: pip installs it into its Python (here a fresh virtual
+    environment that sees this machine's dependencies) and ``ablator.engines.check`` accepts the
+    installed code; the installed distribution's version names the build."""
+    wheel = build_wheel()
+    (tmp_path / wheel.filename).write_bytes(wheel.data)
+    venv = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+        check=True,
+        timeout=120,
+    )
+    py = str(venv / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    pip = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            py,
+            "install",
+            "--quiet",
+            "--no-deps",
+            str(tmp_path / wheel.filename),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert pip.returncode == 0, pip.stderr
+    where = subprocess.run(
+        [py, "-c", "import ablator; print(ablator.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert where.stdout.startswith(str(venv)), where.stdout + where.stderr
+    check = subprocess.run(
+        [py, "-m", "ablator.engines.check", wheel.digest],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+    version = subprocess.run(
+        [py, "-c", "import importlib.metadata as m; print(m.version('ablator'))"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert version.stdout.strip() == wheel.filename.split("-")[1], version.stdout + version.stderr
