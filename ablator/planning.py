@@ -59,6 +59,7 @@ class Plan:
                 "trials": exp.design.trials,
                 "variants": list(exp.design.ablations),
                 "space": [{"path": p, "spec": s} for p, s in self.space],
+                "pruner": exp.design.pruner,
             },
             "budget": self.budget,
             "shown": len(self.trials),
@@ -152,7 +153,11 @@ def _design_line(exp: Experiment, n: int) -> str:
         what = f"grid: {n // d.repeats} points x {reps}"
     else:
         what = f"{d.kind}: {n // d.repeats} points x {reps}"
-    return f"{what} = {n} trials, seed {d.seed}"
+    pruner = ""
+    if d.pruner:  # early stopping across trials (ablator.pruners)
+        args = ", ".join(f"{k} {v}" for k, v in d.pruner.items() if k != "kind")
+        pruner = f"; pruner {d.pruner.get('kind')}" + (f" ({args})" if args else "")
+    return f"{what} = {n} trials, seed {d.seed}{pruner}"
 
 
 def _json_value(v: Any) -> Any:

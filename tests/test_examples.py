@@ -79,6 +79,9 @@ def test_plan_validates_the_example(example: str, monkeypatch: pytest.MonkeyPatc
             "train.optimizer.weight_decay",
             "model.hidden",
         }
+        # ASHA judges at the evaluations after epochs 1 and 3 (23 steps per epoch)
+        assert design["pruner"] == {"kind": "asha", "min_steps": 23, "reduction_factor": 3, "max_steps": 138}
+        assert "pruner asha (min_steps 23, reduction_factor 3, max_steps 138)" in text
     else:
         assert plan["entry"]["kind"] == "function"
 
