@@ -280,3 +280,31 @@ def test_the_time_limit_signal_drains_releases_and_requeues(
     assert starts[0] == 0 and starts == sorted(set(starts))  # each run resumed further on
     log = job_logs(tl.logs)
     assert "drained before the time limit; requeueing" in log
+
+
+@pytest.mark.slow
+def test_the_lightning_example_runs_inside_a_slurm_job_as_single_process_trials(
+    slurm_cluster: SlurmCluster, child_env: dict[str, str], study: dict[str, Path]
+) -> None:
+    """The Lightning function trial under a real Slurm array: Lightning must not take the job's
+    SLURM_* variables (ranks, world size) for the trial's, nor warn about srun."""
+    pytest.importorskip("lightning")
+    pytest.importorskip("sklearn")
+    from ablator.ops import launch
+
+    store = str(study["store"])
+    ctx = logs_of(study["logs"])
+    launch(
+        ROOT / "examples" / "function_trial" / "experiment.yaml",
+        store,
+        overrides=["config.train.epochs=1", "design.repeats=1", "resources.gpu=none"],
+    )
+    job = submit(slurm_cluster, child_env, store, study["logs"], "--agents", "2", "--grace-seconds", "5")
+    states = wait_for("both tasks to finish", lambda: finished(slurm_cluster, job, 2), 300, context=ctx)
+    assert states == {f"{job}_0": "COMPLETED", f"{job}_1": "COMPLETED"}, ctx()
+    s = open_(store)
+    assert sorted(results(s)) == [0, 1, 2, 3]
+    for t in range(4):
+        log = (s.get(layout.log(t, 0)) or b"").decode(errors="replace")
+        assert "GPU available" in log  # Lightning's own start-up lines: the log is the trial's
+        assert "srun" not in log and "SLURMEnvironment" not in log, log
