@@ -128,6 +128,12 @@ def result(index: int) -> str:
     return f"{trial_dir(index)}result.msgpack"
 
 
+def trial_summary(index: int) -> str:
+    """A finished trial's compacted summary for analysis (``ablator.analysis.snapshot``): its
+    table row and its canonical history in one file, written once by the result's holder."""
+    return f"{trial_dir(index)}summary.msgpack"
+
+
 def metrics_dir(index: int) -> str:
     return f"{trial_dir(index)}metrics/"
 

@@ -4,19 +4,29 @@
     python benchmarks/analysis.py --trials 1000 --store /tmp/bench-store
 
 The store is synthesised through the records API and ``Store.create`` (as agents write it): per
-trial a claim with its resolved config, an attempt, a result and 200 metric rows in 4 chunks (each
+trial a claim with its resolved config, an attempt, a result, 200 metric rows in 4 chunks (each
 row holds one value: ``train_loss``, or ``val_loss`` at every 10th step), so 2,000,000 history
-rows for 10,000 trials. A random search over three factors (a choice, a log range, a choice).
+rows for 10,000 trials, and the one-file summary the result's holder writes right after the
+result (``analysis.snapshot.write_trial_summary``). A random search over three factors (a
+choice, a log range, a choice).
 
 Timed, each as load + ``effects()``:
-* cold: the first ``load`` (no snapshot yet: every record file is read; the snapshot is written);
+* cold: the first ``load`` (no snapshot yet: one summary file per finished trial is read; the
+  snapshot is written);
+* cache=False: every record file read and the lineage stitched (a store without summaries, e.g.
+  written by an older ablator, reads like this on its first load);
 * warm: later loads (one snapshot file + a listing of the trial folders), median of ``--repeat``;
 * naive baseline, what the original ABLATOR's analysis did: walk every trial folder and read
   each record file one at a time, decode it without a schema into dicts, build one frame per
   trial from its rows (row dicts -> frame, as ``pd.DataFrame(rows)`` would; pandas is not
   installed here, so polars' ``from_dicts`` stands in, which is faster than pandas at this), concatenate, then
   group by each factor (mean, std, count: less work than ``effects``, so the ratio is a lower
-  bound). No lineage stitching: that is also what the original got wrong.
+  bound). No lineage stitching: that is also what the original got wrong. It skips the
+  summaries (the original had none).
+
+Targets: cold >= 5x faster than the naive reader; warm as before (well under 2 s, >= 10x naive).
+The machine's load average is printed with the table: on a shared machine wall times move with
+it, CPU times less so.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ablator import layout, records
 from ablator.analysis import Effects, Results, load
+from ablator.analysis.snapshot import write_trial_summary
 from ablator.store import open_store
 
 T = TypeVar("T")
@@ -114,6 +125,7 @@ def synthesise(root: Path, trials: int) -> float:
             duration_s=60.0,
         )
         store.create(layout.result(i), records.encode(result), durable=False)
+        write_trial_summary(store, i, ablation=False)  # what the result's holder does next
     return time.perf_counter() - t0
 
 
@@ -127,7 +139,7 @@ def naive(root: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
         row: dict[str, object] = {"index": int(name)}
         for fname in sorted(os.listdir(folder)):
             path = folder / fname
-            if path.is_dir():
+            if path.is_dir() or fname == "summary.msgpack":
                 continue
             with open(path, "rb") as f:
                 rec = msgspec.msgpack.decode(f.read())
@@ -224,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # The three readers must agree before their times mean anything.
         assert warm.info.from_snapshot == args.trials and warm.info.read == 0, warm.info
+        assert cold.info.from_summaries == args.trials, cold.info
         assert warm.trials.equals(cold.trials) and warm.history.equals(cold.history)
         assert plain.trials.equals(cold.trials) and plain.history.equals(cold.history)
         assert warm_eff.levels.equals(cold_eff.levels)
@@ -238,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'reader (load + effects)':<52}{'wall s':>9}{'vs naive':>10}{'CPU s':>9}{'vs naive':>10}")
         lines = [
             ("naive: file by file, schema-less, frame per trial", t_naive, "naive"),
-            ("load, cold (reads every record, writes snapshot)", t_cold, "cold"),
+            ("load, cold (one summary per trial, writes snapshot)", t_cold, "cold"),
             ("load, cache=False (reads every record)", t_nocache, "nocache"),
             (f"load, warm (snapshot; median of {args.repeat})", t_warm, "warm"),
         ]
@@ -248,11 +261,15 @@ def main(argv: list[str] | None = None) -> int:
         load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"(load average {load_avg:.1f} on {os.cpu_count()} CPUs while measuring)")
         print()
+        ok_cold = t_naive / t_cold >= 5.0
         ok_time = t_warm < 2.0
         ok_ratio = t_naive / t_warm >= 10.0
+        print(
+            f"target cold load >= 5x faster than naive: {'met' if ok_cold else 'NOT met'} ({t_naive / t_cold:.1f}x)"
+        )
         print(f"target warm load + effects < 2 s: {'met' if ok_time else 'NOT met'} ({t_warm:.3f} s)")
         print(
-            f"target >= 10x faster than naive: {'met' if ok_ratio else 'NOT met'} ({t_naive / t_warm:.1f}x)"
+            f"target warm >= 10x faster than naive: {'met' if ok_ratio else 'NOT met'} ({t_naive / t_warm:.1f}x)"
         )
         return 0
     finally:

@@ -631,6 +631,11 @@ class Agent:
                 return
             if won:
                 self.counts.done += 1
+                # One compacted file per finished trial makes analysis's first read cheap.
+                from ablator.analysis.snapshot import write_trial_summary
+
+                if self.store is not None:
+                    write_trial_summary(self.store, held.trial, ablation=self.exp.design.kind == "ablation")
                 if self.tpe is not None:
                     self._journal(
                         self.tpe.published,

@@ -23,7 +23,7 @@ import polars as pl
 from ablator import layout, records
 from ablator.analysis import reader
 from ablator.analysis.reader import BEST_PREFIX, CONFIG_PREFIX, DONE_STATUSES, FINAL_PREFIX, TrialData
-from ablator.analysis.snapshot import SnapshotCache, cache_root
+from ablator.analysis.snapshot import SnapshotCache, cache_root, compact_history, read_summaries
 from ablator.errors import AnalysisError, StoreError
 from ablator.samplers import locate
 from ablator.store import open_store
@@ -73,12 +73,13 @@ class LoadInfo:
     url: str
     trials_listed: int
     from_snapshot: int
-    read: int
+    read: int  # trials not in a snapshot: from_summaries of them from summaries, the rest record by record
     snapshot_read: str | None  # key of the snapshot reused, if any
     snapshot_read_from: str | None  # "store" or the local folder
     snapshot_written: str | None
     snapshot_written_to: str | None
     seconds: float
+    from_summaries: int = 0
 
 
 # --- building frames -------------------------------------------------------------------------
@@ -438,16 +439,18 @@ def _writable(url: str | os.PathLike[str] | Store) -> Store | None:
     return None if handle.read_only else handle
 
 
-def _read_trials(
-    store: Store, indices: list[int], ctx: reader.Context, workers: int | None
-) -> list[TrialData]:
-    """Read ``indices`` record by record, in parallel where reads are round trips."""
-    if workers is None:
-        from ablator.store.memory import MemoryStore
-        from ablator.store.posix import PosixStore
+def _workers(store: Store, workers: int | None) -> int:
+    if workers is not None:
+        return workers
+    from ablator.store.memory import MemoryStore
+    from ablator.store.posix import PosixStore
 
-        # Local reads are fast and decoding holds the GIL: threads would only add overhead.
-        workers = 1 if isinstance(store, (PosixStore, MemoryStore)) else 16
+    # Local reads are fast and decoding holds the GIL: threads would only add overhead.
+    return 1 if isinstance(store, (PosixStore, MemoryStore)) else 16
+
+
+def _read_trials(store: Store, indices: list[int], ctx: reader.Context, workers: int) -> list[TrialData]:
+    """Read ``indices`` record by record, in parallel where reads are round trips."""
     if workers > 1 and len(indices) > 1:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ablator-load") as pool:
             return list(pool.map(lambda i: reader.read_trial(store, i, ctx), indices))
@@ -473,8 +476,9 @@ def load(
     """Read a store into :class:`Results` without touching the experiment's records.
 
     Works on a live store, a finished one, or a plain copy. Finished trials come from a snapshot
-    when one covers them (see :mod:`ablator.analysis.snapshot`); ``cache=False`` reads every
-    record and writes no snapshot. ``cache_dir`` is the local snapshot folder for stores that take
+    when one covers them, else from their one-file summaries (see
+    :mod:`ablator.analysis.snapshot`); ``cache=False`` reads every record (neither snapshots nor
+    summaries) and writes no snapshot. ``cache_dir`` is the local snapshot folder for stores that take
     no writes (default ``$ABLATOR_CACHE_DIR`` or ``~/.cache/ablator``). ``workers``: trials read
     in parallel (default: 1 for local folders, where decoding holds the GIL; 16 for remote stores,
     where each read is a round trip).
@@ -509,22 +513,26 @@ def load(
     covered = set(loaded.trials) if loaded is not None else set()
     todo = [i for i in indices if i not in covered]
 
-    fresh = _read_trials(reading, todo, ctx, workers)
+    n_workers = _workers(reading, workers)
+    # A finished trial's summary (one file, written by its holder) before its records.
+    compact, rest = read_summaries(reading, todo, n_workers) if cache else ([], todo)
+    fresh = _read_trials(reading, rest, ctx, n_workers)
     done = [t for t in fresh if t.done]
     others = [t for t in fresh if not t.done]
     base_rows = [loaded.rows] if loaded is not None else []
     base_history = [loaded.history] if loaded is not None else []
-    done_rows = _concat([*base_rows, rows_frame([t.row for t in done])])
-    done_history = _concat([*base_history, history_frame(done)])
+    done_rows = _concat([*base_rows, rows_frame([*(c.row for c in compact), *(t.row for t in done)])])
+    done_history = _concat([*base_history, compact_history(compact, HISTORY_SCHEMA), history_frame(done)])
 
     written: tuple[str, str] | None = None
     settled = all(t.row.get("status") == "failed" for t in others) and (
         budget is None or len(indices) >= budget
     )
-    if snaps is not None and _should_snapshot(len(covered), len(done), settled):
+    if snaps is not None and _should_snapshot(len(covered), len(done) + len(compact), settled):
         pairs = sorted(
             [
                 *(zip(loaded.trials, loaded.result_nonces, strict=True) if loaded is not None else ()),
+                *((c.index, c.result_nonce) for c in compact),
                 *((t.index, t.result_nonce or "") for t in done),
             ]
         )
@@ -539,7 +547,7 @@ def load(
     history_all = _concat([done_history, history_frame(others)])
     if history_all.width == 0:
         history_all = pl.DataFrame(schema=HISTORY_SCHEMA)
-    if fresh and history_all.height:
+    if (fresh or compact) and history_all.height:
         # Snapshot rows come sorted; freshly read trials interleave with them by index.
         history_all = history_all.sort("trial", maintain_order=True)
 
@@ -553,6 +561,7 @@ def load(
         snapshot_written=written[0] if written else None,
         snapshot_written_to=written[1] if written else None,
         seconds=time.perf_counter() - started,
+        from_summaries=len(compact),
     )
     return make_results(spec, rows_all, history_all, budget=budget, info=info)
 

@@ -22,13 +22,17 @@ import io
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import numpy as np
 import polars as pl
 
 from ablator import layout, records
+from ablator.analysis.reader import Context, TrialData, read_trial
 from ablator.errors import CorruptRecordError, StoreError
 from ablator.store.base import Store
 
@@ -240,4 +244,174 @@ class SnapshotCache:
         return (key, str(self.local_dir)) if created else None
 
 
-__all__ = ["FORMAT", "Loaded", "Snapshot", "SnapshotCache", "cache_root", "digest"]
+# --- per-trial summaries: the first read of a finished trial -----------------------------------
+
+#: Bump when a summary's contents change meaning: readers then fall back to the trial's records.
+SUMMARY_FORMAT = 1
+_STEPS = np.dtype("<i8")
+_CODES = np.dtype("<u2")
+_VALUES = np.dtype("<f8")
+
+
+class TrialSummary(msgspec.Struct, kw_only=True, frozen=True):
+    """``layout.trial_summary(i)``: what analysis reads of a finished trial, in one file.
+
+    Written once, right after the result, by the agent (or ``ablator run``) that holds it, so
+    that a first ``load`` reads one file per finished trial instead of its claim, attempts,
+    result and every metric chunk. ``row`` is the trial's table row (internal column names, as
+    :func:`ablator.analysis.reader.read_trial` builds it); the history along the result's
+    lineage is columnar: ``steps`` (int64), ``metric_codes`` (uint16 indices into
+    ``metric_names``) and ``values`` (float64), each little-endian bytes that decode with one
+    ``numpy.frombuffer`` (no pickle, no per-value decoding). ``result_nonce`` ties it to the
+    result it summarises."""
+
+    format: int
+    trial: int
+    result_nonce: str
+    row: dict[str, Any]
+    metric_names: list[str]
+    steps: bytes
+    metric_codes: bytes
+    values: bytes
+
+
+@dataclass
+class CompactTrial:
+    """A finished trial read from its summary: its row and columnar history."""
+
+    index: int
+    row: dict[str, Any]
+    result_nonce: str
+    metric_names: list[str]
+    steps: np.ndarray
+    metric_codes: np.ndarray
+    values: np.ndarray
+
+
+def encode_summary(data: TrialData) -> bytes:
+    """The summary of a finished trial as :func:`ablator.analysis.reader.read_trial` read it."""
+    names = list(dict.fromkeys(data.metrics))
+    code = {n: k for k, n in enumerate(names)}
+    return msgspec.msgpack.encode(
+        TrialSummary(
+            format=SUMMARY_FORMAT,
+            trial=data.index,
+            result_nonce=data.result_nonce or "",
+            row=data.row,
+            metric_names=names,
+            steps=np.asarray(data.steps, dtype=_STEPS).tobytes(),
+            metric_codes=np.asarray([code[m] for m in data.metrics], dtype=_CODES).tobytes(),
+            values=np.asarray(data.values, dtype=_VALUES).tobytes(),
+        )
+    )
+
+
+_summary_decoder = msgspec.msgpack.Decoder(TrialSummary)
+
+
+def decode_summary(data: bytes, key: str) -> CompactTrial | None:
+    """A summary, or None (with a CorruptRecordWarning naming ``key``) when it does not decode;
+    None without a warning when it is of another format (the reader falls back to records)."""
+    try:
+        s = _summary_decoder.decode(data)
+        steps = np.frombuffer(s.steps, dtype=_STEPS)
+        codes = np.frombuffer(s.metric_codes, dtype=_CODES)
+        values = np.frombuffer(s.values, dtype=_VALUES)
+        if not steps.size == codes.size == values.size or (
+            codes.size and int(codes.max()) >= len(s.metric_names)
+        ):
+            raise ValueError("its history columns disagree")
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        warnings.warn(
+            f"corrupt trial summary {key!r} ({len(data)} bytes): {exc}",
+            records.CorruptRecordWarning,
+            stacklevel=2,
+        )
+        return None
+    if s.format != SUMMARY_FORMAT:
+        return None
+    return CompactTrial(s.trial, s.row, s.result_nonce, s.metric_names, steps, codes, values)
+
+
+def write_trial_summary(store: Store, index: int, *, ablation: bool) -> bool:
+    """Read finished trial ``index`` record by record and create its summary
+    (``layout.trial_summary``). Called by the result's holder right after the result; True when
+    this call created it. A trial without a readable result gets none. Create-once: a second
+    call (a retried write, another reader) finds it there and leaves it. Best effort: a store
+    error is swallowed (False), since readers fall back to the records and the trial is done."""
+    key = layout.trial_summary(index)
+    try:
+        data = read_trial(store, index, Context(ablation=ablation))
+        if not data.done:
+            return False
+        return store.create(key, encode_summary(data))
+    except (StoreError, OSError):
+        return False
+
+
+def read_summaries(
+    store: Store, indices: Sequence[int], workers: int
+) -> tuple[list[CompactTrial], list[int]]:
+    """The summaries of ``indices`` that exist, and the indices without one (to be read record
+    by record): one read per trial, in parallel where reads are round trips."""
+
+    def one(i: int) -> CompactTrial | None:
+        key = layout.trial_summary(i)
+        data = store.get(key)
+        return None if data is None else decode_summary(data, key)
+
+    if workers > 1 and len(indices) > 1:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ablator-summary") as pool:
+            found = list(pool.map(one, indices))
+    else:
+        found = [one(i) for i in indices]
+    compact = [c for c, i in zip(found, indices, strict=True) if c is not None and c.index == i]
+    done = {c.index for c in compact}
+    return compact, [i for i in indices if i not in done]
+
+
+def compact_history(trials: Sequence[CompactTrial], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """The long history (trial, step, metric, value) of summaries, built column-wise."""
+    if not trials:
+        return pl.DataFrame(schema=schema)
+    names: dict[str, int] = {}
+    remaps: dict[tuple[str, ...], np.ndarray] = {}  # a trial's metric names -> global codes
+    parts = []
+    for t in trials:
+        key = tuple(t.metric_names)
+        remap = remaps.get(key)
+        if remap is None:
+            remap = remaps[key] = np.array([names.setdefault(n, len(names)) for n in key], dtype=np.uint32)
+        parts.append(remap[t.metric_codes])
+    sizes = np.fromiter((t.steps.size for t in trials), dtype=np.int64, count=len(trials))
+    frame = pl.DataFrame(
+        {
+            "trial": np.repeat(
+                np.fromiter((t.index for t in trials), dtype=np.int64, count=len(trials)), sizes
+            ),
+            "step": np.concatenate([t.steps for t in trials]).astype(np.int64),
+            "metric": pl.Series(list(names), dtype=pl.String)
+            .gather(np.concatenate(parts))
+            .cast(pl.Categorical),
+            "value": np.concatenate([t.values for t in trials]),
+        }
+    )
+    return frame.cast(schema)  # type: ignore[arg-type]
+
+
+__all__ = [
+    "FORMAT",
+    "SUMMARY_FORMAT",
+    "CompactTrial",
+    "Loaded",
+    "Snapshot",
+    "SnapshotCache",
+    "TrialSummary",
+    "cache_root",
+    "compact_history",
+    "decode_summary",
+    "digest",
+    "encode_summary",
+    "read_summaries",
+    "write_trial_summary",
+]

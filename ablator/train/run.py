@@ -161,9 +161,10 @@ def run(
         target.create(layout.release(index, epoch), records.encode(rec))
     else:
         fence.check()
-        target.create(
+        if target.create(
             layout.result(index), records.encode(_result(target, index, epoch, outcome)), durable=True
-        )
+        ):
+            _summarize(target, index, exp)
     _print_summary(exp, index, spec, target, outcome)
     return outcome
 
@@ -259,6 +260,13 @@ def _spec(exp: Any, index: int, entry: Any, budget: int | None = None) -> record
 
 
 # --- private stores ---------------------------------------------------------------------------
+
+
+def _summarize(store: Store, index: int, exp: Any) -> None:
+    """The finished trial's one-file summary for analysis (``layout.trial_summary``)."""
+    from ablator.analysis.snapshot import write_trial_summary
+
+    write_trial_summary(store, index, ablation=exp.design.kind == "ablation")
 
 
 def _record_private_experiment(store: Store, exp: Any) -> None:
@@ -438,7 +446,7 @@ def _run_launched(
         if outcome.status == "stopped":
             held.release("interrupted", outcome.checkpoint_step)
         else:
-            held.finish(
+            if held.finish(
                 status=outcome.status,
                 metrics=outcome.metrics,
                 best=outcome.best,
@@ -446,7 +454,8 @@ def _run_launched(
                 steps=outcome.steps,
                 duration_s=outcome.duration_s,
                 message=outcome.message,
-            )
+            ):
+                _summarize(store, index, exp)
     finally:
         membership.close()
     _print_summary(exp, index, held.spec, store, outcome)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 
 from ablator import layout, records
@@ -121,6 +122,13 @@ def test_sigkill_takeover_resumes_from_checkpoint(store_url: str, agents: Any, t
     assert records_of(store, 0, "failed") == {}
     # The history continues from the checkpoint: no restart at step 1, no gap, no duplicate.
     assert canonical_steps(store, 0) == list(range(1, 25))
+    # The winner wrote the trial's one-file summary; analysis reads it, not the records.
+    from ablator.analysis import load
+
+    assert store.exists(layout.trial_summary(0))
+    summarised, plain = load(store_url), load(store_url, cache=False)
+    assert summarised.info.from_summaries == 1 and summarised.trials.equals(plain.trials)
+    assert summarised.history.filter(pl.col("metric") == "score")["step"].to_list() == list(range(1, 25))
     lines = [tuple(map(int, line.split())) for line in (trace / "0.txt").read_text().splitlines()]
     assert lines[0] == (0, 0, 0) and lines[-1][1] >= 1 and lines[-1][2] == step
 

@@ -7,11 +7,13 @@ import shutil
 import warnings
 from pathlib import Path
 
+import msgspec
 import polars as pl
 import pytest
 
 from ablator import layout, records
-from ablator.analysis import load
+from ablator.analysis import load, snapshot
+from ablator.analysis.snapshot import write_trial_summary
 from ablator.errors import AnalysisError, CorruptRecordError
 from ablator.store import open_store
 from analysis.synthstore import StoreBuilder, ablation_experiment
@@ -290,8 +292,13 @@ def test_s3_store_loads_in_parallel_and_snapshots_in_the_bucket(s3_url: str) -> 
     for i, (name, overrides) in enumerate([("", {}), *exp["design"]["ablations"].items()]):
         b.finished(2 * i, overrides, 0.9 - 0.01 * i, variant=name, n_steps=4)
         b.finished(2 * i + 1, overrides, 0.91 - 0.01 * i, variant=name, repeat=1, n_steps=4)
+    for i in range(0, 8, 2):  # half the trials with the summary their holder writes
+        assert write_trial_summary(b.store, i, ablation=True)
+    plain = load(s3_url, cache=False)
     first = load(s3_url)
     assert first.info.read == 8 and first.info.snapshot_written_to == "store"
+    assert first.info.from_summaries == 4
+    assert first.trials.equals(plain.trials) and first.history.equals(plain.history)
     assert first.trials["status"].to_list() == ["completed"] * 8 and first.history.height == 8 * 4 * 2
     second = load(s3_url)
     assert (second.info.from_snapshot, second.info.read) == (8, 0)
@@ -355,3 +362,42 @@ def test_pending_rows_and_history_carry_the_variant(tmp_path: Path) -> None:
     hist = res.history.group_by("trial").agg(pl.col("variant").unique())
     for trial, variants in hist.iter_rows():
         assert variants == [res.trials.row(trial, named=True)["variant"]]
+
+
+def test_summaries_give_the_same_tables_in_one_read_per_trial(tmp_path: Path) -> None:
+    b = build_ablation(tmp_path / "s", finish=8)
+    b.claim(8, 0, b.spec_for(8, {"model.batchnorm": False}, variant="no_batchnorm"))  # running
+    b.attempt(8, 0)
+    b.metrics(8, 0, range(1, 5), lambda s: {"val_accuracy": s / 10})
+    for i in range(8):
+        assert write_trial_summary(b.store, i, ablation=True)
+    before = (tmp_path / "s" / layout.trial_summary(0)).read_bytes()
+    write_trial_summary(b.store, 0, ablation=True)  # create-once: the same bytes stay
+    assert (tmp_path / "s" / layout.trial_summary(0)).read_bytes() == before
+    assert not write_trial_summary(b.store, 8, ablation=True)  # no result: no summary
+    assert not (tmp_path / "s" / layout.trial_summary(8)).exists()
+    plain = load(tmp_path / "s", cache=False)
+    assert plain.info.from_summaries == 0  # cache=False reads every record
+    first = load(tmp_path / "s")
+    assert (first.info.from_summaries, first.info.read) == (8, 9)
+    assert first.trials.equals(plain.trials) and first.history.equals(plain.history)
+    # The summary is what analysis reads: its records may be gone (a copy of the summaries only).
+    shutil.rmtree(tmp_path / "s" / "cache")
+    for chunk in (tmp_path / "s" / layout.metrics_dir(3)).iterdir():
+        chunk.unlink()
+    again = load(tmp_path / "s")
+    assert again.info.from_summaries == 8 and again.history.equals(plain.history)
+
+
+def test_corrupt_or_foreign_summaries_fall_back_to_the_records(tmp_path: Path) -> None:
+    b = build_ablation(tmp_path / "s", finish=3)
+    for i in range(3):
+        write_trial_summary(b.store, i, ablation=True)
+    (tmp_path / "s" / layout.trial_summary(0)).write_bytes(b"\x92garbage")
+    key = layout.trial_summary(1)
+    summary = msgspec.msgpack.decode((tmp_path / "s" / key).read_bytes(), type=snapshot.TrialSummary)
+    (tmp_path / "s" / key).write_bytes(msgspec.msgpack.encode(msgspec.structs.replace(summary, format=99)))
+    with pytest.warns(records.CorruptRecordWarning, match=layout.trial_summary(0)):
+        res = load(tmp_path / "s", cache=False), load(tmp_path / "s")
+    assert res[1].info.from_summaries == 1  # trial 2; 0 is corrupt, 1 of a format it does not know
+    assert res[1].trials.equals(res[0].trials) and res[1].history.equals(res[0].history)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -214,7 +215,11 @@ def test_a_private_run_store_can_be_analysed(
     assert data["budget"] is None  # no pending rows: a private store runs single trials
     levels = {r["level"]: r["n"] for r in data["effects"]["levels"]}
     assert levels == {"baseline": 1, "wide": 1}
+    shutil.rmtree(store / "cache")  # the snapshot `analyze` wrote
     res = load(store)
+    assert res.info.from_summaries == 2  # `run` wrote each finished trial's summary
+    assert (store / "trials" / "000001" / "summary.msgpack").is_file()
+    assert res.trials.equals(load(store, cache=False).trials)
     assert res.trials["variant"].to_list() == ["baseline", "wide"]
     assert res.trials["setup_s"].drop_nulls().len() == 2 and (res.trials["duration_s"] > 0).all()
     # A store with trials but no experiment at all says what it is and what to do.
