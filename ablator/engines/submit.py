@@ -150,6 +150,26 @@ def _store_for(engine: str, store: str) -> str:
     return store
 
 
+def _check_folder_store(store: str) -> None:
+    """A Slurm job's folder store is on the shared file system this machine sees too: refuse a
+    folder that holds no launched experiment now, rather than in every array task later. (Object
+    stores are not read here: the submitting machine may lack the credentials the nodes get.)"""
+    from ablator import layout, records
+
+    experiment = Path(store) / layout.EXPERIMENT
+    if not experiment.is_file():
+        raise ConfigError(
+            f"no experiment in {store}: launch it first (python -m ablator launch EXP --store {store} --code .)"
+        )
+    spec = records.decode_json(experiment.read_bytes(), records.ExperimentSpec, str(experiment))
+    if spec.code_sha256 is None:
+        print(
+            f"ablator submit: note: {store} has no --code snapshot; the entry point "
+            f"{spec.experiment.get('entry')!r} must be importable on every node",
+            file=sys.stderr,
+        )
+
+
 def _emit(text: str, out: str | None) -> None:
     if out is None:
         sys.stdout.write(text)
@@ -176,6 +196,8 @@ def cli_submit(args: argparse.Namespace) -> int:
             output=args.output,
         )
         script = slurm.render(opts, sopts, digest=common.package_digest())
+        if "://" not in opts.store:
+            _check_folder_store(opts.store)
         if args.out or not args.submit:
             _emit(script, args.out)
         if args.submit:

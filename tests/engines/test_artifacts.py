@@ -31,7 +31,7 @@ from ablator.engines.common import (
     package_digest,
     runner_script,
 )
-from tests.engines.conftest import ROOT
+from tests.engines.conftest import ROOT, launch_study
 
 
 @dataclass(frozen=True)
@@ -144,10 +144,12 @@ def test_the_skypilot_task_loads_with_skypilots_own_loader(tmp_path: Path) -> No
     assert resources.use_spot and resources.accelerators == {"A100": 1}
 
 
-def test_the_slurm_script_asks_for_what_was_given() -> None:
+def test_the_slurm_script_asks_for_what_was_given(tmp_path: Path) -> None:
+    store = tmp_path / "digits"
+    launch_study(str(store), 2, {})
     out = cli(
         "slurm",
-        "/shared/studies/digits",
+        str(store),
         "--agents",
         "5",
         "--gpus",
@@ -186,10 +188,8 @@ def test_the_slurm_script_asks_for_what_was_given() -> None:
     ):
         assert d in directives
     assert "module load cuda" in lines
-    assert (
-        "/shared/venv/bin/python -m ablator.agent /shared/studies/digits --slots-per-gpu 2 --grace-seconds 25 &"
-        in lines
-    )
+    assert f"/shared/venv/bin/python -m ablator.agent {store} --slots-per-gpu 2 --grace-seconds 25 &" in lines
+    assert "has no --code snapshot" in out.stderr  # a note, not an error: the entry may be installed
     proc = subprocess.run(["bash", "-n"], input=out.stdout, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
@@ -265,7 +265,10 @@ def test_cli_errors_are_one_line_and_exit_1(tmp_path: Path, monkeypatch: pytest.
     out = cli("slurm", "memory://x")
     assert out.returncode == 1 and "a memory store lives in one process" in out.stderr
     # a Slurm job names a relative folder store by its absolute path (its nodes share the folder)
+    out = cli("slurm", str(tmp_path / "nothing-here"))
+    assert out.returncode == 1 and "no experiment in" in out.stderr and "ablator launch" in out.stderr
     monkeypatch.chdir(tmp_path)
+    launch_study(str(tmp_path / "runs" / "exp"), 1, {})
     out = cli("slurm", "runs/exp")
     assert out.returncode == 0 and f"ablator.agent {tmp_path / 'runs' / 'exp'} " in out.stdout
 
