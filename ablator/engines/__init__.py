@@ -7,8 +7,10 @@ agents; the store stays the only state. See ``docs/engines.md``.
 
 One module per engine (:mod:`~ablator.engines.slurm`, :mod:`~ablator.engines.k8s`,
 :mod:`~ablator.engines.sky`), the parts they share in :mod:`~ablator.engines.common`, the
-command in :mod:`~ablator.engines.submit`, and :mod:`~ablator.engines.environment`, which keeps
-a launcher's variables out of every trial's environment.
+command in :mod:`~ablator.engines.submit`, the node-side check that a node runs the ablator the
+artifact was rendered with in :mod:`~ablator.engines.check`, and
+:mod:`~ablator.engines.environment`, which keeps a launcher's variables out of every trial's
+environment.
 """
 
 from __future__ import annotations
