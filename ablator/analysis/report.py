@@ -73,8 +73,10 @@ def _summary(res: Results, effects: Effects) -> list[Block]:
         machine += "; GPUs: " + ", ".join(f"{name} x{n}" for name, n in gpus[:6])
     items.append(machine)
     total = res.trials["duration_s"].drop_nulls().sum()
+    warm = res.trials["setup_s"].drop_nulls().sum()
     items.append(
         f"training time of finished trials: {text.duration(float(total) if total is not None else None)}"
+        + (f", plus {text.duration(float(warm))} of warm-up (imports, data, model; setup_s)" if warm else "")
     )
     out = [Block("h2", "Summary"), Block("ul", items=tuple(items))]
     if kind == "ablation" and design.get("ablations"):

@@ -226,3 +226,32 @@ def test_a_private_run_store_can_be_analysed(
     (store / "private.json").unlink()
     out = _cli("analyze", str(store), env=env)
     assert out.returncode == 1 and "private `ablator run` store" in out.stderr
+
+
+def test_cli_analyze_and_report_on_s3(s3_url: str, local_cache: Path, tmp_path: Path) -> None:
+    """The same commands on an S3 store (moto), through real processes."""
+    from ablator.analysis.snapshot import write_trial_summary
+    from ablator.store import open_store
+    from analysis.synthstore import StoreBuilder, ablation_experiment
+
+    exp = ablation_experiment(repeats=3)
+    b = StoreBuilder(open_store(s3_url), exp)
+    i = 0
+    for name, overrides in [("", {}), *exp["design"]["ablations"].items()]:
+        for r in range(3):
+            value = 0.9 - (0.1 if name == "no_batchnorm" else 0.0) + 0.002 * r + 0.0007 * ((i * 7) % 5)
+            b.finished(i, overrides, value, variant=name, repeat=r, seed=500 + r, n_steps=4)
+            write_trial_summary(b.store, i, ablation=True)
+            i += 1
+    env = dict(os.environ)  # after s3_url: AWS_* point at the moto server
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["ABLATOR_CACHE_DIR"] = str(local_cache)
+    out = _cli("analyze", s3_url, "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    rows = {r["level"]: r for r in data["effects"]["levels"]}
+    assert data["status"] == {"completed": 12} and rows["no_batchnorm"]["test"] == "paired"
+    assert rows["no_batchnorm"]["verdict"] == "worse" and data["effects"]["n_comparisons"] == 3
+    out = _cli("report", s3_url, "--out", str(tmp_path / "rep"), env=env)
+    assert out.returncode == 0, out.stderr
+    assert "paired" in (tmp_path / "rep" / "report.md").read_text()
