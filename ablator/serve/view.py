@@ -23,6 +23,7 @@ import os
 import threading
 import time
 import traceback
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class Snapshot:
     extensions: int
     finished: int
     unheld: list[int]  # running trials no live agent has listed for a lease
+    problems: list[str]  # warnings of the read (corrupt records, by key)
     derived: dict[Any, Any] = field(default_factory=dict)  # per-snapshot cache of computed answers
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -157,8 +159,13 @@ class StoreView:
             return snap
 
     def _read(self, started: float) -> Snapshot:
-        res = load(self.store, cache_dir=self.cache_dir)
-        agents = self._agents(res)
+        # Corrupt records are skipped with a warning (analysis reads on): collect them for the
+        # page, as `ablator status` does. Only this thread reads the whole store.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", records.CorruptRecordWarning)
+            res = load(self.store, cache_dir=self.cache_dir)
+            agents = self._agents(res)
+        problems = list(dict.fromkeys(str(w.message) for w in caught))
         extensions = read_budget(self.store, 0, self._extension_cache)
         counts = res.status_counts()
         finished = sum(counts.get(s, 0) for s in FINISHED)
@@ -188,6 +195,7 @@ class StoreView:
             extensions=extensions,
             finished=finished,
             unheld=unheld,
+            problems=problems,
             derived=derived,
         )
 
@@ -304,6 +312,7 @@ class StoreView:
             "agents": snap.agents,
             "agents_live": sum(1 for a in snap.agents if a.get("live")),
             "running_unheld": snap.unheld,
+            "problems": snap.problems,
             "throughput_per_min": None if rate is None else rate * 60.0,
             "throughput_window_s": window,
             "median_duration_s": median,

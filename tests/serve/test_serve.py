@@ -11,7 +11,7 @@ import pytest
 from agent.conftest import AgentProc, experiment, launch_toy, wait_for
 from analysis.synthstore import StoreBuilder, ablation_experiment
 
-from ablator import layout
+from ablator import layout, records
 from ablator.analysis import load
 from ablator.cli import main
 from ablator.errors import AnalysisError
@@ -272,8 +272,12 @@ def test_sorting_and_paging_on_the_server(tmp_path: Path) -> None:
     b.claim(8, 0, b.spec_for(8, {}, variant="", repeat=2))
     b.attempt(8, 0)
     b.metrics(8, 0, range(1, 6), lambda s: {"val_accuracy": [0.1, 0.5, 0.4, 0.45, 0.3][s - 1]})
+    corrupt = layout.metrics(8, 0, 99)
+    assert b.store.create(corrupt, b"not a record")
     view = StoreView(open_store(store_url, read_only=True), cache_dir=tmp_path / "cache")
     assert view.refresh() is not None
+    # A corrupt record is named on the progress page, and the rest is read.
+    assert any(corrupt in p for p in view.progress()["problems"])
     page = view.trials(sort="best", descending=True, limit=3)
     assert page["matched"] == 9 and len(page["rows"]) == 3
     values = [r["best"] for r in view.trials(sort="best", descending=True)["rows"]]
@@ -295,7 +299,8 @@ def test_sorting_and_paging_on_the_server(tmp_path: Path) -> None:
     with pytest.raises(AnalysisError, match="cannot sort by"):
         view.trials(sort="nope")
     # Effects: the numbers of `analyze --value final --adjust bh` as well as the defaults.
-    res = load(open_store(store_url, read_only=True), cache_dir=tmp_path / "own-cache")
+    with pytest.warns(records.CorruptRecordWarning, match="e0000-s00000099"):
+        res = load(open_store(store_url, read_only=True), cache_dir=tmp_path / "own-cache")
     for options in ({}, {"value": "final", "adjust": "bh"}):
         assert view.effects(**options)["levels"] == res.effects(**options).to_dict()["levels"]
     with pytest.raises(AnalysisError, match="adjust"):

@@ -218,12 +218,16 @@ async function renderProgress() {
       h("tbody", {}, agentRows)) : h("p", { class: "muted", text: "No agent has joined yet (start one: python -m ablator.agent STORE)." }),
     h("p", { class: "muted", text: "Alive: its heartbeat changed while this page watched; dead: unchanged for its lease, on this server's clock; checking: neither yet." }));
   const warn = p.running_unheld.length ? h("div", { class: "banner warn", text: `Running but held by no live agent: ${p.running_unheld.slice(0, 20).map((i) => "#" + i).join(", ")}${p.running_unheld.length > 20 ? " …" : ""} (an agent takes such trials over after a lease).` }) : null;
+  const problems = (p.problems || []).length ? h("div", { class: "banner warn", id: "problems" },
+    h("b", { text: "Problems found while reading the store (the rest was read):" }),
+    h("ul", {}, p.problems.slice(0, 20).map((m) => h("li", { text: m }))),
+    p.problems.length > 20 ? `… and ${p.problems.length - 20} more` : null) : null;
   const best = p.best.length ? h("div", { class: "panel" }, h("h3", { text: `Best trials (${p.metric}, ${p.mode})` }),
     h("table", {}, h("thead", {}, h("tr", {}, ["trial", "variant", "seed", "status", p.metric].map((t) => h("th", { text: t })))),
       h("tbody", {}, p.best.map((b) => h("tr", {}, h("td", {}, h("a", { href: `#/trial/${b.index}`, text: `#${b.index}` })),
         h("td", { text: b.variant ?? "–" }), h("td", { text: b.seed ?? "–" }), h("td", {}, chip(b.status)), h("td", { class: "num", text: num(b.value, 5) })))))) : null;
   const load = h("p", { class: "muted", text: `Last read: ${p.load.from_snapshot} trial(s) from the analysis snapshot, ${p.load.read} read record by record, in ${duration(p.load.seconds)}.` });
-  return { node: h("div", { id: "progress" }, h("h2", { text: `${p.experiment} · ${p.design || "?"} · ${p.metric} (${p.mode})` }), cards, bar, counts, warn, agents, best, load) };
+  return { node: h("div", { id: "progress" }, h("h2", { text: `${p.experiment} · ${p.design || "?"} · ${p.metric} (${p.mode})` }), cards, bar, counts, warn, problems, agents, best, load) };
 }
 function card(big, label, id) {
   return h("div", { class: "card", dataset: { card: id } }, h("div", { class: "big", text: big }), h("div", { class: "label", text: label }));
