@@ -64,6 +64,7 @@ def test_snapshot_respects_gitignore_without_git(tmp_path: Path) -> None:
     assert snapshot_code(src).sha256 != snap.sha256
 
 
+@pytest.mark.procs
 def test_snapshot_in_git_repo_lists_what_git_sees(tmp_path: Path) -> None:
     src = tmp_path / "repo"
     _tree(src, {".gitignore": "*.ckpt\n", "m.py": "X = 1\n", "new.py": "untracked\n", "w.ckpt": "ignored\n"})
@@ -125,6 +126,7 @@ GITIGNORE_TREE = {
 }
 
 
+@pytest.mark.procs
 def test_snapshot_outside_git_lists_what_git_would(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     _tree(plain, GITIGNORE_TREE)

@@ -15,6 +15,7 @@ import pytest
 from fixtures.toy import CheckedConfig, Color, Extra, ToyConfig, ToyModel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from testkit import TESTS, child_env
 
 from ablator.config import (
     MISSING,
@@ -368,6 +369,7 @@ def test_optimizer_list_matches_torch() -> None:
         optimizer_class("sgdd")
 
 
+@pytest.mark.procs
 def test_validating_a_config_does_not_import_torch(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("model: {hidden: 4}\ntrain: {optimizer: {name: AdamW}}\n")
@@ -492,6 +494,7 @@ def test_golden_hashes() -> None:
         assert config_hash(cfg) == case["hash"], case["type"]
 
 
+@pytest.mark.procs
 def test_hash_is_the_same_in_another_process() -> None:
     cfg = rich_config()
     code = (
@@ -645,10 +648,4 @@ def test_file_round_trip_property(cfg: ToyConfig, suffix: str) -> None:
 
 
 def _env() -> dict[str, str]:
-    import os
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")]).rstrip(
-        os.pathsep
-    )
-    return env
+    return child_env(TESTS)

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from testkit import ablator_cli, child_env
 
 from ablator import layout, records
 from ablator.store import open_store
+
+pytestmark = pytest.mark.procs  # every test here starts processes
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "examples/digits/experiment.yaml"
@@ -24,8 +26,7 @@ AGENTS_TIMEOUT_S = 480
 
 
 def env() -> dict[str, str]:
-    out = dict(os.environ)
-    out["PYTHONPATH"] = os.pathsep.join([str(ROOT), out.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    out = child_env()
     # Nothing about threads, as in run.sh: CPU agents split the host's cores among their slots
     # (with torch's default of a thread per core each, two agents on 2 cores ran 4x slower).
     out.pop("OMP_NUM_THREADS", None)
@@ -33,14 +34,7 @@ def env() -> dict[str, str]:
 
 
 def ablator(*args: str, timeout: float = 120) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "ablator", *args],
-        cwd=ROOT,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    proc = ablator_cli(*args, env=env(), timeout=timeout)
     assert proc.returncode == 0, (
         f"ablator {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     )

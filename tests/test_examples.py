@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import ablator_cli, child_env
 
 from ablator import layout, lineage, records
 from ablator import plan as ablator_plan
@@ -36,28 +35,19 @@ def needs(example: str) -> None:
 
 
 def env() -> dict[str, str]:
-    out = dict(os.environ)
-    out["PYTHONPATH"] = os.pathsep.join([str(ROOT), out.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     # one torch thread per process: on a small shared machine more threads only fight
-    out["OMP_NUM_THREADS"] = "1"
-    return out
+    return child_env(OMP_NUM_THREADS="1")
 
 
 def ablator(*args: str, cwd: Path = ROOT, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "ablator", *args],
-        cwd=cwd,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    proc = ablator_cli(*args, cwd=cwd, env=env(), timeout=timeout)
     assert proc.returncode == 0, (
         f"ablator {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     )
     return proc
 
 
+@pytest.mark.procs
 @pytest.mark.parametrize("example", list(EXAMPLES))
 def test_plan_validates_the_example(example: str, monkeypatch: pytest.MonkeyPatch) -> None:
     needs(example)
@@ -86,6 +76,7 @@ def test_plan_validates_the_example(example: str, monkeypatch: pytest.MonkeyPatc
         assert plan["entry"]["kind"] == "function"
 
 
+@pytest.mark.procs
 @pytest.mark.parametrize("example", list(EXAMPLES))
 def test_smoke_run_of_the_example(example: str, tmp_path: Path) -> None:
     needs(example)
@@ -97,6 +88,7 @@ def test_smoke_run_of_the_example(example: str, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.procs
 def test_function_trial_trains_reports_and_checkpoints_into_the_store(tmp_path: Path) -> None:
     needs("function_trial")
     store_dir = tmp_path / "store"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import msgspec
 import pytest
 import yaml
 from fixtures.toy import CheckedConfig, ToyConfig, ToyWrapper, trial
+from testkit import TESTS, child_env
 
 import ablator
 from ablator.config import config_hash, from_dict, to_dict, write_data
@@ -261,6 +261,7 @@ def test_entry_errors(target: str, needle: str) -> None:
         assert "broken.py:" in str(info.value)  # where it raised
 
 
+@pytest.mark.procs
 def test_entry_imports_from_the_current_directory(tmp_path: Path) -> None:
     # Run a script that lives elsewhere (so sys.path[0] is not the project) from the project root.
     project = tmp_path / "project"
@@ -289,10 +290,13 @@ def test_entry_imports_from_the_current_directory(tmp_path: Path) -> None:
         "e = resolve_entry('mypkg.model:trial')\n"
         "print(e.kind, e.config_type.__name__)\n"
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run(
-        [sys.executable, str(script)], cwd=project, capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, str(script)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["function", "C"]
@@ -430,6 +434,7 @@ def test_tpe_specs_come_from_the_agent() -> None:
         spec_from_overrides(exp, 3, {"model.dropout": "x"})
 
 
+@pytest.mark.procs
 def test_trial_spec_is_the_same_in_another_process(tmp_path: Path) -> None:
     data = experiment(kind="quasi_random", trials=4, seed=2, space={"model.dropout": {"range": [0.0, 0.5]}})
     path = write(tmp_path, data)
@@ -438,9 +443,9 @@ def test_trial_spec_is_the_same_in_another_process(tmp_path: Path) -> None:
         f"exp = load_experiment({str(path)!r}); "
         "print(json.dumps([msgspec.to_builtins(trial_spec(exp, i)) for i in range(4)]))"
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=child_env(TESTS), timeout=180
+    )
     assert proc.returncode == 0, proc.stderr
     exp = load_experiment(path)
     assert json.loads(proc.stdout) == [msgspec.to_builtins(trial_spec(exp, i)) for i in range(4)]
@@ -493,11 +498,12 @@ def test_public_names() -> None:
     assert isinstance(Experiment, type)
 
 
+@pytest.mark.procs
 def test_import_ablator_does_not_import_torch() -> None:
     code = "import sys, ablator, ablator.experiment, ablator.samplers; print('torch' in sys.modules)"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import TESTS, ablator_cli, child_env
 
 import ablator
 from ablator.config import write_data
@@ -48,21 +48,8 @@ design:
 """
 
 
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
-    return e
-
-
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ablator", "plan", *args],
-        cwd=cwd,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return ablator_cli("plan", *args, cwd=cwd, env=child_env(TESTS), timeout=180)
 
 
 def write(path: Path, data: dict[str, Any]) -> Path:
@@ -131,6 +118,7 @@ def test_plan_json(tmp_path: Path) -> None:
     assert t["config"]["train"]["optimizer"]["name"] == "sgd"
 
 
+@pytest.mark.procs
 def test_cli_good_file(tmp_path: Path) -> None:
     data = dict(ABLATION)
     data["entry"] = "fixtures.toy:trial"
@@ -163,6 +151,7 @@ def test_cli_good_file(tmp_path: Path) -> None:
     assert [t["seed"] for t in api["trials"]] == [t["seed"] for t in doc["trials"]]
 
 
+@pytest.mark.procs
 def test_cli_broken_file_lists_every_problem(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text(BROKEN)
     proc = cli("broken.yaml", cwd=tmp_path)
@@ -199,6 +188,7 @@ def test_cli_broken_file_lists_every_problem(tmp_path: Path) -> None:
     assert doc["valid"] is False and doc["source"] == "broken.yaml" and len(doc["problems"]) == len(needles)
 
 
+@pytest.mark.procs
 def test_cli_missing_file_and_bad_override(tmp_path: Path) -> None:
     proc = cli("nope.yaml", cwd=tmp_path)
     assert proc.returncode == 1 and "nope.yaml: file not found" in proc.stderr
@@ -207,6 +197,7 @@ def test_cli_missing_file_and_bad_override(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "--set 'design.repeats': expected KEY=VALUE" in proc.stderr
 
 
+@pytest.mark.procs
 def test_plan_of_a_function_entry_does_not_import_torch(tmp_path: Path) -> None:
     data = dict(ABLATION)
     data["entry"] = "fixtures.toy:trial"
@@ -218,7 +209,12 @@ def test_plan_of_a_function_entry_does_not_import_torch(tmp_path: Path) -> None:
         "print(rc, 'torch' in sys.modules)\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=child_env(TESTS),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["0", "False"]
@@ -238,6 +234,7 @@ def test_plan_tpe(tmp_path: Path) -> None:
     assert "8 trials (4 configs x 2 repeats)" in p.render()
 
 
+@pytest.mark.procs
 def test_cli_on_the_digits_example() -> None:
     example = ROOT / "examples" / "digits" / "experiment.yaml"
     if not example.exists():  # pragma: no cover - the example belongs to another part

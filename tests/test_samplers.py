@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from fixtures.toy import ToyConfig
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from testkit import TESTS, child_env
 
 from ablator.config import canonical_json
 from ablator.errors import ConfigError
@@ -132,6 +132,7 @@ def test_quasi_random_covers_evenly() -> None:
         assert sorted(int(p[path] * 32) for p in pts) == list(range(32))
 
 
+@pytest.mark.procs
 def test_samplers_are_deterministic_in_another_process() -> None:
     code = """
 import json, sys
@@ -147,9 +148,7 @@ out = {
 }
 print(json.dumps(out))
 """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
-    env["PYTHONHASHSEED"] = "777"
+    env = child_env(TESTS, PYTHONHASHSEED="777")
     proc = subprocess.run(
         [sys.executable, "-c", code],
         input=json.dumps(SPACE),

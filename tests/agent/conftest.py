@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import ablator_cli
 
 from ablator import layout, lineage, records
 from ablator.experiment import experiment_from_dict
@@ -55,14 +56,6 @@ def experiment(
 
 def launch_toy(store_url: str, exp: dict[str, Any], **kw: Any) -> Any:
     return launch(experiment_from_dict(exp), store_url, **kw)
-
-
-@pytest.fixture(params=["posix", "s3"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh store: a local folder, or a bucket prefix on the moto S3 server."""
-    if request.param == "posix":
-        return str(tmp_path / "store")
-    return str(request.getfixturevalue("s3_url"))
 
 
 @pytest.fixture
@@ -190,14 +183,7 @@ def canonical_steps(store: Store, trial: int) -> list[int]:
 def status_json(store_url: str, env: dict[str, str]) -> dict[str, Any]:
     import json
 
-    out = subprocess.run(
-        [sys.executable, "-m", "ablator", "status", store_url, "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = ablator_cli("status", store_url, "--json", env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     return dict(json.loads(out.stdout))
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+from testkit import ablator_cli
 
 from ablator import layout, records
 from ablator.codesnap import snapshot_code
@@ -27,6 +27,8 @@ from .conftest import (
     status_json,
     wait_for,
 )
+
+pytestmark = pytest.mark.procs  # every test here starts processes
 
 
 def test_three_agents_thirty_trials_exactly_once(
@@ -292,14 +294,7 @@ def test_status_and_cli_launch_roundtrip(local_store: str, agent_env: dict[str, 
     path.write_text(yaml.safe_dump(exp))
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "ablator", *args],
-            cwd=ROOT,
-            env=agent_env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return ablator_cli(*args, env=agent_env, timeout=120)
 
     first = cli("launch", str(path), "--store", local_store)
     assert first.returncode == 0 and "launched" in first.stdout, first.stderr

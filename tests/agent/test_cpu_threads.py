@@ -18,6 +18,7 @@ def lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.mark.procs
 def test_slots_count_across_processes(lock_dir: Path) -> None:
     assert devices.local_cpu_slots() == 1  # nobody: still one share
     first = devices.take_cpu_slot_lock()

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from testkit import child_env
 
 from ablator.agent import devices as D
 from ablator.agent.devices import Device, Slot, plan_slots
@@ -151,6 +152,7 @@ def test_lock_files_are_keyed_by_uuid(smi: FakeSmi, monkeypatch: pytest.MonkeyPa
         s.release()
 
 
+@pytest.mark.procs
 def test_lock_folder_shared_by_users(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
@@ -186,7 +188,7 @@ def test_lock_folder_shared_by_users(
     # Another user: root tests become "nobody"; others see a read-only file, as another
     # user's would be to them.
     become = "os.setgid(65534); os.setuid(65534)\n" if os.geteuid() == 0 else ""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
 
     def other(folder: Path) -> str:
         out = subprocess.run(

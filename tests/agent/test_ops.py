@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from testkit import put_claim
 
 from ablator import layout, records
 from ablator.errors import AblatorError, ExperimentMismatch
@@ -94,13 +95,9 @@ def test_retry_forgives_failures_and_keeps_them(tmp_path: Path) -> None:
     assert retry_failed(url) is None
     spec = records.TrialSpec(index=0, config={}, config_hash="h", seed=0)
     for e in (0, 1):  # max_attempts = 2: failed for good
-        _put(
-            store,
-            layout.claim(0, e),
-            records.Claim(trial=0, epoch=e, agent_id="a", spec=spec if e == 0 else None),
-        )
+        put_claim(store, 0, e, spec=spec, agent="a")
         _put(store, layout.failed(0, e), records.Failure(trial=0, epoch=e, agent_id="a", message="boom"))
-    _put(store, layout.claim(1, 0), records.Claim(trial=1, epoch=0, agent_id="a", spec=spec))
+    put_claim(store, 1, spec=spec, agent="a")
     _put(store, layout.failed(1, 0), records.Failure(trial=1, epoch=0, agent_id="a"))  # retryable, not failed
     rec = retry_failed(url)
     assert rec is not None and rec.epochs == {0: 1}
@@ -122,20 +119,20 @@ def test_gc_keeps_best_and_last_of_the_canonical_lineage(tmp_path: Path) -> None
     spec = records.TrialSpec(index=0, config={}, config_hash="h", seed=0)
     # Trial 0: attempt 0 checkpointed 2, 4 and (a zombie, after the takeover) 6; attempt 1
     # resumed from step 4 and checkpointed 6 and 8; its best step is 6.
-    _put(store, layout.claim(0, 0), records.Claim(trial=0, epoch=0, agent_id="a", spec=spec))
-    _put(store, layout.claim(0, 1), records.Claim(trial=0, epoch=1, agent_id="b"))
+    put_claim(store, 0, spec=spec, agent="a")
+    put_claim(store, 0, 1, agent="b")
     _put(store, layout.attempt(0, 0), records.Attempt(trial=0, epoch=0, agent_id="a"))
     _put(store, layout.attempt(0, 1), records.Attempt(trial=0, epoch=1, agent_id="b", resumed_from=(0, 4)))
     for e, s in [(0, 2), (0, 4), (0, 6), (1, 6), (1, 8)]:
         store.create(layout.checkpoint(0, e, s), b"x" * 10)
     result = records.Result(trial=0, epoch=1, agent_id="b", best_step=6)
     # Trial 1 is still running: gc must refuse.
-    _put(store, layout.claim(1, 0), records.Claim(trial=1, epoch=0, agent_id="c", spec=spec))
+    put_claim(store, 1, spec=spec, agent="c")
     _put(store, layout.result(0), result)
     with pytest.raises(AblatorError, match="not done"):
         gc(url)
     _put(store, layout.failed(1, 0), records.Failure(trial=1, epoch=0, agent_id="c"))
-    _put(store, layout.claim(1, 1), records.Claim(trial=1, epoch=1, agent_id="c"))
+    put_claim(store, 1, 1, agent="c")
     _put(store, layout.attempt(1, 0), records.Attempt(trial=1, epoch=0, agent_id="c"))
     _put(store, layout.attempt(1, 1), records.Attempt(trial=1, epoch=1, agent_id="c", resumed_from=(0, 2)))
     _put(store, layout.failed(1, 1), records.Failure(trial=1, epoch=1, agent_id="c"))
@@ -155,8 +152,7 @@ def test_gc_keeps_best_and_last_of_the_canonical_lineage(tmp_path: Path) -> None
 def test_launch_refuses_a_store_with_trials_but_no_experiment(tmp_path: Path) -> None:
     url = str(tmp_path / "s")
     store = open_store(url)
-    claim = records.Claim(trial=0, epoch=0, agent_id="run-1")
-    assert store.create(layout.claim(0, 0), records.encode(claim))
+    put_claim(store, 0, agent="run-1")
     with pytest.raises(ExperimentMismatch, match=r"holds trials but no experiment\.json"):
         launch(experiment_from_dict(experiment()), url)
     assert not store.exists(layout.EXPERIMENT)

@@ -15,6 +15,8 @@ from ablator.pruners import asha_promotes
 
 from .conftest import ROOT, launch_toy, open_, read, results, wait_for
 
+pytestmark = pytest.mark.procs  # every test here starts processes
+
 GOOD = [0.6, 0.7, 0.9]  # run first, by agent A: each is the best so far, so each is promoted
 BAD = [0.1, 0.3, 0.05]  # run by agent B: behind all of A's trials at rung 0
 PRUNER = {"kind": "asha", "min_steps": 1, "reduction_factor": 3, "max_steps": 9}  # rungs at steps 1, 3

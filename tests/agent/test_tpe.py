@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from ablator import layout, records
 from ablator.space import load_space
 from ablator.store import Store, open_store
@@ -223,6 +225,7 @@ def test_a_pruned_trial_is_told_pruned() -> None:
     b.choose(1, 1)  # TPE copes with a pruned trial that has no intermediate values
 
 
+@pytest.mark.procs
 def test_agents_journal_every_claim_and_result(local_store: str, agents: Any) -> None:
     """Two real agents on one tpe experiment: the journal is dense, and each trial appears as
     claimed, then finished once with its result's objective value."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
+from testkit import ablator_cli, child_env
 
 from ablator.analysis import load, write_report
 from analysis.test_analysis_effects import ablation_store, search_store
@@ -68,25 +68,15 @@ def test_search_report_has_factor_curve_and_parallel_figures(tmp_path: Path) -> 
 
 
 def _cli(*args: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ablator", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=cwd,
-    )
+    return ablator_cli(*args, cwd=cwd, env=env, timeout=120)
 
 
 @pytest.fixture
 def cli_env(local_cache: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["ABLATOR_CACHE_DIR"] = str(local_cache)
-    env["MPLBACKEND"] = "Agg"
-    return env
+    return child_env(ABLATOR_CACHE_DIR=str(local_cache), MPLBACKEND="Agg")
 
 
+@pytest.mark.procs
 def test_cli_analyze_and_report(tmp_path: Path, cli_env: dict[str, str]) -> None:
     ablation_store(tmp_path / "s")
     out = _cli("analyze", str(tmp_path / "s"), env=cli_env)
@@ -112,6 +102,7 @@ def test_cli_analyze_and_report(tmp_path: Path, cli_env: dict[str, str]) -> None
     assert (tmp_path / "ablator-report" / "digits-ablation" / "report.html").is_file()
 
 
+@pytest.mark.procs
 def test_cli_analyze_shows_the_parameters_of_a_sweeps_best_trials(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
@@ -171,6 +162,7 @@ def test_report_of_a_store_mid_run(tmp_path: Path) -> None:
     assert files.figures == () and "No finished trial" in files.markdown.read_text()
 
 
+@pytest.mark.procs
 def test_analysis_does_not_import_torch(cli_env: dict[str, str]) -> None:
     code = (
         "import sys, ablator.analysis, ablator.analysis.cli, ablator.analysis.report; "
@@ -194,6 +186,7 @@ design: {kind: ablation, repeats: 1, seed: 0, ablations: {wide: {model.hidden: 3
 """
 
 
+@pytest.mark.procs
 def test_a_private_run_store_can_be_analysed(
     tmp_path: Path, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,13 +3,13 @@ child processes, and (in :mod:`tests.engines.slurmcluster`) a real one-node Slur
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import testkit
 
 from ablator import layout, records
 from ablator.experiment import experiment_from_dict
@@ -44,10 +44,9 @@ def launch_study(store_url: str, trials: int, config: dict[str, Any], **limits: 
 @pytest.fixture
 def child_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """Environment of agent processes: this checkout importable, private cache and lock folders."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["ABLATOR_CACHE_DIR"] = str(tmp_path / "cache")
-    env["ABLATOR_LOCK_DIR"] = str(tmp_path / "locks")
+    env = testkit.child_env(
+        ABLATOR_CACHE_DIR=str(tmp_path / "cache"), ABLATOR_LOCK_DIR=str(tmp_path / "locks")
+    )
     env.pop("CUDA_VISIBLE_DEVICES", None)
     yield env
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ablator.engines.environment import is_launcher_variable, trial_environment
 from tests.engines.conftest import ROOT, launch_study, open_, results, traces
 
@@ -39,6 +41,7 @@ def test_trial_environment_drops_launcher_variables_and_keeps_the_rest() -> None
     assert trial_environment({"RANK": "1"}, {"RANK": "0"}) == {"RANK": "0"}
 
 
+@pytest.mark.procs
 def test_a_real_agent_started_like_a_slurm_task_runs_its_trials_without_the_jobs_variables(
     tmp_path: Path, child_env: dict[str, str]
 ) -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,17 +25,9 @@ def faults_env(spec_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     yield spec_path
 
 
-@pytest.fixture(params=["posix", "s3"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "posix":
-        return str(tmp_path / "store")
-    return str(request.getfixturevalue("s3_url"))
-
-
 @pytest.fixture
 def child_env(subprocess_env: dict[str, str], spec_path: Path) -> dict[str, str]:
-    env = dict(subprocess_env)
+    env = dict(subprocess_env)  # ablator importable (testkit.child_env) and the S3 server's address
     env[faults.ENV] = str(spec_path)
     env.pop(faults.ENV_PROCESS, None)
-    env.setdefault("PYTHONPATH", os.getcwd())
     return env

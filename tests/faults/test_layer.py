@@ -37,8 +37,8 @@ def test_open_store_wraps_only_when_the_variable_is_set(
     assert store.capabilities().backend == "posix"
 
 
-def test_rules_pick_operations_prefixes_and_windows(url: str, faults_env: Path) -> None:
-    store = open_store(url)
+def test_rules_pick_operations_prefixes_and_windows(store_url: str, faults_env: Path) -> None:
+    store = open_store(store_url)
     assert isinstance(store, FaultStore)
     hb, claim = layout.agent("a-1-x"), layout.claim(3, 0)
     store.replace(hb, b"1")
@@ -82,8 +82,8 @@ def test_rules_pick_operations_prefixes_and_windows(url: str, faults_env: Path) 
     store.close()
 
 
-def test_a_lost_reply_writes_and_raises(url: str, faults_env: Path) -> None:
-    store = open_store(url)
+def test_a_lost_reply_writes_and_raises(store_url: str, faults_env: Path) -> None:
+    store = open_store(store_url)
     write_spec(faults_env, [Rule(ops=["create"], end=FOREVER, error="ETIMEDOUT", lost_reply=True)])
     time.sleep(0.1)
     key = layout.claim(1, 0)
@@ -106,6 +106,7 @@ def test_hang_blocks_until_the_window_ends_then_completes(tmp_path: Path, faults
     assert store.read("a/b") == b"x"
 
 
+@pytest.mark.procs
 def test_rules_select_one_process(tmp_path: Path, child_env: dict[str, str], spec_path: Path) -> None:
     """A rule for the label "worker" fails a child labelled so, and not this process; a rule for
     a pid fails only that process."""

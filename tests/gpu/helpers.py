@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import child_env
 
 from ablator.experiment import experiment_from_dict
 from ablator.ops import launch
@@ -48,8 +49,7 @@ def launch_exp(store: str, exp: dict[str, Any]) -> None:
 
 
 def agent_env(tmp: Path, smi: FakeSmi, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = child_env()
     env["PATH"] = smi.path_env(env.get("PATH", ""))
     env["ABLATOR_CACHE_DIR"] = str(tmp / "cache")
     env["ABLATOR_LOCK_DIR"] = str(tmp / "locks")

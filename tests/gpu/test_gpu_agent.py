@@ -5,16 +5,19 @@ pretend (``tests.gpu.fakegpu:fake_cuda``). The agents, workers, store and trials
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
+from testkit import ablator_cli
 
 from ablator import layout, records
 from ablator.store import open_store
 from tests.agent.conftest import read, records_of, results
 from tests.gpu.fakegpu import FakeSmi, gpu
-from tests.gpu.helpers import ROOT, agent_env, gpu_experiment, launch_exp, start_agent, traces
+from tests.gpu.helpers import agent_env, gpu_experiment, launch_exp, start_agent, traces
+
+pytestmark = pytest.mark.procs  # every test here starts processes
 
 __all__ = ["start_agent"]  # the fixture
 
@@ -26,14 +29,7 @@ FAKE_CUDA = "tests.gpu.fakegpu:fake_cuda"
 def _status(store: str, env: dict[str, str]) -> dict[str, Any]:
     import json
 
-    out = subprocess.run(
-        [sys.executable, "-m", "ablator", "status", store, "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = ablator_cli("status", store, "--json", env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     return dict(json.loads(out.stdout))
 

@@ -7,11 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ablator import layout, records
 from ablator.store import open_store
 from tests.agent.conftest import read, records_of, results
 from tests.gpu.fakegpu import FakeSmi, gpu
 from tests.gpu.helpers import agent_env, gpu_experiment, launch_exp, start_agent, traces
+
+pytestmark = pytest.mark.procs  # every test here starts processes
 
 __all__ = ["start_agent"]  # the fixture
 

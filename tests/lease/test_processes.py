@@ -7,20 +7,20 @@ elapsed time."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from testkit import ablator_cli, child_env
 
 from ablator import layout, records
 from ablator.store import Store, open_store
 
 from .helpers import Agent
+
+pytestmark = pytest.mark.procs  # every test here starts processes
 
 # Short leases, but not so short that a process starved of CPU for a second on a busy 2-core
 # machine fences itself (fence after lease - 2 x heartbeat = 1.2 s).
@@ -36,14 +36,16 @@ def _claims(store: Store, trial: int) -> dict[int, records.Claim]:
     return out
 
 
-def _stress(url: str, env: dict[str, str], tmp_path: Path, agents: list[Agent], n: int, per: int) -> None:
+def _stress(
+    store_url: str, backend_env: dict[str, str], tmp_path: Path, agents: list[Agent], n: int, per: int
+) -> None:
     budget = n * per
     go = tmp_path / "go"
     procs = [
         Agent(
             "stress",
-            url,
-            env,
+            store_url,
+            backend_env,
             "--budget",
             str(budget),
             "--lease",
@@ -71,7 +73,7 @@ def _stress(url: str, env: dict[str, str], tmp_path: Path, agents: list[Agent], 
     assert max(counts.values()) == 1, f"claimed twice: {[t for t, c in counts.items() if c > 1][:10]}"
     assert all(e == 0 for _, e in claimed)  # no takeovers with a long lease
     # the store agrees: one claim (epoch 0) and one result per trial, naming that claim's holder
-    store = open_store(url)
+    store = open_store(store_url)
     grouped: dict[int, list[str]] = {}
     for e in store.list(layout.TRIALS_DIR):
         t = layout.parse_trial(e.key)
@@ -88,8 +90,7 @@ def _stress(url: str, env: dict[str, str], tmp_path: Path, agents: list[Agent], 
 
 def test_stress_local_8x500(tmp_path: Path, agents: list[Agent]) -> None:
     """8 processes x 500 new trials on a local folder: every trial claimed exactly once."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    _stress(str(tmp_path / "exp"), env, tmp_path, agents, 8, 500)
+    _stress(str(tmp_path / "exp"), child_env(), tmp_path, agents, 8, 500)
 
 
 def test_stress_s3_8x15(
@@ -108,16 +109,30 @@ def test_stress_s3_8x500(
     _stress(s3_url, subprocess_env, tmp_path, agents, 8, 500)
 
 
-def test_kill9_holder_taken_over_exactly_once(url: str, env: dict[str, str], agents: list[Agent]) -> None:
+def test_kill9_holder_taken_over_exactly_once(
+    store_url: str, backend_env: dict[str, str], agents: list[Agent]
+) -> None:
     """A holder killed with SIGKILL: each of its trials is taken over exactly once (epoch 1),
     by one of two racing agents, after the lease; not while the holder lived."""
-    holder = Agent("hold", url, env, "--budget", "2", "--trials", "2", *LEASE)
+    holder = Agent("hold", store_url, backend_env, "--budget", "2", "--trials", "2", *LEASE)
     agents.append(holder)
     held = holder.wait_for("held")["held"]
     assert sorted(t for t, _ in held) == [0, 1]
     holder.wait_for("wrote")
     takers = [
-        Agent("take", url, env, "--budget", "2", "--want", "2", "--finish", "--seconds", "40", *LEASE)
+        Agent(
+            "take",
+            store_url,
+            backend_env,
+            "--budget",
+            "2",
+            "--want",
+            "2",
+            "--finish",
+            "--seconds",
+            "40",
+            *LEASE,
+        )
         for _ in range(2)
     ]
     agents.extend(takers)
@@ -125,7 +140,7 @@ def test_kill9_holder_taken_over_exactly_once(url: str, env: dict[str, str], age
         t.wait_for("agent", timeout=120)
     # The takers watch a live holder for more than a lease: nothing may be taken.
     time.sleep(3)
-    store = open_store(url)
+    store = open_store(store_url)
     assert not store.exists(layout.claim(0, 1)) and not store.exists(layout.claim(1, 1))
     holder.signal(signal.SIGKILL)
     holder.finish()
@@ -142,19 +157,21 @@ def test_kill9_holder_taken_over_exactly_once(url: str, env: dict[str, str], age
         assert claims[1].spec is None  # takeovers read the spec from claim.e0000
 
 
-def test_sigstop_holder_gets_lease_lost(url: str, env: dict[str, str], agents: list[Agent]) -> None:
+def test_sigstop_holder_gets_lease_lost(
+    store_url: str, backend_env: dict[str, str], agents: list[Agent]
+) -> None:
     """A holder stopped past its lease, then continued: it gets LeaseLost, writes nothing more
     (at most the one write that had passed its check before the stop), cannot write a result,
     and the new holder's records are untouched."""
-    holder = Agent("hold", url, env, "--budget", "1", "--trials", "1", *LEASE)
+    holder = Agent("hold", store_url, backend_env, "--budget", "1", "--trials", "1", *LEASE)
     agents.append(holder)
     assert holder.wait_for("held")["held"] == [[0, 0]]
     holder.wait_for("wrote")
     holder.signal(signal.SIGSTOP)
-    store = open_store(url)
+    store = open_store(store_url)
     before = {e.key for e in store.list(layout.metrics_dir(0))}
 
-    taker = Agent("take", url, env, "--budget", "1", "--want", "1", "--seconds", "60", *LEASE)
+    taker = Agent("take", store_url, backend_env, "--budget", "1", "--want", "1", "--seconds", "60", *LEASE)
     agents.append(taker)
     assert taker.wait_for("took", timeout=60)["took"] == [0, 1]
     # the new holder writes under its own epoch
@@ -180,33 +197,42 @@ def test_sigstop_holder_gets_lease_lost(url: str, env: dict[str, str], agents: l
     assert not store.exists(layout.result(0))
 
 
-def test_skewed_clock_is_not_dead(backend: str, url: str, env: dict[str, str], agents: list[Agent]) -> None:
+def test_skewed_clock_is_not_dead(
+    backend: str, store_url: str, backend_env: dict[str, str], agents: list[Agent]
+) -> None:
     """A holder whose wall clock is 5 hours ahead, watched by an agent whose clock is 5 hours
     behind: nobody is declared dead (only monotonic clocks and the store's clock are used)."""
     lease = ["--lease", "3", "--hb", "0.5"]  # this test must not lose a lease to CPU starvation
-    holder = Agent("hold", url, env, "--budget", "1", "--trials", "1", "--skew-hours", "5", *lease)
+    holder = Agent(
+        "hold", store_url, backend_env, "--budget", "1", "--trials", "1", "--skew-hours", "5", *lease
+    )
     agents.append(holder)
     holder.wait_for("held")
     watcher = Agent(
-        "take", url, env, "--budget", "1", "--want", "1", "--seconds", "7", "--skew-hours", "-5", *lease
+        "take",
+        store_url,
+        backend_env,
+        "--budget",
+        "1",
+        "--want",
+        "1",
+        "--seconds",
+        "7",
+        "--skew-hours",
+        "-5",
+        *lease,
     )
     agents.append(watcher)
     took = watcher.wait_for("took_all", timeout=60)["took_all"]
     assert took == [], (holder.events, watcher.events)  # watched for more than 2 leases
-    store = open_store(url)
+    store = open_store(store_url)
     assert not store.exists(layout.claim(0, 1))
     assert holder.all("lost") == []
     hb = records.decode(store.read(layout.agent(holder.wait_for("agent")["agent"])), records.Heartbeat)
     assert hb.wall_time - time.time() > 4 * 3600  # the skew really was there
     if backend == "s3":
         return  # status's store-clock ages: the same code on both backends (moto is slow)
-    out = subprocess.run(
-        [sys.executable, "-m", "ablator", "status", url, "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = ablator_cli("status", store_url, "--json", env=backend_env, timeout=120)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     (agent,) = [a for a in report["agents"] if a["agent_id"] == hb.agent_id]
@@ -214,44 +240,48 @@ def test_skewed_clock_is_not_dead(backend: str, url: str, env: dict[str, str], a
     assert report["counts"]["running"] == 1 and report["counts"]["orphaned"] == 0
 
 
-@pytest.mark.parametrize("backend", ["local"])  # backend-independent logic; S3 runs the kill/stop/skew tests
+@pytest.mark.parametrize("backend", ["posix"])  # backend-independent logic; S3 runs the kill/stop/skew tests
 def test_restarted_agent_does_not_keep_predecessor_trials(
-    url: str, env: dict[str, str], agents: list[Agent]
+    store_url: str, backend_env: dict[str, str], agents: list[Agent]
 ) -> None:
     """An agent killed and restarted on the same host is a new agent: its heartbeat does not keep
     the predecessor's trial alive, and the trial is taken over (here by the restarted agent)."""
-    first = Agent("hold", url, env, "--budget", "1", "--trials", "1", "--host", "node7", *LEASE)
+    first = Agent("hold", store_url, backend_env, "--budget", "1", "--trials", "1", "--host", "node7", *LEASE)
     agents.append(first)
     first.wait_for("held")
     first_id = first.wait_for("agent")["agent"]
     first.signal(signal.SIGKILL)
     first.finish()
-    second = Agent("take", url, env, "--budget", "1", "--want", "1", "--host", "node7", "--finish", *LEASE)
+    second = Agent(
+        "take", store_url, backend_env, "--budget", "1", "--want", "1", "--host", "node7", "--finish", *LEASE
+    )
     agents.append(second)
     second_id = second.wait_for("agent")["agent"]
     assert second_id != first_id and second_id.startswith("node7-") and first_id.startswith("node7-")
     assert second.wait_for("took", timeout=60)["took"] == [0, 1]
-    store = open_store(url)
+    store = open_store(store_url)
     claims = _claims(store, 0)
     assert claims[0].agent_id == first_id and claims[1].agent_id == second_id
 
 
-@pytest.mark.parametrize("backend", ["local"])  # backend-independent logic; S3 runs the kill/stop/skew tests
+@pytest.mark.parametrize("backend", ["posix"])  # backend-independent logic; S3 runs the kill/stop/skew tests
 def test_holder_dying_between_claim_and_listing_loses_the_trial(
-    url: str, env: dict[str, str], agents: list[Agent]
+    store_url: str, backend_env: dict[str, str], agents: list[Agent]
 ) -> None:
     """The holder dies right after creating its claim, before any heartbeat listed it: the trial
     is not lost (never treated as a free index) and is taken over exactly once."""
-    dying = Agent("hold", url, env, "--budget", "1", "--trials", "1", "--die-after-claim", *LEASE)
+    dying = Agent(
+        "hold", store_url, backend_env, "--budget", "1", "--trials", "1", "--die-after-claim", *LEASE
+    )
     agents.append(dying)
     key = dying.wait_for("claimed_then_dying")["claimed_then_dying"]
     assert key == layout.claim(0, 0)
     dying.finish()
-    store = open_store(url)
+    store = open_store(store_url)
     hb_keys = [e.key for e in store.list(layout.AGENTS_DIR)]
     (hb,) = [records.decode(store.read(k), records.Heartbeat) for k in hb_keys]
     assert hb.held == []  # it never listed the trial
-    taker = Agent("take", url, env, "--budget", "1", "--want", "1", "--finish", *LEASE)
+    taker = Agent("take", store_url, backend_env, "--budget", "1", "--want", "1", "--finish", *LEASE)
     agents.append(taker)
     assert taker.wait_for("took", timeout=60)["took"] == [0, 1]
     taker.wait_for("took_all", timeout=30)

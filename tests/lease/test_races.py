@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import put_claim
 
 from ablator import layout, records
 from ablator.errors import LeaseLost
@@ -75,9 +76,7 @@ def test_two_agents_race_for_a_new_index(tmp_path: Path) -> None:
 
 def test_two_agents_race_for_a_takeover(tmp_path: Path) -> None:
     w = Wrapped(open_store(str(tmp_path)))
-    w.inner.create(
-        layout.claim(0, 0), records.encode(records.Claim(trial=0, epoch=0, agent_id="x-1-a", spec=spec(0)))
-    )
+    put_claim(w.inner, 0, spec=spec(0), agent="x-1-a")
     w.inner.create(layout.release(0, 0), records.encode(records.Release(trial=0, epoch=0, agent_id="x-1-a")))
     _gate(w, layout.claim(0, 1))
     (_, c1), (_, c2) = _agent(w, FakeClock()), _agent(w, FakeClock())

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testkit import put_claim
 
 from ablator import layout, records
 from ablator.lease import Claimer, LeaseLimits, Membership, read_trial
@@ -42,11 +43,7 @@ def _put(store: Store, key: str, rec: records.Record) -> None:
 
 
 def _claim(store: Store, t: int, e: int, agent: str = "ghost-1-aaaa", with_spec: bool = True) -> None:
-    _put(
-        store,
-        layout.claim(t, e),
-        records.Claim(trial=t, epoch=e, agent_id=agent, spec=spec(t) if e == 0 and with_spec else None),
-    )
+    put_claim(store, t, e, spec=spec(t) if with_spec else None, agent=agent)
 
 
 def _state(store: Store, t: int, orphaned: bool = False, forgiven: int = -1) -> str:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import ablator_cli, put_claim
 
 from ablator import layout, records
 from ablator.errors import StoreError
@@ -19,22 +18,6 @@ from ablator.store import open_store
 from ablator.store.base import Store
 
 from .helpers import Wrapped, spec
-
-
-def _status(url: str, env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ablator", "status", url, *flags],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def _claim(store: Store, t: int, agent: str) -> None:
-    assert store.create(
-        layout.claim(t, 0), records.encode(records.Claim(trial=t, epoch=0, agent_id=agent, spec=spec(t)))
-    )
 
 
 def _build(store: Store) -> Membership:
@@ -61,9 +44,9 @@ def _build(store: Store) -> Membership:
         held=[(4, 0)],
     )
     store.replace(layout.agent(dead.agent_id), records.encode(dead))
-    _claim(store, 4, dead.agent_id)
+    put_claim(store, 4, spec=spec(4), agent=dead.agent_id)
     for t in (0, 1, 2, 5):
-        _claim(store, t, "gone-1-aaaa")
+        put_claim(store, t, spec=spec(t), agent="gone-1-aaaa")
     store.create(layout.result(0), records.encode(records.Result(trial=0, epoch=0, agent_id="gone-1-aaaa")))
     store.create(
         layout.failed(1, 0), records.encode(records.Failure(trial=1, epoch=0, agent_id="gone-1-aaaa"))
@@ -82,22 +65,15 @@ def _build(store: Store) -> Membership:
     return m
 
 
-@pytest.mark.parametrize("backend", ["local", "s3"])
-def test_status_counts_agents_and_progress(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    if backend == "s3":
-        url = str(request.getfixturevalue("s3_url"))
-        env = dict(request.getfixturevalue("subprocess_env"))
-    else:
-        url = str(tmp_path / "exp")
-        env = dict(request.getfixturevalue("env_local"))
+@pytest.mark.procs
+def test_status_counts_agents_and_progress(backend: str, store_url: str, backend_env: dict[str, str]) -> None:
+    url, env = store_url, backend_env
     store = open_store(url)
     live = _build(store)
     try:
         time.sleep(3)  # the dead agent's heartbeat (lease 1 s) ages past lease + slack by the store's clock
         live.beat()
-        out = _status(url, env, "--json")
+        out = ablator_cli("status", url, "--json", env=env, timeout=120)
         assert out.returncode == 0, out.stderr
         rep = json.loads(out.stdout)
         assert rep["experiment"] == "demo" and rep["budget"] == 8 and rep["clock"] == "store"
@@ -130,7 +106,7 @@ def test_status_counts_agents_and_progress(
 
         if backend == "s3":
             return  # the text and --check paths do not depend on the backend (and moto is slow)
-        text = _status(url, env, "--check")
+        text = ablator_cli("status", url, "--check", env=env, timeout=120)
         assert text.returncode == 0, text.stderr
         for needle in (
             "experiment  demo",
@@ -145,14 +121,6 @@ def test_status_counts_agents_and_progress(
             assert needle in text.stdout, (needle, text.stdout)
     finally:
         live.close()
-
-
-@pytest.fixture
-def env_local() -> dict[str, str]:
-    import os
-
-    root = Path(__file__).resolve().parents[2]
-    return dict(os.environ, PYTHONPATH=str(root))
 
 
 def test_status_without_a_writable_store_says_unknown(tmp_path: Path) -> None:
@@ -173,9 +141,10 @@ def test_status_without_a_writable_store_says_unknown(tmp_path: Path) -> None:
     assert rep.counts["needs_repair"] == 1
 
 
-def test_status_of_a_missing_store_is_an_error(tmp_path: Path, env_local: dict[str, str]) -> None:
-    out = _status(str(tmp_path / "nope"), env_local)
+@pytest.mark.procs
+def test_status_of_a_missing_store_is_an_error(tmp_path: Path) -> None:
+    out = ablator_cli("status", str(tmp_path / "nope"), timeout=120)
     assert out.returncode == 1 and "no such folder" in out.stderr
     (tmp_path / "empty").mkdir()
-    out = _status(str(tmp_path / "empty"), env_local)
+    out = ablator_cli("status", str(tmp_path / "empty"), timeout=120)
     assert out.returncode == 1 and "no experiment here" in out.stderr

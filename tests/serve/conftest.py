@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,9 +75,7 @@ class Server:
 
 @pytest.fixture
 def serve_env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["ABLATOR_CACHE_DIR"] = str(tmp_path / "serve-cache")
+    env = child_env(ABLATOR_CACHE_DIR=str(tmp_path / "serve-cache"))
     env.pop("ABLATOR_SERVE_TOKEN", None)
     return env
 

@@ -52,6 +52,7 @@ def _browse_everything(tab: Page, server: Server, trials: int, factors: list[str
         tab.page.wait_for_selector(f"#trial[data-index='{i}']")
 
 
+@pytest.mark.procs
 def test_live_study_in_the_browser(
     tmp_path: Path, serve_env: dict[str, str], servers: Any, tab: Page
 ) -> None:
@@ -211,6 +212,7 @@ def _small_store(url: str, trials: int = 8) -> None:
         b.finished(i, overrides, 0.8 + 0.02 * (i % 4) + 0.001 * i, variant=v, repeat=i // 4)
 
 
+@pytest.mark.procs
 def test_token_is_required_and_compared(
     tmp_path: Path, serve_env: dict[str, str], servers: Any, tab: Page
 ) -> None:
@@ -242,6 +244,7 @@ def test_token_is_required_and_compared(
         assert exc.code == 405
 
 
+@pytest.mark.procs
 def test_s3_store_page_loads(
     s3_url: str, subprocess_env: dict[str, str], serve_env: dict[str, str], servers: Any, tab: Page
 ) -> None:

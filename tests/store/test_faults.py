@@ -292,6 +292,7 @@ def _in_unprivileged_child(root: Path) -> list[str]:
     return result
 
 
+@pytest.mark.procs
 def test_a_read_only_folder_gives_a_clear_error_naming_the_key(locked_root: Path) -> None:
     messages = _in_unprivileged_child(locked_root) if os.geteuid() == 0 else _try_writes(locked_root)
     assert len(messages) == 3

@@ -163,6 +163,7 @@ def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("s3_url"))
 
 
+@pytest.mark.procs
 @pytest.mark.parametrize("kind", ["posix", "s3"])
 def test_processes_race_creates_exactly_one_winner_per_key(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest, subprocess_env: dict[str, str]
@@ -173,6 +174,7 @@ def test_processes_race_creates_exactly_one_winner_per_key(
     )
 
 
+@pytest.mark.procs
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["posix", "s3"])
 def test_processes_race_creates_exactly_one_winner_per_key_stress(
@@ -181,6 +183,7 @@ def test_processes_race_creates_exactly_one_winner_per_key_stress(
     _race_processes(_url(kind, tmp_path, request), subprocess_env, procs=8, keys=500)
 
 
+@pytest.mark.procs
 def test_a_store_is_usable_in_a_forked_child_and_after(s3_url: str) -> None:
     # The parent's s3fs client (event loop, sockets) must not be used in the child: the store
     # makes a new one there, and the parent's keeps working afterwards.

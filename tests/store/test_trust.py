@@ -81,6 +81,7 @@ def test_object_store_fuse_mounts_are_recognised() -> None:
     assert object_store_fuse(by_point["/"]) is None
 
 
+@pytest.mark.procs
 def test_the_real_mount_of_a_folder_is_found(tmp_path: Path) -> None:
     mounts = read_mounts()
     if mounts is None:

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import testkit
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -25,8 +25,4 @@ def _one_thread() -> Iterator[None]:
 @pytest.fixture
 def child_env() -> dict[str, str]:
     """Environment for child processes: ablator and trainlib importable, one thread."""
-    env = dict(os.environ)
-    root = HERE.parent.parent
-    env["PYTHONPATH"] = os.pathsep.join([str(root), str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return testkit.child_env(HERE, OMP_NUM_THREADS="1")

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 import trainlib as T
+from testkit import put_claim
 
 from ablator import layout, lineage, records
 from ablator.entrypoint import EntryPoint
@@ -25,8 +26,7 @@ def store() -> Store:
 
 
 def run_fn(store: Store, fn: Any, spec: records.TrialSpec, epoch: int = 0, **kw: Any) -> Outcome:
-    rec = records.Claim(trial=spec.index, epoch=epoch, agent_id="t", spec=spec if epoch == 0 else None)
-    assert store.create(layout.claim(spec.index, epoch), records.encode(rec))
+    put_claim(store, spec.index, epoch, spec=spec)
     entry = EntryPoint(kind="function", obj=fn, config_type=T.TinyConfig)
     kw.setdefault("progress", False)
     kw.setdefault("metric", ("val_accuracy", "max"))

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 import trainlib as T
+from testkit import put_claim
 
 from ablator import layout, lineage, records
 from ablator.entrypoint import EntryPoint
@@ -32,11 +33,6 @@ def store() -> Iterator[Store]:
     yield open_store(f"memory://train-{uuid.uuid4().hex}")
 
 
-def claim(store: Store, spec: records.TrialSpec, epoch: int) -> None:
-    rec = records.Claim(trial=spec.index, epoch=epoch, agent_id="t", spec=spec if epoch == 0 else None)
-    assert store.create(layout.claim(spec.index, epoch), records.encode(rec))
-
-
 def run(
     store: Store,
     spec: records.TrialSpec,
@@ -47,7 +43,7 @@ def run(
     metric: tuple[str, str] | None = METRIC,
     **kw: Any,
 ) -> Outcome:
-    claim(store, spec, epoch)
+    put_claim(store, spec.index, epoch, spec=spec)
     entry = EntryPoint(
         kind="wrapper", obj=obj if obj is not None else T.TinyWrapper, config_type=T.TinyConfig
     )
@@ -233,7 +229,7 @@ def test_unknown_optimizer_and_missing_metric_are_config_errors(store: Store) ->
 def test_regression_defaults_to_mse_and_train_loss_metric(store: Store) -> None:
     cfg = T.tiny_config(batch_size=8, epochs=5, optimizer={"lr": 0.05})
     entry = EntryPoint(kind="wrapper", obj=T.RegressionWrapper, config_type=T.TinyConfig)
-    claim(store, T.spec_for(cfg), 0)
+    put_claim(store, 0, spec=T.spec_for(cfg))
     out = execute_trial(entry, T.spec_for(cfg), store, 0, 0, fence=NoFence(), device="cpu", progress=False)
     assert set(out.metrics) == {"train_loss", "lr"}  # no val loader, no accuracy
     rows = lineage.canonical_rows(store, 0, 0)

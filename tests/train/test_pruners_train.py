@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trainlib as T
+from testkit import put_claim
 
 from ablator import layout, records
 from ablator.entrypoint import EntryPoint
@@ -34,8 +35,7 @@ def run(
     obj: Any = None,
     kind: str = "wrapper",
 ) -> Outcome:
-    rec = records.Claim(trial=spec.index, epoch=epoch, agent_id="t", spec=spec if epoch == 0 else None)
-    assert store.create(layout.claim(spec.index, epoch), records.encode(rec))
+    put_claim(store, spec.index, epoch, spec=spec)
     default = T.TinyWrapper if kind == "wrapper" else T.tiny_trial
     entry = EntryPoint(kind=kind, obj=obj if obj is not None else default, config_type=T.TinyConfig)  # type: ignore[arg-type]
     return execute_trial(

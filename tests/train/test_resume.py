@@ -15,6 +15,7 @@ import msgspec
 import pytest
 import torch
 import trainlib as T
+from testkit import put_claim
 
 from ablator import entrypoint, layout, lineage, records
 from ablator.entrypoint import EntryPoint
@@ -27,13 +28,8 @@ CHILD = Path(__file__).resolve().parent / "child.py"
 METRIC = ("val_accuracy", "max")
 
 
-def _claim(store: Store, trial: int, epoch: int, spec: records.TrialSpec) -> None:
-    rec = records.Claim(trial=trial, epoch=epoch, agent_id="test", spec=spec if epoch == 0 else None)
-    assert store.create(layout.claim(trial, epoch), records.encode(rec))
-
-
 def run_inline(store: Store, entry_name: str, spec: records.TrialSpec, epoch: int = 0) -> Outcome:
-    _claim(store, spec.index, epoch, spec)
+    put_claim(store, spec.index, epoch, spec=spec, agent="test")
     entry = entrypoint.resolve_entry(entry_name)
     return execute_trial(
         entry, spec, store, spec.index, epoch, fence=NoFence(), device="cpu", progress=False, metric=METRIC
@@ -124,6 +120,7 @@ def check_same_run(store: Store, ref_store: Store, out: Outcome, ref: Outcome) -
         assert_same_tensors(a[part], b[part], part)
 
 
+@pytest.mark.procs
 def test_sigkill_and_resume_is_bit_identical(tmp_path: Path, child_env: dict[str, str]) -> None:
     cfg = T.tiny_config(**ADAMW_NOISE)
     spec = T.spec_for(cfg, seed=11)
@@ -143,6 +140,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path: Path, child_env: dict[str
     check_same_run(store, ref_store, out, ref)
 
 
+@pytest.mark.procs
 def test_function_trial_sigkill_and_resume(tmp_path: Path, child_env: dict[str, str]) -> None:
     cfg = T.tiny_config(batch_size=8, epochs=3, optimizer={"lr": 0.05})
     spec = T.spec_for(cfg, seed=5)
@@ -204,7 +202,7 @@ def test_crash_and_resume_is_bit_identical(tmp_path: Path, train: dict[str, Any]
     ref_store = open_store(tmp_path / "reference")
     ref = run_inline(ref_store, "trainlib:TinyWrapper", spec)
     store = open_store(tmp_path / "crashed")
-    _claim(store, 0, 0, spec)
+    put_claim(store, 0, 0, spec=spec, agent="test")
     entry = EntryPoint(kind="wrapper", obj=T.CrashingWrapper(crash_at=crash_at), config_type=T.TinyConfig)
     with pytest.raises(T.Crash):
         execute_trial(entry, spec, store, 0, 0, fence=NoFence(), device="cpu", progress=False, metric=METRIC)
@@ -230,7 +228,7 @@ def test_resume_with_loader_workers_is_bit_identical(tmp_path: Path) -> None:
     ref_store = open_store(tmp_path / "reference")
     ref = run_inline(ref_store, "trainlib:WorkersWrapper", spec)
     store = open_store(tmp_path / "crashed")
-    _claim(store, 0, 0, spec)
+    put_claim(store, 0, 0, spec=spec, agent="test")
     entry = EntryPoint(kind="wrapper", obj=T.CrashingWorkersWrapper(crash_at=17), config_type=T.TinyConfig)
     with pytest.raises(T.Crash):
         execute_trial(entry, spec, store, 0, 0, fence=NoFence(), device="cpu", progress=False, metric=METRIC)

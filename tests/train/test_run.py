@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit import put_claim
 
 from ablator import layout, lease, lineage, records
 from ablator.cli import main
@@ -73,9 +74,7 @@ def test_a_trial_started_with_another_config_is_refused_with_the_diff(tmp_path: 
     exp = write_experiment(tmp_path)
     store = open_store(tmp_path / "runs")
     spec = X.trial_spec(X.load_experiment(exp), 2)  # as a run that crashed left it
-    assert store.create(
-        layout.claim(2, 0), records.encode(records.Claim(trial=2, epoch=0, agent_id="x", spec=spec))
-    )
+    put_claim(store, 2, spec=spec, agent="x")
     with pytest.raises(
         AblatorError, match=r"started with another config:\n  model\.hidden: 16 \(stored\) -> 64 \(now\)"
     ):
@@ -86,6 +85,7 @@ def test_a_trial_started_with_another_config_is_refused_with_the_diff(tmp_path: 
     assert records.decode(store.read(layout.result(2)), records.Result).epoch == 1
 
 
+@pytest.mark.procs
 def test_ctrl_c_checkpoints_and_running_again_resumes(tmp_path: Path, child_env: dict[str, str]) -> None:
     exp = write_experiment(tmp_path, entry="SlowWrapper", epochs=4, sleep=0.05)
     store_dir = tmp_path / "runs"

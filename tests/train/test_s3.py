@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trainlib as T
+from testkit import put_claim
 
 from ablator import layout, lineage, records
 from ablator.entrypoint import EntryPoint
@@ -18,8 +19,7 @@ from ablator.train.checkpoint import deserialize
 
 
 def attempt(store: Store, entry: EntryPoint, spec: records.TrialSpec, epoch: int) -> Outcome:
-    rec = records.Claim(trial=spec.index, epoch=epoch, agent_id="t", spec=spec if epoch == 0 else None)
-    assert store.create(layout.claim(spec.index, epoch), records.encode(rec))
+    put_claim(store, spec.index, epoch, spec=spec)
     return execute_trial(
         entry,
         spec,
