@@ -22,6 +22,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+import testkit
 import yaml
 
 from ablator.cli import main
@@ -31,7 +32,7 @@ from ablator.engines.common import (
     package_digest,
     runner_script,
 )
-from tests.engines.conftest import ROOT, launch_study
+from tests.engines.conftest import launch_study
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,7 @@ def test_the_wheel_is_deterministic_and_carries_this_code() -> None:
     assert len(record.splitlines()) == len(names)
 
 
+@pytest.mark.procs
 @pytest.mark.parametrize(("agent_exit", "expected"), [(0, DRAINED_EXIT), (1, 1)])
 def test_the_wrapper_under_sh_forwards_sigterm_and_maps_a_drain_to_143(
     tmp_path: Path, agent_exit: int, expected: int
@@ -225,9 +227,7 @@ def test_the_wrapper_under_sh_forwards_sigterm_and_maps_a_drain_to_143(
     ]
     script = runner_script(agent, digest=package_digest(), python=sys.executable) + 'exit "$ablator_rc"\n'
     sh = shutil.which("sh") or "/bin/sh"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.Popen([sh, "-c", script], env=env)
+    proc = subprocess.Popen([sh, "-c", script], env=testkit.child_env())
     try:
         deadline = time.monotonic() + 60
         while not ready.exists():
@@ -240,11 +240,12 @@ def test_the_wrapper_under_sh_forwards_sigterm_and_maps_a_drain_to_143(
             proc.kill()
 
 
+@pytest.mark.procs
 def test_a_different_ablator_on_the_node_is_refused_before_the_agent_starts(tmp_path: Path) -> None:
     script = runner_script(["true"], digest="0" * 64, python=sys.executable) + 'exit "$ablator_rc"\n'
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["sh", "-c", script], env=testkit.child_env(), capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 1
     assert "is not the ablator this job was rendered with" in out.stderr
 
@@ -288,6 +289,7 @@ def test_submit_without_the_engines_command_says_what_to_do(
     assert (tmp_path / "a").exists()  # the artifact was still written, for submitting by hand
 
 
+@pytest.mark.procs
 def test_the_wheel_installs_and_the_node_check_accepts_it(tmp_path: Path) -> None:
     """What a pod or VM does with the wheel: pip installs it into its Python (here a fresh virtual
     environment that sees this machine's dependencies) and ``ablator.engines.check`` accepts the

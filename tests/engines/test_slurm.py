@@ -7,7 +7,6 @@ session fixture ``slurm_cluster``; the tests skip only when the Slurm binaries a
 from __future__ import annotations
 
 import math
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import testkit
 
 from ablator import layout, records
 from tests.engines.conftest import ROOT, launch_study, open_, read, results, traces, trial_records, wait_for
@@ -126,11 +126,8 @@ class TimeLimited:
 def time_limited(
     slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TimeLimited]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     root = tmp_path_factory.mktemp("time-limited")
-    env["ABLATOR_CACHE_DIR"] = str(root / "cache")
-    env["ABLATOR_LOCK_DIR"] = str(root / "locks")
+    env = testkit.child_env(ABLATOR_CACHE_DIR=str(root / "cache"), ABLATOR_LOCK_DIR=str(root / "locks"))
     tl = TimeLimited(slurm_cluster, env, root)
     yield tl
     tl.hold.touch()
@@ -142,6 +139,7 @@ def logs_of(logs: Path) -> Callable[[], str]:
     return lambda: job_logs(logs)
 
 
+@pytest.mark.procs
 def test_a_two_task_array_runs_a_study_to_completion(
     slurm_cluster: SlurmCluster, child_env: dict[str, str], study: dict[str, Path]
 ) -> None:
@@ -171,6 +169,7 @@ def test_a_two_task_array_runs_a_study_to_completion(
         assert "is done; exiting" in (study["logs"] / f"{job}_{i}.out").read_text()
 
 
+@pytest.mark.procs
 def test_scancel_mid_trial_releases_it_and_the_other_task_takes_it_over(
     slurm_cluster: SlurmCluster, child_env: dict[str, str], study: dict[str, Path]
 ) -> None:
@@ -209,6 +208,7 @@ def test_scancel_mid_trial_releases_it_and_the_other_task_takes_it_over(
     assert "SIGTERM" in rel.reason
 
 
+@pytest.mark.procs
 def test_a_requeued_task_drains_and_rejoins(
     slurm_cluster: SlurmCluster, child_env: dict[str, str], study: dict[str, Path]
 ) -> None:
@@ -282,6 +282,7 @@ def test_the_time_limit_signal_drains_releases_and_requeues(
     assert "drained before the time limit; requeueing" in log
 
 
+@pytest.mark.procs
 @pytest.mark.slow
 def test_the_lightning_example_runs_inside_a_slurm_job_as_single_process_trials(
     slurm_cluster: SlurmCluster, child_env: dict[str, str], study: dict[str, Path]

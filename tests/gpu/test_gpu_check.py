@@ -3,18 +3,20 @@ check end to end on the CPU with tiny sizes and prints the table."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from testkit import child_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.procs
 def test_gpu_check_dry_runs_end_to_end() -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = child_env()
     env.pop("CUDA_VISIBLE_DEVICES", None)
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry"],
