@@ -1,6 +1,6 @@
 """Search that learns across agents: early stopping (ASHA, median rule) and TPE, against Optuna.
 
-    python benchmarks/search.py                 # both parts, a few minutes on a small machine
+    python benchmarks/search.py                 # both parts, 20 TPE seeds: a few minutes on 2 cores
     python benchmarks/search.py --part pruning  # or: --part tpe; --seeds 5 --trials 60
 
 **(a) Pruning.** A sweep of 81 configurations whose learning curves are known: configuration
@@ -419,7 +419,7 @@ def tpe_part(seeds: list[int], n: int, root: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--part", choices=["pruning", "tpe", "both"], default="both")
-    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--trials", type=int, default=60)
     ap.add_argument("--sweeps", type=int, default=10, help="pruning sweeps (curve sets)")
     args = ap.parse_args(argv)
