@@ -218,6 +218,12 @@ def test_token_is_required_and_compared(
 ) -> None:
     store_url = str(tmp_path / "store")
     _small_store(store_url)
+    # A failure message that is also markup: the page must show it as text, never run it.
+    hostile = '<img src=x onerror="document.title=1"><b>bold</b>'
+    assert open_store(store_url).create(
+        layout.failed(7, 1),
+        records.encode(records.Failure(trial=7, epoch=1, agent_id="a1", message=hostile)),
+    )
     server = servers(store_url, {**serve_env, "ABLATOR_SERVE_TOKEN": "s3cret-token"})
     assert server.url.endswith("?token=s3cret-token")
     for path in ["/", "/api/state", "/api/trials", "/static/dashboard.js"]:
@@ -231,6 +237,11 @@ def test_token_is_required_and_compared(
     assert "token=" not in tab.page.url
     tab.page.goto(server.base + "/#/trials")
     tab.page.wait_for_function("() => document.querySelectorAll('#trial-table tbody tr').length === 8")
+    assert tab.page.inner_text("#trial-table tr[data-index='7'] td.err") == f"exception: {hostile}"
+    tab.page.goto(server.base + "/#/trial/7")
+    tab.page.wait_for_selector("#failures")
+    assert hostile in tab.page.inner_text("#failures")
+    assert tab.page.query_selector_all("main img, main b:has-text('bold')") == []
     assert tab.errors == []
     # Only reads: no route takes a POST.
     import urllib.request
