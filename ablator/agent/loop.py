@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -161,6 +162,7 @@ class Agent:
         self.signals = 0
         self.fatal: str | None = None
         self.store: Store | None = None
+        self._summaries: ThreadPoolExecutor | None = None  # writes trial summaries (see _summarize)
         self.membership: Any = None
         self.claimer: Any = None
         self.log_dir = Path(tempfile.mkdtemp(prefix="ablator-agent-"))
@@ -631,11 +633,7 @@ class Agent:
                 return
             if won:
                 self.counts.done += 1
-                # One compacted file per finished trial makes analysis's first read cheap.
-                from ablator.analysis.snapshot import write_trial_summary
-
-                if self.store is not None:
-                    write_trial_summary(self.store, held.trial, ablation=self.exp.design.kind == "ablation")
+                self._summarize(held.trial)
                 if self.tpe is not None:
                     self._journal(
                         self.tpe.published,
@@ -1010,8 +1008,24 @@ class Agent:
             w.close()
             st.worker = None
 
+    def _summarize(self, trial: int) -> None:
+        """Write a finished trial's one-file summary for analysis (``layout.trial_summary``) on a
+        background thread: it reads the whole trial again, which must not hold up this loop."""
+        if self.store is None:
+            return
+        if self._summaries is None:
+            self._summaries = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ablator-summary")
+        from ablator.analysis.snapshot import write_trial_summary
+
+        ablation = self.exp.design.kind == "ablation"
+        self._summaries.submit(write_trial_summary, self.store, trial, ablation=ablation)
+
     def _cleanup(self) -> None:
         self._shutdown_workers(kill=bool(self.fatal) or self.exit_code != 0)
+        if self._summaries is not None:
+            # The one being written finishes (a create is atomic anyway); queued ones are
+            # dropped on an abort: readers fall back to the records.
+            self._summaries.shutdown(wait=True, cancel_futures=self.exit_code != 0)
         if self.membership is not None:
             with contextlib.suppress(Exception):
                 self.membership.close()
