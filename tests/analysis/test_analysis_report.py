@@ -221,6 +221,7 @@ def test_a_private_run_store_can_be_analysed(
     assert out.returncode == 1 and "private `ablator run` store" in out.stderr
 
 
+@pytest.mark.procs
 def test_cli_analyze_and_report_on_s3(s3_url: str, local_cache: Path, tmp_path: Path) -> None:
     """The same commands on an S3 store (moto), through real processes."""
     from ablator.analysis.snapshot import write_trial_summary
@@ -236,9 +237,7 @@ def test_cli_analyze_and_report_on_s3(s3_url: str, local_cache: Path, tmp_path: 
             b.finished(i, overrides, value, variant=name, repeat=r, seed=500 + r, n_steps=4)
             write_trial_summary(b.store, i, ablation=True)
             i += 1
-    env = dict(os.environ)  # after s3_url: AWS_* point at the moto server
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["ABLATOR_CACHE_DIR"] = str(local_cache)
+    env = child_env(ABLATOR_CACHE_DIR=str(local_cache))  # after s3_url: AWS_* point at the moto server
     out = _cli("analyze", s3_url, "--json", env=env)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)

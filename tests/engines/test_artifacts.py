@@ -145,6 +145,7 @@ def test_the_skypilot_task_loads_with_skypilots_own_loader(tmp_path: Path) -> No
     assert resources.use_spot and resources.accelerators == {"A100": 1}
 
 
+@pytest.mark.procs
 def test_the_slurm_script_asks_for_what_was_given(tmp_path: Path) -> None:
     store = tmp_path / "digits"
     launch_study(str(store), 2, {})
