@@ -2,7 +2,7 @@
 
 moto checks a conditional PUT (``If-None-Match: *``) and then stores the object without a lock,
 so two concurrent conditional PUTs can both win; real S3 never lets that happen. Serialising the
-app's requests makes moto a faithful oracle of S3's guarantee (see shared/DESIGN.md).
+app's requests makes moto a faithful oracle of S3's guarantee (docs/store.md, S3).
 """
 
 from __future__ import annotations

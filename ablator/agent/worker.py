@@ -11,7 +11,7 @@ each trial. The parent holds the lease. The child writes only what ``execute_tri
 
 * the parent renews a monotonic deadline after every successful heartbeat (same host, so the
   same ``CLOCK_MONOTONIC``); past it the parent is paused, partitioned or dead and the child stops
-  writing (self-fencing, DESIGN.md);
+  writing (self-fencing: ``docs/protocol.md``);
 * a later epoch's claim or a result for the trial in the store fences it too;
 * the parent kills the child outright when its own ``Held.check()`` reports the lease lost.
 """

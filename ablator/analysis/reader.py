@@ -2,7 +2,7 @@
 
 Everything here is read-only and tolerant: a corrupt record is skipped with a
 :class:`~ablator.records.CorruptRecordWarning` naming its key, and the trial keeps whatever the
-other records say. The trial's state follows DESIGN.md's order (a valid result -> done; else the
+other records say. The trial's state follows the order in ``docs/protocol.md`` (Trial state) (a valid result -> done; else the
 highest epoch's failure, release or claim). Whether a claim's holder is still alive is not judged
 here (that needs heartbeats observed over a lease: ``ablator status``): a claimed trial without a
 later failure or release is "running".

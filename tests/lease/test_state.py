@@ -1,4 +1,4 @@
-"""Trial state from records (DESIGN.md's order), the claimer's fill order, attempts, takeovers,
+"""Trial state from records (the order of docs/protocol.md), the claimer's fill order, attempts, takeovers,
 retries, extensions, stop, corrupt records, and the late joiner's O(1) first claim."""
 
 from __future__ import annotations
