@@ -690,6 +690,20 @@ def plan_slots(
     return out, notes
 
 
+def describe_slots(slots: Sequence[Slot], *, auto: bool = False) -> str:
+    """``gpu0 x2, gpu1 x2`` (``gpu0 x1-8 (auto)`` when packing) for the agent's first log line."""
+    counts: dict[str, int] = {}
+    for s in slots:
+        counts[s.label] = counts.get(s.label, 0) + 1
+    out = []
+    for label, n in counts.items():
+        if auto and label != "cpu":
+            out.append(f"{label} x1-{n} (auto)")
+        else:
+            out.append(label if n == 1 else f"{label} x{n}")
+    return ", ".join(out)
+
+
 def hide_gpus_from_parent() -> str | None:
     """Hide every GPU from this (the agent's) process: its slots are planned, workers name their
     device themselves, and a CUDA context here would pin memory on a GPU for the agent's whole

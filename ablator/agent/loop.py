@@ -410,7 +410,7 @@ class Agent:
         return self.store.url if self.store is not None else str(self.args.store)
 
     def _describe(self) -> None:
-        slots = ", ".join(st.slot.label for st in self.slots)
+        slots = D.describe_slots([st.slot for st in self.slots], auto=self.gpu.packer is not None)
         kind = self.exp.design.kind
         self.console.info(
             f"agent {self.membership.agent_id}: experiment {self.exp.name!r} ({kind}, budget "

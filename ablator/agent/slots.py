@@ -41,6 +41,8 @@ from ablator.records import GpuInfo, TrialSpec
 MAX_DEVICE_ERRORS = 3
 #: the memory rule re-reads nvidia-smi when its last reading is older than this (seconds)
 REREAD_S = 1.0
+#: out-of-memory errors on one GPU this soon after a packing back-off belong to the same event
+OOM_WINDOW_S = 30.0
 
 #: the loop's view of its running trials: slot id -> (the trial's spec, its worker's pid)
 Busy = Callable[[], Mapping[int, tuple[TrialSpec, int | None]]]
@@ -79,6 +81,7 @@ class GpuSlots:
     _read_at: float = -1e18
     _rates: dict[int, _SlotRate] = field(default_factory=dict)
     _used: dict[int, int] = field(default_factory=dict)  # MiB per process id, as last read
+    _last_oom: dict[str, float] = field(default_factory=dict)  # device key -> when packing backed off
 
     def __post_init__(self) -> None:
         for s in self.slots:
@@ -289,11 +292,19 @@ class GpuSlots:
         st = self._state(slot)
         if st is None or self.packer is None or slot.device is None:
             return False
+        key = slot.device.key
+        now = self.clock()
+        recent = now - self._last_oom.get(key, -1e18) < OOM_WINDOW_S
         busy = self.busy()
         running = sum(1 for s in st.slots if s.id in busy)
+        if recent:
+            # Trials that shared the GPU tend to run out of memory together: the errors of one
+            # event are handled one by one, the later ones with fewer trials left running.
+            return True
         if running <= 1:
             return False
-        self.packer.on_oom(slot.device.key, running, peak_mb)
+        self._last_oom[key] = now
+        self.packer.on_oom(key, running, peak_mb)
         return True
 
     # -- the heartbeat ---------------------------------------------------------------------------

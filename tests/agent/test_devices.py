@@ -125,6 +125,8 @@ def test_without_inherited_tokens_workers_get_uuids(smi: FakeSmi) -> None:
     devices, _, _ = D.discover_devices()
     slots, _ = plan_slots(cpu=False, gpus_arg="0,GPU-5d5bc1", slots=None, slots_per_gpu=1, found=devices)
     assert [(s.label, s.env()["CUDA_VISIBLE_DEVICES"]) for s in slots] == [("gpu0", H100), ("gpu2", T4)]
+    assert D.describe_slots(slots + slots[:1]) == "gpu0 x2, gpu2"
+    assert D.describe_slots(slots, auto=True) == "gpu0 x1-1 (auto), gpu2 x1-1 (auto)"
     cores = os.cpu_count() or 1
     assert all(s.env()["ABLATOR_THREADS"] == str(max(1, cores // 2)) for s in slots)  # a share each
     with pytest.raises(ConfigError, match="no device with UUID"):
@@ -320,8 +322,13 @@ def test_packed_slots_start_one_at_a_time() -> None:
     slots = [Slot(i, device=dev) for i in range(4)]
     running: dict[int, tuple[TrialSpec, int | None]] = {}
     packer = Packer(max_per_gpu=4)
+    now = [0.0]
     book = GpuSlots(
-        slots, busy=lambda: running, packer=packer, reader=lambda: ({H100: D.MemoryReading(81559, 81559)}, {})
+        slots,
+        busy=lambda: running,
+        packer=packer,
+        reader=lambda: ({H100: D.MemoryReading(81559, 81559)}, {}),
+        clock=lambda: now[0],
     )
     workers = {0}
 
@@ -343,8 +350,11 @@ def test_packed_slots_start_one_at_a_time() -> None:
     book.refresh(force=True)
     assert not book.should_start(slots[3], has)  # 9559 left < 24000
     assert book.on_oom(slots[2], 30000) and packer.cap(dev.key) == 2
+    # another trial of the same event, handled once fewer run: released too, the cap stays
     del running[2]
+    assert book.on_oom(slots[1], 30000) and packer.cap(dev.key) == 2
     assert not book.can_run(slots[2], _spec())  # two run: the cap refuses a third claim
     assert book.should_retire(slots[2]) and not book.should_retire(slots[1])
     del running[1]
-    assert not book.on_oom(slots[0], 30000)  # alone on its GPU: the trial's own failure
+    now[0] += 60
+    assert not book.on_oom(slots[0], 30000)  # alone on its GPU, later: the trial's own failure

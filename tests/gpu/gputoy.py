@@ -32,6 +32,7 @@ class GpuToyConfig(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fields=
     crowd: int = 2
     x: float = 0.0
     trace_dir: str = ""
+    hold_file: str = ""  # trials after the first keep stepping until this file exists
 
 
 def trial(config: GpuToyConfig, ctx: Any) -> dict[str, float]:
@@ -55,6 +56,7 @@ def trial(config: GpuToyConfig, ctx: Any) -> dict[str, float]:
                 "cublas": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
                 "threads": torch.get_num_threads(),
                 "crowd": crowd,
+                "t": time.time(),
             }
             with open(Path(config.trace_dir) / f"{ctx.trial}-e{ctx.epoch}.json", "w") as f:
                 json.dump(record, f)
@@ -64,7 +66,13 @@ def trial(config: GpuToyConfig, ctx: Any) -> dict[str, float]:
         if on_gpu and config.mode == "oom":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         score = config.x
-        for step in range(1, config.steps + 1):
+        step = 0
+        while step < config.steps or (
+            config.hold_file and ctx.trial >= 1 and not os.path.exists(config.hold_file)
+        ):
+            step += 1
+            if step > 4000:
+                raise RuntimeError(f"gputoy trial {ctx.trial}: {config.hold_file} never appeared")
             if config.sleep:
                 time.sleep(config.sleep)
             crowded = running is not None and len(list(running.iterdir())) > config.crowd
