@@ -65,6 +65,7 @@ def _spec(min_mb: int = 0, *, requires_gpu: bool = True) -> TrialSpec:
     )
 
 
+@pytest.mark.procs  # the fake nvidia-smi, another user's process
 def test_discovery_keeps_na_rows_and_enumerates_mig_instances(smi: FakeSmi) -> None:
     devices, driver, notes = D.discover_devices()
     assert driver == "550.54.15" and notes == []
@@ -83,6 +84,7 @@ def test_discovery_keeps_na_rows_and_enumerates_mig_instances(smi: FakeSmi) -> N
     assert [d.uuid for d in devices] == [H100, A100]
 
 
+@pytest.mark.procs  # the fake nvidia-smi, another user's process
 def test_zero_free_memory_is_known_and_refuses(smi: FakeSmi) -> None:
     devices, _, _ = D.discover_devices()
     busy = Slot(0, device=devices[1])
@@ -92,6 +94,7 @@ def test_zero_free_memory_is_known_and_refuses(smi: FakeSmi) -> None:
     assert not Slot(3, GpuInfo(index=0, memory_total_mb=80000, memory_free_mb=0)).can_run(True, 10)
 
 
+@pytest.mark.procs  # the fake nvidia-smi, another user's process
 def test_inherited_visible_devices_uuid_prefix_mig_and_order(
     smi: FakeSmi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -121,6 +124,7 @@ def test_inherited_visible_devices_uuid_prefix_mig_and_order(
     assert "PCI bus" in notes[0]
 
 
+@pytest.mark.procs  # the fake nvidia-smi, another user's process
 def test_without_inherited_tokens_workers_get_uuids(smi: FakeSmi) -> None:
     devices, _, _ = D.discover_devices()
     slots, _ = plan_slots(cpu=False, gpus_arg="0,GPU-5d5bc1", slots=None, slots_per_gpu=1, found=devices)
@@ -135,6 +139,7 @@ def test_without_inherited_tokens_workers_get_uuids(smi: FakeSmi) -> None:
         s.release()
 
 
+@pytest.mark.procs  # the fake nvidia-smi, another user's process
 def test_lock_files_are_keyed_by_uuid(smi: FakeSmi, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two agents given different GPUs by UUID both start; two that name one GPU differently
     (an index and a UUID) exclude each other."""
@@ -154,7 +159,7 @@ def test_lock_files_are_keyed_by_uuid(smi: FakeSmi, monkeypatch: pytest.MonkeyPa
         s.release()
 
 
-@pytest.mark.procs
+@pytest.mark.procs  # the fake nvidia-smi, another user's process
 def test_lock_folder_shared_by_users(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:

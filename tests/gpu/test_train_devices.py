@@ -66,6 +66,7 @@ def test_cuda_rng_of_the_training_device_goes_onto_the_resuming_device(
     assert fake.states[0][0].item() == 7 and fake.states[1][0].item() == 8
 
 
+@pytest.mark.procs  # platform.platform() runs a command
 def test_environment_names_the_training_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeCudaRng(monkeypatch)
     assert execute.collect_environment(device=torch.device("cuda:1")).gpu == "NVIDIA A100-SXM4-40GB"
