@@ -34,6 +34,10 @@ from ablator.store.base import Entry, Store
 
 #: Above this many trials of unknown state a sweep lists ``trials/`` once instead of per trial.
 BULK_LIST_THRESHOLD = 32
+#: Live agents' heartbeat bodies a liveness scan reads (the least recently read first), besides
+#: first sights and dead agents' last words: their release hints and held lists. Liveness itself
+#: comes from the listing, so a scan's cost does not grow with the number of agents.
+BODY_READS_PER_SCAN = 8
 
 # --- a held trial ------------------------------------------------------------------------------
 
@@ -293,10 +297,11 @@ class Claimer:
         self._hinted: set[tuple[int, int]] = set()
         self._exited: set[str] = set()
         self._prev_held: dict[str, frozenset[tuple[int, int]]] = {}
-        # agent -> (size, mtime, etag) of its heartbeat's listing entry when last read: an entry
-        # that has not changed holds the same body, so a scan does not read it again (dead
-        # agents' heartbeats cost one listing line each, not a read per scan forever).
+        # agent -> (size, mtime, etag) of its heartbeat's listing entry as last listed, when
+        # that entry was first seen, and the entry its body was last read under (see _maybe_scan)
         self._hb_entry: dict[str, tuple[int, float | None, str | None]] = {}
+        self._hb_since: dict[str, float] = {}
+        self._body_entry: dict[str, tuple[int, float | None, str | None] | None] = {}
         self._n_live = 1
         self._last_scan = -math.inf
         self._last_sweep: float | None = None
@@ -404,55 +409,81 @@ class Claimer:
     def _refresh_agent(self, agent_id: str) -> None:
         # A verdict must rest on a read younger than the holder's fence margin (2 x heartbeat):
         # otherwise we could miss a renewal that kept its trials alive. Half an interval is safe.
+        # A scan's listing counts as such a read only for the body it shows unchanged.
         v = self.liveness.agents.get(agent_id)
         hb_s = min(
             v.heartbeat_s if v is not None else self.limits.heartbeat_seconds, self.limits.heartbeat_seconds
         )
-        if self.liveness.needs_read(agent_id, hb_s / 2):
+        stale_body = v is not None and self._body_entry.get(agent_id) != self._hb_entry.get(agent_id)
+        if stale_body or self.liveness.needs_read(agent_id, hb_s / 2):
             key = layout.agent(agent_id)
             data = self.store.get(key)
             self.liveness.observe(
                 agent_id, None if data is None else records.try_decode(data, records.Heartbeat, key)
             )
+            self._body_entry[agent_id] = self._hb_entry.get(agent_id)
 
     def _maybe_scan(self) -> None:
-        """Read every agent's heartbeat (at most once per heartbeat interval): starts liveness
+        """Look at every agent's heartbeat (at most once per heartbeat interval): starts liveness
         timers, counts live agents, and turns dead agents' held lists and everyone's release
-        hints into trials to check -- the fast path to takeable trials."""
+        hints into trials to check -- the fast path to takeable trials.
+
+        One listing of ``agents/`` says who renewed: an entry (ETag, or an mtime finer than a
+        second) changes with every write of its heartbeat, and a heartbeat changes at every
+        renewal, so a changed entry is a new counter value and an unchanged one the same value
+        -- no read needed. Bodies are read only at an agent's first sight, once when it is
+        judged dead (its last held list), and for at most :data:`BODY_READS_PER_SCAN` live agents
+        (the least recently read, for their release hints and held lists). So a scan costs one
+        listing page per 1000 agents and a constant number of reads, however many agents run
+        or ever ran. Entries without a fine timestamp or ETag are read every scan."""
         now = self.clock()
         if now - self._last_scan < self.limits.heartbeat_seconds:
             return
         self._last_scan = now
         live = 1
+        must: list[tuple[str, str, bool, bool]] = []  # (agent, key, counted live already, fine entry)
+        optional: list[tuple[float, float, str, str]] = []
         for e in self.store.list(layout.AGENTS_DIR):
             agent_id = layout.parse_agent(e.key)
             if agent_id is None or agent_id == self.membership.agent_id or agent_id in self._exited:
                 continue
             sig = (e.size, e.mtime, e.etag)
             v = self.liveness.agents.get(agent_id)
-            if (
-                v is not None
-                and sig[1] is not None
-                and self._hb_entry.get(agent_id) == sig
-                # A live agent's body is read at least every half lease anyway: on a file system
-                # whose timestamps are coarser than a heartbeat, a renewal may keep the entry.
-                and (self.liveness.is_dead(agent_id) or now - v.body_read_at < v.lease_s / 2)
-                and self.liveness.unchanged(agent_id)
-            ):
-                # The same body as our last read (a renewal changes the counter, so the entry:
-                # S3's ETag is the body's digest, a file's mtime moves with every replace).
-                if self.liveness.is_dead(agent_id):
-                    self._hint_dead(agent_id, self.liveness.agents[agent_id].heartbeat, now)
-                else:
-                    live += 1
+            fine = e.etag is not None or (e.mtime is not None and e.mtime != int(e.mtime))
+            if v is None or not fine:
+                if self._hb_entry.get(agent_id) != sig:
+                    self._hb_entry[agent_id] = sig
+                    self._hb_since[agent_id] = now
+                must.append((agent_id, e.key, False, fine))
                 continue
-            data = self.store.get(e.key)
-            hb = None if data is None else records.try_decode(data, records.Heartbeat, e.key)
-            self.liveness.observe(agent_id, hb)
+            if self._hb_entry.get(agent_id) != sig:
+                # It wrote since we last looked: a renewal, first seen now.
+                self._hb_entry[agent_id] = sig
+                self._hb_since[agent_id] = now
+                self.liveness.renewed(agent_id)
+                live += 1
+                optional.append((v.body_read_at, self.rng.random(), agent_id, e.key))
+                continue
+            self.liveness.unchanged(agent_id)
+            if self.liveness.is_dead(agent_id):
+                if self._body_entry.get(agent_id) != sig:
+                    must.append((agent_id, e.key, True, True))  # its last word: read once
+                else:
+                    self._hint_dead(agent_id, v.heartbeat, now)
+            else:
+                live += 1
+        optional.sort()
+        reads = must + [(a, k, True, True) for _, _, a, k in optional[:BODY_READS_PER_SCAN]]
+        for agent_id, key, counted, fine in reads:
+            data = self.store.get(key)
+            hb = None if data is None else records.try_decode(data, records.Heartbeat, key)
+            # A counter seen for the first time was there since its listing entry first was
+            # (where the entry changes with every write; else it is timed from now).
+            self.liveness.observe(agent_id, hb, since=self._hb_since.get(agent_id) if fine else None)
+            self._body_entry[agent_id] = self._hb_entry.get(agent_id)
             if hb is None:
                 self._hb_entry.pop(agent_id, None)
                 continue
-            self._hb_entry[agent_id] = sig
             for t, ep in hb.released:
                 if (t, ep) not in self._hinted:
                     self._hinted.add((t, ep))
@@ -465,10 +496,9 @@ class Claimer:
                 if t not in self._terminal:
                     self._check_at[t] = now
             self._prev_held[agent_id] = held_now
-            dead = self.liveness.is_dead(agent_id)
-            if dead:
+            if self.liveness.is_dead(agent_id):
                 self._hint_dead(agent_id, hb, now)
-            else:
+            elif not counted:
                 live += 1
         self._n_live = live
 

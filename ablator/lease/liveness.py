@@ -53,8 +53,10 @@ class Liveness:
         self._unlisted: dict[tuple[int, int], float] = {}
         self._unknown: dict[tuple[int, int], float] = {}
 
-    def observe(self, agent_id: str, hb: records.Heartbeat | None) -> None:
-        """Record a read of ``agent_id``'s heartbeat (None: absent or corrupt)."""
+    def observe(self, agent_id: str, hb: records.Heartbeat | None, *, since: float | None = None) -> None:
+        """Record a read of ``agent_id``'s heartbeat (None: absent or corrupt). ``since``: the
+        body has been there since then at least, on this clock (its listing entry was first
+        seen then), so a new counter value is timed from it rather than from now."""
         now = self.clock()
         if hb is None:
             self.agents.pop(agent_id, None)
@@ -62,7 +64,13 @@ class Liveness:
             return
         self._missing.pop(agent_id, None)
         prev = self.agents.get(agent_id)
-        first = prev.first_seen if prev is not None and prev.counter == hb.counter else now
+        if prev is not None and prev.counter == hb.counter:
+            first = prev.first_seen
+        elif prev is not None and since is not None:
+            # Never later than now, never earlier than the last sign of life we timed.
+            first = min(now, max(since, prev.first_seen))
+        else:
+            first = now
         self.agents[agent_id] = AgentView(
             agent_id=agent_id,
             counter=hb.counter,
@@ -75,6 +83,18 @@ class Liveness:
             heartbeat=hb,
             body_read_at=now,
         )
+
+    def renewed(self, agent_id: str) -> bool:
+        """Record that ``agent_id``'s heartbeat changed since the last look (its listing entry
+        did: a renewal, whose body was not read): a new counter value, first seen now. False when
+        there is no earlier read to update."""
+        v = self.agents.get(agent_id)
+        if v is None:
+            return False
+        now = self.clock()
+        v.first_seen = now
+        v.read_at = now
+        return True
 
     def unchanged(self, agent_id: str) -> bool:
         """Record that ``agent_id``'s heartbeat is known to be the body last read (its listing

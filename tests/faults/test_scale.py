@@ -172,24 +172,68 @@ def test_dead_agents_heartbeats_are_not_read_again(tmp_path: Path) -> None:
     assert not any(claimer.liveness.is_dead(m.agent_id) for m in live)
 
 
-def test_a_live_agent_with_an_unchanged_listing_is_still_read_every_half_lease(tmp_path: Path) -> None:
-    """Belt and braces for file systems with coarse timestamps: a renewal that did not change the
-    listing entry is seen within half a lease, so a live agent is never judged dead."""
+def test_heartbeats_on_a_file_system_with_whole_second_timestamps_are_read(tmp_path: Path) -> None:
+    """Where a listing entry need not change with every write (whole-second mtimes, no ETag),
+    the listing cannot stand for a read: the body is read at every scan, and a renewing agent
+    whose file keeps its timestamp is never judged dead."""
     inner = open_store(str(tmp_path / "s"))
     store = CountingStore(inner)
     clock = FakeClock()
     limits = LeaseLimits(lease_seconds=4.0, heartbeat_seconds=1.0)
     other = Membership(inner, limits, clock=clock, host="o", agent_id="o-1-x", versions={})
+    path = Path(tmp_path / "s", *layout.agent("o-1-x").split("/"))
     other.beat()
+    os.utime(path, (1_700_000_000, 1_700_000_000))
     me = Membership(store, limits, clock=clock, host="me", versions={})
     claimer = Claimer(store, me, budget=0)
     claimer.done()
-    key = layout.agent("o-1-x")
     for _ in range(10):
         clock.advance(limits.heartbeat_seconds)
-        entry = inner.stat(key)
-        assert entry is not None
-        other.beat()  # renewed ... but the file keeps its old mtime (a 1-second file system)
-        os.utime(Path(tmp_path / "s", *key.split("/")), (entry.mtime or 0, entry.mtime or 0))
+        other.beat()  # renewed ... but the file keeps its whole-second mtime
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+        before = store.total("read", "agents")
         claimer.done()
+        assert store.total("read", "agents") == before + 1
         assert not claimer.liveness.is_dead("o-1-x")
+
+
+def test_scan_reads_stay_bounded_with_many_live_agents_and_a_dead_holder_is_still_taken_promptly(
+    tmp_path: Path,
+) -> None:
+    from ablator.lease.claimer import BODY_READS_PER_SCAN
+
+    inner = open_store(str(tmp_path / "s"))
+    store = CountingStore(inner)
+    clock = FakeClock()
+    limits = LeaseLimits(lease_seconds=6.0, heartbeat_seconds=1.0)
+    crowd = [
+        Membership(inner, limits, clock=clock, host="c", agent_id=f"c-{k}-x", versions={}) for k in range(30)
+    ]
+    holder = Membership(inner, limits, clock=clock, host="h", agent_id="h-1-x", versions={})
+    holder.beat()
+    held = Claimer(inner, holder, budget=1).claim(0, spec)
+    assert held is not None
+    me = Membership(store, limits, clock=clock, host="me", versions={})
+    claimer = Claimer(store, me, budget=1)
+    reads, taken_at, died_at = [], None, None
+    for step in range(30):
+        for m in crowd:
+            m.beat()
+        if step < 5:
+            holder.beat()  # alive for 5 intervals, then SIGKILLed
+            died_at = clock()
+        before = store.total("read", "agents")
+        got = claimer.claim_next(spec)
+        reads.append(store.total("read", "agents") - before)
+        if got is not None:
+            assert (got.trial, got.epoch) == (0, 1)
+            taken_at = clock()
+            break
+        clock.advance(limits.heartbeat_seconds)
+    assert reads[0] == 31  # first sight of everyone
+    # Afterwards: a bounded number of bodies per scan (plus the holder's last word, and reads of
+    # the holder when its claim is judged), however many agents renew.
+    assert max(reads[1:]) <= BODY_READS_PER_SCAN + 2, reads
+    assert taken_at is not None and died_at is not None
+    assert taken_at - died_at <= limits.lease_seconds + 2 * limits.heartbeat_seconds
+    assert not any(claimer.liveness.is_dead(m.agent_id) for m in crowd)
