@@ -52,12 +52,16 @@ Mode = Literal["min", "max"]
 class Asha(
     msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="asha", tag_field="kind"
 ):
-    """``{kind: asha, min_steps, reduction_factor, max_steps}``: asynchronous successive halving.
-    Steps are the steps a trial reports at (optimizer steps for a ModelWrapper trial)."""
+    """``{kind: asha, min_steps, reduction_factor, max_steps, brackets}``: asynchronous successive
+    halving. Steps are the steps a trial reports at (optimizer steps for a ModelWrapper trial).
+    ``brackets`` > 1 is asynchronous Hyperband: trial ``i`` runs in bracket ``i % brackets``,
+    whose first rung is rung ``bracket`` (later brackets judge later), and competes only with
+    the trials of its bracket."""
 
     min_steps: int = 1
     reduction_factor: int = 3
     max_steps: int | None = None
+    brackets: int = 1
 
 
 class Median(
@@ -133,6 +137,18 @@ def config_problems(data: Any, design_kind: str, allow_pruning: bool) -> list[st
             out.append(
                 f"$.design.pruner.max_steps: must exceed min_steps ({pruner.min_steps}), found {pruner.max_steps}"
             )
+        if pruner.brackets < 1:
+            out.append(f"$.design.pruner.brackets: must be >= 1, found {pruner.brackets}")
+        elif (
+            pruner.max_steps is not None
+            and pruner.min_steps >= 1
+            and pruner.reduction_factor >= 2
+            and rung_step(pruner, pruner.brackets - 1) >= pruner.max_steps
+        ):
+            out.append(
+                f"$.design.pruner.brackets: bracket {pruner.brackets - 1} would start at step "
+                f"{rung_step(pruner, pruner.brackets - 1)}, not below max_steps ({pruner.max_steps}); use fewer brackets"
+            )
     elif isinstance(pruner, Median):
         if pruner.warmup_steps < 0:
             out.append(f"$.design.pruner.warmup_steps: must be >= 0, found {pruner.warmup_steps}")
@@ -149,10 +165,16 @@ def rung_step(cfg: Asha, rung: int) -> int:
     return int(cfg.min_steps * cfg.reduction_factor**rung)
 
 
-def rungs(cfg: Asha, upto: int) -> list[int]:
-    """The rungs whose step is at most ``upto`` (and below ``max_steps``), lowest first."""
+def bracket_of(cfg: Asha, trial: int) -> int:
+    """The Hyperband bracket of trial ``trial`` (0 without brackets)."""
+    return trial % max(cfg.brackets, 1)
+
+
+def rungs(cfg: Asha, upto: int, bracket: int = 0) -> list[int]:
+    """The rungs of ``bracket`` whose step is at most ``upto`` (and below ``max_steps``), lowest
+    first. Rungs are numbered alike in every bracket: bracket ``b`` starts at rung ``b``."""
     out: list[int] = []
-    r = 0
+    r = bracket
     while True:
         s = rung_step(cfg, r)
         if s > upto or (cfg.max_steps is not None and s >= cfg.max_steps):
@@ -220,6 +242,7 @@ class Pruning:
         self.curve: dict[int, float] = {}  # step -> value (median rule)
         self._seen: dict[str, Any] = {}  # key -> decoded record: records never change once written
         self.rung: int | None = None  # the highest rung this trial reached (ASHA)
+        self.bracket = bracket_of(cfg, trial) if isinstance(cfg, Asha) else 0
 
     # -- checkpoint state ----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -248,7 +271,7 @@ class Pruning:
     def _asha(self, step: int, value: float) -> str | None:
         cfg = self.cfg
         assert isinstance(cfg, Asha)
-        for r in rungs(cfg, step):
+        for r in rungs(cfg, step, self.bracket):
             promoted = self.decided.get(r)
             if promoted is None:
                 promoted, n, kept = self._decide_rung(r, step, value)
@@ -272,9 +295,15 @@ class Pruning:
         key = layout.rung(r, self.trial)
         mine = self._read(key, records.RungValue)
         if mine is None:
-            others = [rec.value for t, rec in self._rung_values(r).items() if t != self.trial]
+            others = [
+                rec.value
+                for t, rec in self._rung_values(r).items()
+                if t != self.trial and rec.bracket == self.bracket
+            ]
             promoted = asha_promotes(value, [*others, value], self.cfg.reduction_factor, self.mode)
-            rec = records.RungValue(trial=self.trial, rung=r, step=step, value=value, promoted=promoted)
+            rec = records.RungValue(
+                trial=self.trial, rung=r, step=step, value=value, promoted=promoted, bracket=self.bracket
+            )
             if self.fence is not None:
                 self.fence.check()
             if self.store.create(key, records.encode(rec), durable=True):
@@ -367,6 +396,7 @@ __all__ = [
     "PrunerConfig",
     "Pruning",
     "asha_promotes",
+    "bracket_of",
     "config_problems",
     "make_pruning",
     "median_prunes",

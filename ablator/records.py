@@ -122,6 +122,7 @@ class RungValue(Record, frozen=True, kw_only=True):
     step: int
     value: float
     promoted: bool = True
+    bracket: int = 0  # Hyperband (``brackets`` > 1): trials compete within their bracket
 
 
 class Curve(Record, frozen=True, kw_only=True):

@@ -15,6 +15,9 @@ Contenders in the same run, same curves, same order of reports:
 * full training (every trial to step 81);
 * ablator ASHA (``{kind: asha, min_steps: 9 (or 3), reduction_factor: 3, max_steps: 81}``) and
   Optuna's ``SuccessiveHalvingPruner(min_resource=9 (or 3), reduction_factor=3)`` on one study;
+* ablator's asynchronous Hyperband (the same with ``brackets: 3``: first rungs at 3, 9 and 27),
+  and Optuna's ``HyperbandPruner(min_resource=3, max_resource=81, reduction_factor=3)`` (its own
+  bracket count and assignment, so not the same decisions);
 * ablator's median rule (``{kind: median, warmup_steps: 9, min_trials: 5}``) and Optuna's
   ``MedianPruner(n_startup_trials=5, n_warmup_steps=9)``.
 
@@ -177,6 +180,7 @@ def run_full(curves: list[Curve]) -> dict[str, float]:
 def pruning_part(seeds: list[int], root: str) -> None:
     asha3 = Asha(min_steps=3, reduction_factor=3, max_steps=MAX_STEPS)
     asha9 = Asha(min_steps=9, reduction_factor=3, max_steps=MAX_STEPS)
+    hyperband = Asha(min_steps=3, reduction_factor=3, max_steps=MAX_STEPS, brackets=3)
     median = Median(warmup_steps=9, min_trials=5)
     sha = optuna.pruners.SuccessiveHalvingPruner
     contenders: list[tuple[str, Callable[[list[Curve]], dict[str, float]]]] = [
@@ -185,6 +189,11 @@ def pruning_part(seeds: list[int], root: str) -> None:
         ("optuna SH min 9", lambda c: run_optuna(c, sha(min_resource=9, reduction_factor=3))),
         ("ablator ASHA min 3", lambda c: run_ablator(c, asha3, root)),
         ("optuna SH min 3", lambda c: run_optuna(c, sha(min_resource=3, reduction_factor=3))),
+        ("ablator Hyperband 3 br.", lambda c: run_ablator(c, hyperband, root)),
+        (
+            "optuna HyperbandPruner",
+            lambda c: run_optuna(c, optuna.pruners.HyperbandPruner(3, MAX_STEPS, reduction_factor=3)),
+        ),
         ("ablator median rule", lambda c: run_ablator(c, median, root)),
         ("optuna MedianPruner", lambda c: run_optuna(c, optuna.pruners.MedianPruner(5, 9))),
     ]

@@ -229,3 +229,55 @@ def test_an_experiment_without_a_pruner_keeps_its_hash() -> None:
     exp = experiment_from_dict(design())
     assert experiment_hash(exp) == "7641b30f23c5aa6508063ce32f3b5807fbeb220a89150bc26e17049334920523"
     assert experiment_hash(experiment_from_dict(design(pruner={"kind": "median"}))) != experiment_hash(exp)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hyperband_brackets_decide_like_optunas_halving_per_bracket(seed: int) -> None:
+    """With ``brackets: 3`` trial ``i`` runs bracket ``i % 3``: its rungs start at rung
+    ``i % 3`` and it competes only within the bracket, as a SuccessiveHalvingPruner with
+    ``min_early_stopping_rate = bracket`` fed that bracket's trials alone."""
+    cfg = Asha(min_steps=1, reduction_factor=3, brackets=3)
+    values = curves(seed, 45, 27)
+    store = open_store(f"memory://prune-{uuid.uuid4().hex}")
+    studies = [
+        optuna.create_study(
+            direction="maximize",
+            pruner=optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=1, reduction_factor=3, min_early_stopping_rate=b
+            ),
+        )
+        for b in range(3)
+    ]
+    pruning: dict[int, Pruning] = {}
+    trials: dict[int, Any] = {}
+    stopped: set[int] = set()
+    compared = pruned = 0
+    for t, step in interleaved(seed, 45, 27, 4):
+        if t in stopped:
+            continue
+        if t not in pruning:
+            pruning[t] = Pruning(cfg, store, t, metric="m", mode="max")
+            trials[t] = studies[t % 3].ask()
+        value = values[t][step - 1]
+        ours = pruning[t].report(step, value) is not None
+        trials[t].report(value, step)
+        theirs = trials[t].should_prune()
+        assert ours == theirs, (t, step)
+        compared += 1
+        if ours:
+            pruned += 1
+            stopped.add(t)
+            studies[t % 3].tell(trials[t], state=optuna.trial.TrialState.PRUNED)
+        elif step == 27:
+            studies[t % 3].tell(trials[t], value)
+    assert pruned >= 5 and compared > 200
+    # records name their bracket; bracket 2 never recorded at rungs 0 and 1
+    recs = [records.decode(store.read(e.key), records.RungValue) for e in store.list(layout.PRUNING_DIR)]
+    assert {r.bracket for r in recs} == {0, 1, 2}
+    assert all(r.rung >= r.bracket and r.bracket == r.trial % 3 for r in recs)
+
+
+def test_brackets_must_start_below_max_steps() -> None:
+    with pytest.raises(ConfigError, match="brackets: bracket 3 would start at step 27"):
+        experiment_from_dict(design(pruner={"kind": "asha", "brackets": 4, "max_steps": 27}))
+    assert experiment_from_dict(design(pruner={"kind": "asha", "brackets": 3, "max_steps": 27}))
