@@ -341,13 +341,16 @@ def run_ablator_tpe(problem: str, seed: int, agents: int, n: int, root: str) -> 
     return values, sum(d.random_draws for d in designs)
 
 
-def run_optuna_tpe(problem: str, seed: int, workers: int, n: int) -> list[float]:
+def run_optuna_tpe(problem: str, seed: int, workers: int, n: int) -> tuple[list[float], int]:
     space_spec, f, _ = PROBLEMS[problem]
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10, constant_liar=workers > 1)
     study = optuna.create_study(direction="minimize", sampler=sampler)
     trials: dict[int, Any] = {}
+    random_draws = [0]
 
     def ask(w: int, i: int) -> dict[str, Any]:
+        finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        random_draws[0] += finished < 10  # Optuna's start-up counts finished trials only
         t = trials[i] = study.ask()
         out: dict[str, Any] = {}
         for name, spec in space_spec.items():
@@ -366,7 +369,7 @@ def run_optuna_tpe(problem: str, seed: int, workers: int, n: int) -> list[float]
     def tell(w: int, i: int, value: float) -> None:
         study.tell(trials[i], value)
 
-    return simulate(n, workers, seed, ask, tell, f)
+    return simulate(n, workers, seed, ask, tell, f), random_draws[0]
 
 
 def regret(values: list[float], k: int, optimum: float) -> float:
@@ -392,10 +395,10 @@ def tpe_part(seeds: list[int], n: int, root: str) -> None:
                 vals, rnd = run_ablator_tpe(problem, seed, agents, n, root)
                 results.setdefault(f"ablator, {agents} agent{'s' if agents > 1 else ''}", []).append(vals)
                 draws.setdefault(f"ablator, {agents} agent{'s' if agents > 1 else ''}", []).append(rnd)
-            results.setdefault("optuna sequential", []).append(run_optuna_tpe(problem, seed, 1, n))
-            results.setdefault("optuna shared study, 4 workers", []).append(
-                run_optuna_tpe(problem, seed, 4, n)
-            )
+            for workers, name in ((1, "optuna sequential"), (4, "optuna shared study, 4 workers")):
+                vals, rnd = run_optuna_tpe(problem, seed, workers, n)
+                results.setdefault(name, []).append(vals)
+                draws.setdefault(name, []).append(rnd)
         for name in (
             "ablator, 1 agent",
             "optuna sequential",
@@ -404,7 +407,7 @@ def tpe_part(seeds: list[int], n: int, root: str) -> None:
         ):
             med = [statistics.median(regret(v, k, optimum) for v in results[name]) for k in checkpoints]
             summary[(problem, name)] = [regret(v, checkpoints[-1], optimum) for v in results[name]]
-            shown = f"{statistics.median(draws[name]):.0f}" if name in draws else "(10+)"
+            shown = f"{statistics.median(draws[name]):.0f}"
             print(f"{problem:10s} {name:34s} " + " ".join(f"{m:8.4f}" for m in med) + f"  {shown:>12s}")
     print(f"({time.perf_counter() - t0:.0f} s)")
     from scipy.stats import mannwhitneyu
