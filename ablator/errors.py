@@ -69,6 +69,10 @@ class ExperimentMismatch(AblatorError):
     """A different experiment already lives in this store."""
 
 
+class ExperimentTampered(StoreError):
+    """``experiment.json`` no longer matches the hash it was launched with (edited by hand)."""
+
+
 class AnalysisError(AblatorError):
     """A store cannot be analysed as asked (no experiment in it, an unknown metric or factor)."""
 
@@ -81,6 +85,7 @@ __all__ = [
     "CorruptRecordError",
     "EntryPointError",
     "ExperimentMismatch",
+    "ExperimentTampered",
     "LeaseLost",
     "StoreError",
     "StoreUnavailable",

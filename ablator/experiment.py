@@ -456,7 +456,14 @@ def validate(exp: Experiment) -> EntryPoint:
 def experiment_hash(exp: Experiment) -> str:
     """sha256 of the whole experiment, canonically encoded (a relaunch with the same hash is the
     same experiment)."""
-    data = msgspec.to_builtins(exp)
+    return data_hash(msgspec.to_builtins(exp))
+
+
+def data_hash(data: dict[str, Any]) -> str:
+    """:func:`experiment_hash` of an experiment's plain data as ``launch`` stores it (JSON
+    round trips keep it: an int stays an int, so ``experiment.json`` can be checked against
+    its hash without parsing it into an :class:`Experiment` first)."""
+    data = copy.deepcopy(data)
     # Design fields added later are left out at their defaults, so that an experiment launched
     # before they existed keeps its hash (a relaunch of it stays a no-op).
     design = data.get("design", {})
@@ -620,6 +627,7 @@ __all__ = [
     "Resources",
     "bind",
     "budget",
+    "data_hash",
     "experiment_from_dict",
     "experiment_hash",
     "load_experiment",

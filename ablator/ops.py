@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ablator import __version__, codesnap, layout, records
-from ablator.errors import AblatorError, ConfigError, ExperimentMismatch
+from ablator.errors import AblatorError, ConfigError, ExperimentMismatch, ExperimentTampered
+from ablator.spec import checked_experiment, read_spec, stored_diff
 
 if TYPE_CHECKING:
     import argparse
@@ -64,22 +65,31 @@ def _on_path(directory: str | None) -> Iterator[None]:
 
 
 def _spec_diff(old: records.ExperimentSpec, new: records.ExperimentSpec) -> list[str]:
-    from ablator.config import MISSING, diff
-
-    def show(v: Any) -> str:
-        return "(absent)" if v is MISSING else repr(v)
-
-    lines = [f"  {path}: {show(a)} -> {show(b)}" for path, a, b in diff(old.experiment, new.experiment)]
+    lines = stored_diff(old.experiment, new.experiment)
     if old.code_sha256 != new.code_sha256:
         lines.append(f"  code snapshot: {old.code_sha256 or '(none)'} -> {new.code_sha256 or '(none)'}")
     return lines
 
 
-def _read_experiment(store: Store) -> records.ExperimentSpec | None:
-    data = store.get(layout.EXPERIMENT)
-    if data is None:
+def _read_experiment(
+    store: Store, wanted: records.ExperimentSpec | None = None
+) -> records.ExperimentSpec | None:
+    """The launched experiment, verified against its hash; an edited one is refused, with what
+    differs from ``wanted`` (the experiment being launched) when given."""
+    spec = read_spec(store, verify=False)
+    if spec is None:
         return None
-    return records.decode_json(data, records.ExperimentSpec, f"{store.url}/{layout.EXPERIMENT}")
+    try:
+        checked_experiment(spec, f"{store.url}/{layout.EXPERIMENT}")
+    except ExperimentTampered as exc:
+        if wanted is None:
+            raise
+        lines = stored_diff(spec.experiment, wanted.experiment)
+        raise ExperimentTampered(
+            f"{exc}\nwhat the stored file says -> what your experiment file says:\n"
+            + "\n".join(lines or ["  (the same content: only the stored experiment_hash was changed)"])
+        ) from None
+    return spec
 
 
 def launch(
@@ -132,7 +142,7 @@ def launch(
         ablator_version=__version__,
         budget=p.budget,
     )
-    existing = _read_experiment(st)
+    existing = _read_experiment(st, spec)
     if existing is None and st.list_dirs(layout.TRIALS_DIR):
         # Trials without an experiment: a private `ablator run` store (or a damaged one). Their
         # results came from configs this launch knows nothing about; mixing them in would count
@@ -165,7 +175,7 @@ def launch(
         if snap is not None:
             message += f"; code snapshot {snap.sha256[:12]} ({len(snap.files)} files)"
     else:
-        old = _read_experiment(st)
+        old = _read_experiment(st, spec)
         if old is None:
             raise AblatorError(f"{st.url}/{layout.EXPERIMENT} vanished while launching; launch again")
         if old.experiment_hash != spec.experiment_hash or old.code_sha256 != spec.code_sha256:

@@ -24,8 +24,9 @@ import msgspec
 
 from ablator import layout, records
 from ablator.agent.devices import gpu_fits, gpus_out_of_service, memory_summary
-from ablator.errors import AblatorError, StoreError
+from ablator.errors import AblatorError, ExperimentTampered, StoreError
 from ablator.lease import LeaseLimits, TrialState, group_by_trial, read_budget, read_forgiven, read_trial
+from ablator.spec import decode_spec, verify_hash
 from ablator.store import Capabilities, Store, open_store
 
 #: Slack for the store clock's resolution (S3 LastModified has whole seconds).
@@ -132,7 +133,10 @@ def _collect(store: Store, url: str, problems: list[str]) -> StatusReport:
     spec: records.ExperimentSpec | None = None
     if raw is not None:
         try:
-            spec = records.decode_json(raw, records.ExperimentSpec, layout.EXPERIMENT)
+            spec = decode_spec(raw, layout.EXPERIMENT)
+            verify_hash(spec, layout.EXPERIMENT)
+        except ExperimentTampered as exc:
+            problems.append(str(exc))  # status still reports the trials; every other reader refuses
         except AblatorError as exc:
             problems.append(str(exc))
     limits = LeaseLimits()

@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ablator import layout, records
 from ablator.analysis import Effects, Results, load
 from ablator.analysis.snapshot import write_trial_summary
+from ablator.experiment import data_hash
 from ablator.store import open_store
 
 T = TypeVar("T")
@@ -83,7 +84,7 @@ def synthesise(root: Path, trials: int) -> float:
     t0 = time.perf_counter()
     store = open_store(root)
     exp = experiment(trials)
-    spec = records.ExperimentSpec(name="bench-sweep", experiment=exp, experiment_hash="0" * 64)
+    spec = records.ExperimentSpec(name="bench-sweep", experiment=exp, experiment_hash=data_hash(exp))
     store.create(layout.EXPERIMENT, records.encode_json(spec))
     rng = random.Random(0)
     env = records.Environment(host="bench-host", gpu="NVIDIA H100 80GB HBM3", python="3.11")

@@ -47,6 +47,7 @@ from ablator.agent.packing import Packer
 from ablator.agent.slots import GpuSlots
 from ablator.agent.worker import Worker
 from ablator.errors import AblatorError, ConfigError, LeaseLost
+from ablator.spec import checked_experiment, decode_spec
 from ablator.store.base import Store
 from ablator.tpe import outcome_value
 
@@ -180,7 +181,9 @@ class Agent:
                 f"no experiment in {store.url}: create it first with "
                 f"`python -m ablator launch EXPERIMENT_FILE --store {self.args.store}`"
             )
-        return records.decode_json(data, records.ExperimentSpec, f"{store.url}/{layout.EXPERIMENT}")
+        spec = decode_spec(data, f"{store.url}/{layout.EXPERIMENT}")
+        checked_experiment(spec, f"{store.url}/{layout.EXPERIMENT}")  # refuses a hand-edited one
+        return spec
 
     def setup(self) -> None:
         from ablator import experiment as X

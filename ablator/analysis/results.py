@@ -26,6 +26,7 @@ from ablator.analysis.reader import BEST_PREFIX, CONFIG_PREFIX, DONE_STATUSES, F
 from ablator.analysis.snapshot import SnapshotCache, cache_root, compact_history, read_summaries
 from ablator.errors import AnalysisError, StoreError
 from ablator.samplers import locate
+from ablator.spec import read_spec
 from ablator.store import open_store
 from ablator.store.base import Store
 
@@ -396,9 +397,9 @@ def _variant_of(experiment: dict[str, Any]) -> Callable[[int], str | None]:
 def _read_spec(store: Store) -> tuple[records.ExperimentSpec, bool]:
     """The experiment and whether the store is a private ``ablator run`` store."""
     for key, private in ((layout.EXPERIMENT, False), (layout.PRIVATE_EXPERIMENT, True)):
-        data = store.get(key)
-        if data is not None:
-            return records.decode_json(data, records.ExperimentSpec, key), private
+        spec = read_spec(store, key)  # verified: an edited experiment.json is refused
+        if spec is not None:
+            return spec, private
     hint = (
         "it holds trials but no experiment: a private `ablator run` store from before ablator recorded "
         "it there; run one trial there again with `python -m ablator run EXP --store URL` to record it"

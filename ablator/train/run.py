@@ -37,6 +37,7 @@ import msgspec
 from ablator import layout, lineage, records
 from ablator.errors import AblatorError, ExperimentMismatch, LeaseLost, TrialFailed
 from ablator.pruners import pruner_of
+from ablator.spec import checked_experiment, decode_spec
 from ablator.store import open_store
 from ablator.store.base import Store
 from ablator.train.outcome import Outcome
@@ -213,8 +214,9 @@ def _load(
     raw = src.get(layout.EXPERIMENT)
     if raw is None:
         raise AblatorError(f"--from {src.url}: no {layout.EXPERIMENT} there (not a launched store)")
-    exp_rec = records.decode_json(raw, records.ExperimentSpec, f"{src.url}/{layout.EXPERIMENT}")
-    exp = X.experiment_from_dict(exp_rec.experiment, source=f"{src.url}/{layout.EXPERIMENT}")
+    exp = checked_experiment(
+        decode_spec(raw, f"{src.url}/{layout.EXPERIMENT}"), f"{src.url}/{layout.EXPERIMENT}"
+    )
     key = layout.claim(index, 0)
     data = src.get(key)
     if data is None:
@@ -387,7 +389,8 @@ def _run_launched(
     from ablator import lease
     from ablator.train.execute import execute_trial
 
-    rec = records.decode_json(launched, records.ExperimentSpec, f"{store.url}/{layout.EXPERIMENT}")
+    rec = decode_spec(launched, f"{store.url}/{layout.EXPERIMENT}")
+    checked_experiment(rec, f"{store.url}/{layout.EXPERIMENT}")  # an edited one is refused, not run
     if rec.experiment_hash != X.experiment_hash(exp):
         raise ExperimentMismatch(
             f"{store.url} holds experiment {rec.name!r} (hash {rec.experiment_hash[:12]}), not this one "

@@ -14,6 +14,7 @@ from testkit import ablator_cli
 
 from ablator import layout, records
 from ablator.codesnap import snapshot_code
+from ablator.experiment import data_hash
 
 from .conftest import (
     ROOT,
@@ -259,7 +260,7 @@ def test_broken_code_exits_nonzero_and_claims_nothing(
     if broken == "entry":
         # The code changed after launch (or this machine has another version): the entry is gone.
         exp["entry"] = "tests.agent.toy:no_such_trial"
-        spec = records.ExperimentSpec(name="toy", experiment=exp, experiment_hash="x" * 64, budget=3)
+        spec = records.ExperimentSpec(name="toy", experiment=exp, experiment_hash=data_hash(exp), budget=3)
     else:
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as zf:
@@ -270,7 +271,7 @@ def test_broken_code_exits_nonzero_and_claims_nothing(
         sha = sha256_hex(data) if broken == "snapshot_escape" else sha256_hex(b"other bytes")
         store.create(layout.code(sha), data)
         spec = records.ExperimentSpec(
-            name="toy", experiment=exp, experiment_hash="x" * 64, budget=3, code_sha256=sha
+            name="toy", experiment=exp, experiment_hash=data_hash(exp), budget=3, code_sha256=sha
         )
     store.create(layout.EXPERIMENT, records.encode_json(spec))
     a = agents(local_store)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ablator import layout, records
+from ablator.experiment import data_hash
 from ablator.store.base import Store
 
 BASE_CONFIG: dict[str, Any] = {
@@ -78,7 +79,7 @@ class StoreBuilder:
         self.spec = records.ExperimentSpec(
             name=experiment["name"],
             experiment=experiment,
-            experiment_hash=hashlib.sha256(json.dumps(experiment, sort_keys=True).encode()).hexdigest(),
+            experiment_hash=data_hash(experiment),
         )
         assert store.create(layout.EXPERIMENT, records.encode_json(self.spec))
 

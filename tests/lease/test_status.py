@@ -12,6 +12,7 @@ from testkit import ablator_cli, put_claim
 
 from ablator import layout, records
 from ablator.errors import StoreError
+from ablator.experiment import data_hash
 from ablator.lease import Claimer, LeaseLimits, Membership
 from ablator.status import collect
 from ablator.store import open_store
@@ -29,7 +30,7 @@ def _build(store: Store) -> Membership:
             records.ExperimentSpec(
                 name="demo",
                 experiment={"limits": {"lease_seconds": 30, "heartbeat_seconds": 5}},
-                experiment_hash="h",
+                experiment_hash=data_hash({"limits": {"lease_seconds": 30, "heartbeat_seconds": 5}}),
                 budget=8,
             )
         ),

@@ -1,0 +1,88 @@
+"""The launched experiment (``experiment.json``), read and checked against its own hash.
+
+``experiment.json`` is JSON so that a human can read it, which also makes it easy to edit by
+hand. An edited file would be silently wrong: trials run after the edit use the new config under
+the old labels, and analysis averages both. So every reader that acts on the experiment (agents,
+``launch``, ``run``, ``analyze``, ``report``, ``retry``, ``gc``) goes through :func:`read_spec`,
+which recomputes the experiment's hash and refuses a file whose content no longer matches it.
+``status`` lists the same problem instead of refusing (it only reports).
+
+::
+
+    spec = read_spec(store)            # None when nothing is launched there
+    exp = checked_experiment(spec, f"{store.url}/experiment.json")
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ablator import layout, records
+from ablator.errors import ExperimentTampered
+
+if TYPE_CHECKING:
+    from ablator.experiment import Experiment
+    from ablator.store.base import Store
+
+
+def checked_experiment(spec: records.ExperimentSpec, source: str) -> Experiment:
+    """The stored experiment, schema-checked, after verifying it against ``spec.experiment_hash``.
+
+    Raises :class:`ExperimentTampered` when the content was changed after launch (the message
+    says what to do) and :class:`~ablator.errors.ConfigError` when it no longer parses.
+    """
+    from ablator import experiment as X
+
+    verify_hash(spec, source)
+    return X.experiment_from_dict(spec.experiment, source=source)
+
+
+def verify_hash(spec: records.ExperimentSpec, source: str) -> None:
+    """Raise :class:`ExperimentTampered` when ``spec.experiment`` no longer matches its hash."""
+    from ablator import experiment as X
+
+    # hashed as stored (parsing first would turn a default's int into a float and change it)
+    actual = X.data_hash(spec.experiment)
+    if actual != spec.experiment_hash:
+        raise ExperimentTampered(
+            f"{source} was changed after launch: its content hashes to {actual[:12]}, but it was launched "
+            f"as {spec.experiment_hash[:12]} (the `experiment_hash` field). Trials already run used the "
+            "launched experiment, so ablator will not act on the edited one (new trials would carry the "
+            "old labels). Restore the file as launched (from a backup, or undo the edit; `python -m "
+            "ablator launch EXPERIMENT_FILE --store URL` with the original file shows what differs), or "
+            "launch the changed experiment into a new store"
+        )
+
+
+def read_spec(
+    store: Store, key: str = layout.EXPERIMENT, *, verify: bool = True
+) -> records.ExperimentSpec | None:
+    """The experiment record at ``key`` (``experiment.json`` unless a private ``run`` store's),
+    or None when absent. Raises :class:`~ablator.errors.CorruptRecordError` when it does not
+    decode and, with ``verify``, :class:`ExperimentTampered` when it was edited after launch."""
+    data = store.get(key)
+    if data is None:
+        return None
+    source = f"{store.url}/{key}"
+    spec = decode_spec(data, source)
+    if verify:
+        checked_experiment(spec, source)
+    return spec
+
+
+def decode_spec(data: bytes, source: str) -> records.ExperimentSpec:
+    """Decode ``experiment.json`` bytes (not verified: see :func:`checked_experiment`)."""
+    return records.decode_json(data, records.ExperimentSpec, source)
+
+
+def stored_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``  $.path: stored -> wanted`` lines for every difference of two experiments' plain data."""
+    from ablator.config import MISSING, diff
+
+    def show(v: Any) -> str:
+        return "(absent)" if v is MISSING else repr(v)
+
+    return [f"  $.{path}: {show(a)} -> {show(b)}" for path, a, b in diff(stored, wanted)]
+
+
+__all__ = ["checked_experiment", "decode_spec", "read_spec", "stored_diff", "verify_hash"]
