@@ -34,7 +34,7 @@ from ablator.config import canonical_json, config_hash, to_dict
 from ablator.entrypoint import ENTRY_PATTERN, EntryPoint, resolve_entry
 from ablator.errors import AblatorError, ConfigError, EntryPointError
 from ablator.formats import read_data
-from ablator.overrides import apply_collecting, set_path, split_override, typed_value
+from ablator.overrides import apply_collecting, set_path
 from ablator.pruners import config_problems
 from ablator.records import TrialSpec
 from ablator.samplers import SAMPLERS, locate, repeat_seed, trial_seed
@@ -237,28 +237,20 @@ def load_validated(
     """:func:`load_experiment`, and the entry point it resolved while checking (what
     :func:`validate` would return, without checking everything a second time)."""
     src = str(path)
-    data = read_data(path)
-    problems: list[str] = []
-    config_overrides: list[tuple[str, str, str]] = []
+    # ``config.<path>=v`` is typed against the entry's config type (resolved below); the rest
+    # against the experiment's schema, with space and ablation keys set whole.
+    config_overrides: list[str] = []
+    file_overrides: list[str] = []
     for text in overrides:
-        try:
-            key, raw = split_override(text)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
-        segments = key.split(".")
-        if segments[0] == "config" and len(segments) > 1:
-            config_overrides.append((text, ".".join(segments[1:]), raw))
-            continue
-        try:
-            tp = tu.field_type(Experiment, segments)
-        except tu.PathError as exc:
-            problems.append(f"--set {text}: {exc}")
-            continue
-        try:
-            _set_experiment_override(data, segments, typed_value(raw, tp))
-        except tu.PathError as exc:
-            problems.append(f"--set {text}: {exc}")
+        key, _, raw = text.partition("=")
+        segments = key.strip().split(".")
+        if segments[0] == "config" and len(segments) > 1 and "=" in text:
+            config_overrides.append(f"{'.'.join(segments[1:])}={raw}")
+        else:
+            file_overrides.append(text)  # a malformed one is reported by apply_collecting
+    data, problems = apply_collecting(
+        read_data(path), file_overrides, Experiment, setter=_set_experiment_override
+    )
 
     entry: EntryPoint | None = None
     entry_problem: str | None = None
@@ -273,11 +265,7 @@ def load_validated(
         if config is None:
             config = data["config"] = {}
         if isinstance(config, dict):
-            new, more = apply_collecting(
-                config,
-                [f"{key}={raw}" for _, key, raw in config_overrides],
-                entry.config_type if entry else None,
-            )
+            new, more = apply_collecting(config, config_overrides, entry.config_type if entry else None)
             data["config"] = new
             problems.extend(p.replace("--set ", "--set config.", 1) for p in more)
         else:

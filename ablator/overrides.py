@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -91,10 +91,17 @@ def set_path(data: dict[str, Any], segments: Sequence[str], value: Any) -> None:
 
 
 def apply_collecting(
-    data: dict[str, Any], overrides: Sequence[str], type_: Any = None
+    data: dict[str, Any],
+    overrides: Sequence[str],
+    type_: Any = None,
+    *,
+    setter: Callable[[dict[str, Any], list[str], Any], None] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """:func:`apply_overrides` that returns (the new data, every problem) instead of raising,
-    for callers that merge problems from several sources."""
+    for callers that merge problems from several sources. ``setter(data, segments, value)``
+    replaces :func:`set_path` where some paths are spelled differently (the experiment file's
+    ``design.space.<config path>`` keys); it raises ``PathError`` for a path it cannot set."""
+    put = setter if setter is not None else set_path
     out = copy.deepcopy(data)
     problems: list[str] = []
     for text in overrides:
@@ -115,7 +122,7 @@ def apply_collecting(
         else:
             value = parse_value(raw)
         try:
-            set_path(out, segments, value)
+            put(out, segments, value)
         except tu.PathError as exc:
             problems.append(f"--set {text}: {exc}")
     return out, problems
