@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         {"formats", "overrides", "validation", "config", "space", "samplers", "entrypoint"}
         | {"records", "layout", "store/", "lineage"},
     ),
-    ("design", {"pruners", "tpe", "experiment", "planning", "ablator"}),
+    ("design", {"pruners", "tpe", "experiment", "planning", "spec", "ablator"}),
     ("protocol", {"lease/", "codesnap"}),
     ("work", {"train/", "analysis/", "serve/"}),
     ("orchestration", {"agent/", "ops", "status", "engines/"}),
