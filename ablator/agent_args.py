@@ -25,7 +25,8 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch threads per CPU trial (default: this machine's cores split among the CPU slots of all its agents)",
+        help="torch threads per trial (default: a CPU trial gets this machine's cores split among the CPU slots of all "
+        "its agents, a GPU trial its cores split among this agent's slots)",
     )
     p.add_argument("--max-trials", type=int, default=None, help="exit after starting N trials")
     p.add_argument("--watch", action="store_true", help="keep waiting for work when the experiment is done")
