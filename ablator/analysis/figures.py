@@ -216,7 +216,8 @@ def numeric_figure(res: Results, effects: Effects, factor: Factor) -> Figure | N
     if log:
         ax.set_xscale("log")
     fit = stats.trend(np.log10(x) if log else x, y)
-    corr = stats.spearman(x, y)
+    # The trend table's numbers, so that figure and table print the same p-values.
+    trend = next((r for r in effects.trends.to_dicts() if r["factor"] == factor.name), None)
     notes = []
     if fit is not None:
         grid = np.linspace(float(x.min()), float(x.max()), 100)
@@ -225,8 +226,12 @@ def numeric_figure(res: Results, effects: Effects, factor: Factor) -> Figure | N
         line = fit.intercept + fit.slope * (np.log10(grid) if log else grid)
         ax.plot(grid, line, color=REFERENCE, linewidth=2, label="trend")
         notes.append(f"slope {fit.slope:+.3g} per {'decade' if log else 'unit'}")
-    if corr is not None:
-        notes.append(f"Spearman rho = {corr.rho:.2f} (p = {corr.p_value:.2g})")
+    if trend is not None and trend.get("spearman_rho") is not None:
+        raw, adj = text.pval(trend["spearman_p"]), text.pval(trend.get("spearman_p_adjusted"))
+        notes.append(
+            f"Spearman rho = {trend['spearman_rho']:.3g} "
+            f"(p {raw if raw.startswith('<') else '= ' + raw}, {effects.adjust} {adj})"
+        )
     best = _best_index(y, np.ones(y.size, dtype=bool), effects.mode)
     if best is not None:
         ax.scatter(

@@ -172,3 +172,17 @@ def test_declared_bounds_and_a_percent_accuracy(tmp_path: Path) -> None:
     b2 = StoreBuilder(open_store(tmp_path / "p"), exp2)
     b2.finished(0, {}, 97.0, n_steps=3)  # an accuracy in percent: not a proportion
     assert load(tmp_path / "p").bounds() is None
+
+
+def test_numeric_figure_prints_the_trend_tables_p_values(tmp_path: Path) -> None:
+    search_store(tmp_path / "s", n=30)
+    res = load(tmp_path / "s")
+    eff = compute_effects(res)
+    lr = next(f for f in eff.factors if f.name == "train.optimizer.lr")
+    fig = figures.numeric_figure(res, eff, lr)
+    assert fig is not None
+    row = eff.trends.filter(eff.trends["factor"] == lr.name).row(0, named=True)
+    cells = text.trend_cells(row)  # factor, n, rho, p, p adj., ...
+    raw = cells[3] if cells[3].startswith("<") else "= " + cells[3]
+    notes = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert f"(p {raw}, holm {cells[4]})" in notes
