@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ablator import layout, records
-from ablator.errors import ConfigError, LeaseLost
+from ablator.errors import ConfigError, LeaseLost, StoreError
 from ablator.lease.frontier import DEFAULT_BLOCK, Frontier
 from ablator.lease.limits import LeaseLimits
 from ablator.lease.liveness import Liveness
@@ -297,6 +297,10 @@ class Claimer:
         self._hinted: set[tuple[int, int]] = set()
         self._exited: set[str] = set()
         self._prev_held: dict[str, frozenset[tuple[int, int]]] = {}
+        # Claims whose create failed without an answer (a lost reply whose read-back failed
+        # too): (trial, epoch) -> (our body, spec). Still listed as held; resolved by the next
+        # claim_next, so that a claim of ours is never left held by nobody.
+        self._unresolved: dict[tuple[int, int], tuple[bytes, records.TrialSpec]] = {}
         # agent -> (size, mtime, etag) of its heartbeat's listing entry as last listed, when
         # that entry was first seen, and the entry its body was last read under (see _maybe_scan)
         self._hb_entry: dict[str, tuple[int, float | None, str | None]] = {}
@@ -336,6 +340,9 @@ class Claimer:
         for others). A trial past ``max_takeovers`` is failed as "lost" instead of returned.
         """
         with self._lock:
+            resolved = self._resolve()
+            if resolved is not None:
+                return resolved
             if self.membership.stop_requested or self.membership.state != "running":
                 return None
             self._maybe_scan()
@@ -588,7 +595,7 @@ class Claimer:
         )
         if not lost:
             self.membership.hold(i, e, self.clock())  # listed before the claim exists: never unlisted
-        if not self.store.create(layout.claim(i, e), records.encode(claim), durable=embed):
+        if not self._create_claim(i, e, records.encode(claim), spec, durable=embed, held=not lost):
             if not lost:
                 self.membership.drop(i, e, released=False)
             self.stats.lost_races += 1
@@ -618,6 +625,36 @@ class Claimer:
         return Held(self, i, e, spec)
 
     # -- new trials ------------------------------------------------------------------------
+    def _create_claim(
+        self, i: int, e: int, body: bytes, spec: records.TrialSpec, durable: bool, *, held: bool = True
+    ) -> bool:
+        """Create ``claim.e<e>`` (the pair is already held). A create that fails without an
+        answer (a lost reply, then a failed read-back) may have made the claim: the pair stays
+        held and :meth:`_resolve` finds out, before anything else, at the next claim."""
+        try:
+            return self.store.create(layout.claim(i, e), body, durable=durable)
+        except StoreError:
+            if held:  # (an epoch claimed only to record a "lost" failure is not run: the next
+                # observer finds it orphaned and records the failure then)
+                self._unresolved[(i, e)] = (body, spec)
+            raise
+
+    def _resolve(self) -> Held | None:
+        """Settle claims whose create went unanswered: ours (the stored body is ours) -> held
+        and returned; else let go. Raises StoreError while the store still does not answer."""
+        for (i, e), (body, spec) in list(self._unresolved.items()):
+            data = self.store.get(layout.claim(i, e))
+            del self._unresolved[(i, e)]
+            if data == body:
+                self._specs[i] = spec
+                if e == 0:
+                    self.stats.new += 1
+                else:
+                    self.stats.takeovers += 1
+                return Held(self, i, e, spec)
+            self.membership.drop(i, e, released=False)
+        return None
+
     def _create_new(self, i: int, new_spec: NewSpec, can_run: CanRun | None) -> Held | None:
         if i in self._specs:
             # Claimed already, by this agent (a stale entry of the free list, or the cursor met
@@ -635,7 +672,7 @@ class Claimer:
         # (harmless), never after it existed unlisted for longer than it must.
         self.membership.hold(i, 0, self.clock())
         # Durable: claim.e0000 is the only record of the resolved trial (config, seed, variant).
-        won = self.store.create(layout.claim(i, 0), records.encode(claim), durable=True)
+        won = self._create_claim(i, 0, records.encode(claim), spec, durable=True)
         self.frontier.saw_claimed(i)  # ours or somebody else's: not a landing place
         if not won:
             self.membership.drop(i, 0, released=False)

@@ -203,3 +203,58 @@ def test_s3_outage_outlasting_retries_is_store_unavailable_and_then_passes(
         store.read(layout.agent("a-1-x"))
     assert not isinstance(info.value, StoreUnavailable)
     store.close()
+
+
+# --- a lost reply while claiming -----------------------------------------------------------------
+
+
+def _claimer(store: Any) -> Any:
+    from ablator.lease import Claimer, LeaseLimits, Membership
+
+    limits = LeaseLimits(lease_seconds=30.0, heartbeat_seconds=5.0)
+    m = Membership(store, limits, host="h", agent_id="h-1-x", versions={})
+    return m, Claimer(store, m, budget=4)
+
+
+def _spec(i: int) -> Any:
+    from ablator import records
+
+    return records.TrialSpec(index=i, config={"i": i}, config_hash=f"h{i}", seed=i)
+
+
+def test_a_claim_whose_reply_and_read_back_were_lost_is_never_held_by_nobody(
+    tmp_path: Path, faults_env: Path
+) -> None:
+    store = open_store(str(tmp_path / "s"))
+    m, c = _claimer(store)
+    write_spec(
+        faults_env, [Rule(ops=["create"], prefix="trials/", end=FOREVER, error="ETIMEDOUT", lost_reply=True)]
+    )
+    time.sleep(0.1)
+    with pytest.raises(StoreUnavailable):
+        c.claim_next(_spec)
+    # The claim was made; we cannot know it yet: it stays listed in our heartbeat.
+    claimed = [e.key for e in open_store(str(tmp_path / "s")).list(layout.TRIALS_DIR)]
+    assert len(claimed) == 1
+    pair = (layout.parse_trial(claimed[0]), 0)
+    assert m.held() == [pair]
+    os.unlink(faults_env)  # the store answers again
+    time.sleep(0.1)
+    held = c.claim_next(_spec)  # first settles the unanswered claim: it is ours
+    assert held is not None and (held.trial, held.epoch) == pair
+    assert m.held() == [pair]
+
+
+def test_a_claim_that_was_never_made_is_let_go(tmp_path: Path, faults_env: Path) -> None:
+    store = open_store(str(tmp_path / "s"))
+    m, c = _claimer(store)
+    write_spec(faults_env, [Rule(ops=["create"], prefix="trials/", end=FOREVER, error="EIO")])
+    time.sleep(0.1)
+    with pytest.raises(StoreUnavailable):
+        c.claim_next(_spec)
+    assert len(m.held()) == 1  # unknown yet
+    os.unlink(faults_env)
+    time.sleep(0.1)
+    held = c.claim_next(_spec)
+    assert held is not None
+    assert m.held() == [(held.trial, held.epoch)]  # the unmade claim was dropped
