@@ -363,3 +363,22 @@ def test_packed_slots_start_one_at_a_time() -> None:
     del running[1]
     now[0] += 60
     assert not book.on_oom(slots[0], 30000)  # alone on its GPU, later: the trial's own failure
+
+
+def test_status_text_says_which_gpu_is_out_of_service() -> None:
+    from ablator.status import STATES, AgentStatus, Progress, StatusReport, render
+
+    why = f"gpu1 ({A100}): 3 device errors in a row (last: CUDA error: uncorrectable ECC error encountered)"
+    report = StatusReport(
+        store="file:///s",
+        experiment="e",
+        budget=2,
+        base_budget=2,
+        counts=dict.fromkeys(STATES, 0),
+        progress=Progress(finished=0, total=2, fraction=0.0),
+        agents=[
+            AgentStatus(agent_id="box-1-aa", live=True, state="running", gpus=["A100"], out_of_service=[why])
+        ],
+        clock="store",
+    )
+    assert f"out of service: {why}" in render(report)
