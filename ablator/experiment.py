@@ -43,8 +43,11 @@ from ablator.validation import check_data, from_dict
 
 Kind = Literal["grid", "random", "quasi_random", "tpe", "ablation"]
 BASELINE = "baseline"
-MAX_GRID = 10_000_000
-"""The largest grid ``validate`` accepts (a larger one is almost surely a mistake)."""
+MAX_TRIALS = 10_000_000
+"""The largest budget ablator accepts: design trials, a grid's size, repeats, and the budget with
+every extension (a larger one is almost surely a typo, and create-once records cannot undo it)."""
+MAX_GRID = MAX_TRIALS
+"""The largest grid ``validate`` accepts."""
 _CHECK_ALL_POINTS = 256
 """Grids up to this size have every point's config validated before anything runs."""
 
@@ -136,6 +139,15 @@ def _schema_problems(exp: Experiment) -> list[str]:
         out.append(f"$.metric.bounds: expected [low, high] with low < high, found {list(exp.metric.bounds)}")
     if d.repeats < 1:
         out.append(f"$.design.repeats: must be >= 1, found {d.repeats}")
+    elif d.repeats > MAX_TRIALS:
+        out.append(
+            f"$.design.repeats: at most {MAX_TRIALS:,} (a larger budget is almost surely a typo), found {d.repeats:,}"
+        )
+    if d.trials is not None and d.trials > MAX_TRIALS:
+        out.append(
+            f"$.design.trials: at most {MAX_TRIALS:,} (a larger budget is almost surely a typo; split a bigger "
+            f"study into several experiments), found {d.trials:,}"
+        )
     if d.seed < 0:
         out.append(f"$.design.seed: must be >= 0, found {d.seed}")
     if d.trials is not None and d.trials < 1:

@@ -116,8 +116,8 @@ def launch(
     from ablator.planning import plan
     from ablator.store import open_store
 
-    if extend is not None and extend < 1:
-        raise ConfigError(f"--extend {extend}: the number of trials to add must be at least 1")
+    if extend is not None:
+        _check_extend(extend)
     snap = codesnap.snapshot_code(code_dir) if code_dir is not None else None
     code_root = os.fspath(code_dir) if code_dir is not None else None
     with _on_path(code_root):
@@ -167,6 +167,8 @@ def launch(
         spec = msgspec.structs.replace(
             spec, code_sha256=existing.code_sha256, code_git_commit=existing.code_git_commit
         )
+    if extend is not None:  # before anything is written: a wrong budget cannot be taken back
+        _check_extended_budget(st, existing, p.budget, extend)
     if snap is not None:
         codesnap.upload(st, snap)
     created = st.create(layout.EXPERIMENT, records.encode_json(spec), durable=True)
@@ -193,14 +195,73 @@ def launch(
     extension = None
     if extend is not None:
         extension = _create_extension(st, extend)
-        message = (
-            f"extended experiment {exp.name!r} in {st.url} by {extend} trial(s) (extension {extension})"
-            if not created
-            else f"{message}; extended by {extend} trial(s)"
-        )
+        if created:
+            message = f"{message}; extended by {extend} trial(s)"
+        elif extend > 0:
+            message = (
+                f"extended experiment {exp.name!r} in {st.url} by {extend} trial(s) (extension {extension})"
+            )
+        else:
+            message = (
+                f"took {-extend} trial(s) back from experiment {exp.name!r} in {st.url} (extension {extension}, "
+                "a correction)"
+            )
     return LaunchResult(
         spec=spec, created=created, budget=read_budget(st, base), extension=extension, message=message
     )
+
+
+def _check_extend(extend: object) -> None:
+    from ablator.experiment import MAX_TRIALS
+
+    if isinstance(extend, bool) or not isinstance(extend, int):
+        raise ConfigError(f"--extend {extend!r}: expected a whole number of trials, e.g. --extend 10")
+    if extend == 0:
+        raise ConfigError(
+            "--extend 0: the number of trials to add must be at least 1 (or -N to take back a wrong extension)"
+        )
+    if abs(extend) > MAX_TRIALS:
+        raise ConfigError(
+            f"--extend {extend:,}: at most {MAX_TRIALS:,} trials (a larger budget is almost surely a typo); "
+            "nothing was written"
+        )
+
+
+def _check_extended_budget(
+    st: Store, existing: records.ExperimentSpec | None, planned: int, extend: int
+) -> None:
+    """Refuse an extension that would take the budget above ``MAX_TRIALS``, or a correction
+    (``extend < 0``) that would drop trials already started or go below the launched budget."""
+    from ablator.experiment import MAX_TRIALS
+    from ablator.lease import read_budget
+
+    base = existing.budget if existing is not None and existing.budget is not None else planned
+    current = read_budget(st, base) if existing is not None else base
+    new = current + extend
+    if extend > 0 and new > MAX_TRIALS:
+        raise ConfigError(
+            f"--extend {extend:,}: the budget would be {new:,} trials, more than {MAX_TRIALS:,} (almost "
+            "surely a typo); nothing was written"
+        )
+    if extend < 0:
+        if existing is None:
+            raise ConfigError(
+                f"--extend {extend}: nothing launched in {st.url} yet; there is no extension to take back"
+            )
+        started = max(layout.trial_indexes(st.list_dirs(layout.TRIALS_DIR)), default=-1) + 1
+        floor = max(base, started)
+        if new < floor:
+            raise ConfigError(
+                f"--extend {extend}: the budget is {current:,} trials; a correction may take back extensions "
+                f"down to {floor:,} (the launched budget of {base:,} and the {started:,} trial(s) already "
+                "started), "
+                + (
+                    f"so at most --extend -{current - floor}"
+                    if current > floor
+                    else "so nothing can be taken back"
+                )
+                + "; nothing was written"
+            )
 
 
 def _next_number(store: Store, folder: str) -> int:

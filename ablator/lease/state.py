@@ -160,15 +160,17 @@ def read_trial(
 def read_budget(store: Store, base: int, cache: dict[str, int] | None = None) -> int:
     """``base`` plus every budget extension (``extend/<k>.msgpack``). ``cache`` (key -> trials)
     spares re-reading extensions already seen (they are create-once). A corrupt extension is
-    reported and counted as 0."""
+    reported and counted as 0; a negative one (a correction) subtracts."""
     cache = {} if cache is None else cache
     for e in store.list(layout.EXTEND_DIR):
         if e.key in cache:
             continue
         data = store.get(e.key)
         ext = None if data is None else records.try_decode(data, records.Extension, e.key)
-        cache[e.key] = max(0, ext.trials) if ext is not None else 0
-    return base + sum(cache.values())
+        cache[e.key] = ext.trials if ext is not None else 0
+    # A negative extension is an operator's correction (``launch --extend -N``); it never takes
+    # the budget below the launched one.
+    return max(base, base + sum(cache.values()))
 
 
 def read_forgiven(store: Store, cache: dict[str, records.Retry | None] | None = None) -> dict[int, int]:

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
-from testkit import ablator_cli, child_env
+from testkit import ablator_cli, child_env, put_claim
 
 from ablator import layout
-from ablator.errors import ExperimentTampered
+from ablator.errors import ConfigError, ExperimentTampered
 from ablator.store import open_store
 
 from .conftest import experiment, launch_toy
@@ -87,3 +87,40 @@ def test_an_edited_entry_is_refused_by_the_api(tmp_path: Path) -> None:
         launch_toy(str(store), exp, extend=1)
     st = open_store(store)
     assert st.get(layout.extension(0)) is None
+
+
+@pytest.mark.procs
+def test_a_budget_typo_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    env = child_env()
+    store = tmp_path / "store"
+    exp = experiment(design={"kind": "random", "trials": 10**23, "space": {"x": {"range": [0.0, 1.0]}}})
+    out = ablator_cli("launch", str(_write_yaml(tmp_path / "big.yaml", exp)), "--store", str(store), env=env)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "$.design.trials: at most 10,000,000" in out.stderr
+    assert not store.exists()
+    exp_file = _write_yaml(tmp_path / "exp.yaml", experiment())
+    out = ablator_cli("launch", str(exp_file), "--store", str(store), "--extend", "1000000000000000", env=env)
+    assert out.returncode == 1 and "at most 10,000,000 trials" in out.stderr and "Traceback" not in out.stderr
+    assert not (store / layout.EXPERIMENT).exists()  # validated before experiment.json was written
+    out = ablator_cli("launch", str(exp_file), "--store", str(store), "--extend", "1e23", env=env)
+    assert out.returncode != 0 and "Traceback" not in out.stderr and not (store / layout.EXPERIMENT).exists()
+
+
+def test_a_wrong_extension_can_be_taken_back(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    exp = experiment()  # 4 trials
+    assert launch_toy(store, exp).budget == 4
+    assert launch_toy(store, exp, extend=9_999_990).budget == 9_999_994
+    with pytest.raises(ConfigError, match="more than 10,000,000"):
+        launch_toy(store, exp, extend=7)
+    res = launch_toy(store, exp, extend=-9_999_988)  # meant --extend 2
+    assert res.budget == 6 and "took 9999988 trial(s) back" in res.message
+    # never below the launched budget, nor below the trials already started
+    with pytest.raises(ConfigError, match=r"at most --extend -2;"):
+        launch_toy(store, exp, extend=-3)
+    put_claim(open_store(store), 5)
+    with pytest.raises(ConfigError, match=r"6 trial\(s\) already started\), so nothing can be taken back"):
+        launch_toy(store, exp, extend=-1)
+    assert launch_toy(store, exp).budget == 6
+    with pytest.raises(ConfigError, match="--extend 0: the number of trials to add must be at least 1"):
+        launch_toy(store, exp, extend=0)
