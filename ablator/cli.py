@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Sequence
 
 from ablator import __version__
-from ablator.errors import AblatorError
+from ablator.errors import AblatorError, StoreError
 
 # Each subcommand is implemented by ``cli_<name>(args) -> int`` in the module named here, so that
 # ``ablator --help`` does not import torch and every part owns its own command.
@@ -151,11 +151,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_process_local_stores(args: argparse.Namespace) -> None:
+    """A ``memory://`` store given on the command line dies with this process: an agent would
+    find nothing, a trial's result would be gone on exit. Refuse it before anything runs
+    (``run --smoke`` uses one on purpose, by itself)."""
+    from ablator.store import process_local
+
+    for dest, flag in (("store", "STORE"), ("from_store", "--from")):
+        url = getattr(args, dest, None)
+        if isinstance(url, str) and process_local(url):
+            raise StoreError(
+                f"{flag} {url}: a memory store lives in one process and is gone when `ablator "
+                f"{args.command}` exits (no agent or other command can see it); use a folder "
+                "(e.g. ./runs/NAME) or s3://bucket/prefix"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     module_name = _COMMANDS[args.command][0]
     try:
+        _refuse_process_local_stores(args)
         module = importlib.import_module(module_name)
         handler = getattr(module, f"cli_{args.command}")
         return int(handler(args) or 0)

@@ -19,6 +19,15 @@ from ablator.store.trust import self_test
 _SUPPORTED = "a local path or file:// (local disk, NFS), s3://bucket/prefix, memory://name"
 
 
+def process_local(url: str | os.PathLike[str] | Store) -> bool:
+    """Whether ``url`` names a store that lives only inside this process (``memory://``): what a
+    command writes there is gone when it exits, and no other process (an agent, ``analyze``)
+    can see it."""
+    if isinstance(url, Store):
+        return url.url.startswith("memory://")
+    return urlparse(os.fspath(url)).scheme.lower() == "memory"
+
+
 def open_store(
     url: str | os.PathLike[str] | Store, *, read_only: bool = False, force: bool = False, **options: Any
 ) -> Store:
@@ -85,4 +94,4 @@ def _open(url: str | os.PathLike[str], *, read_only: bool, force: bool, **option
     )
 
 
-__all__ = ["Capabilities", "Entry", "Store", "open_store", "self_test"]
+__all__ = ["Capabilities", "Entry", "Store", "open_store", "process_local", "self_test"]

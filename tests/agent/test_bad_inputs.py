@@ -124,3 +124,27 @@ def test_a_wrong_extension_can_be_taken_back(tmp_path: Path) -> None:
     assert launch_toy(store, exp).budget == 6
     with pytest.raises(ConfigError, match="--extend 0: the number of trials to add must be at least 1"):
         launch_toy(store, exp, extend=0)
+
+
+@pytest.mark.procs
+def test_memory_stores_are_refused_where_they_cannot_outlive_the_process(tmp_path: Path) -> None:
+    env = child_env()
+    exp_file = str(_write_yaml(tmp_path / "exp.yaml", experiment()))
+    for args in (
+        ("launch", exp_file, "--store", "memory://x"),
+        ("run", exp_file, "--store", "memory://x"),
+        ("status", "memory://x"),
+        ("analyze", "memory://x"),
+        ("run", "--from", "memory://x", "--trial", "0"),
+    ):
+        out = ablator_cli(*args, env=env)
+        assert out.returncode == 1, (args, out.stderr)
+        assert "a memory store lives in one process" in out.stderr and "Traceback" not in out.stderr
+    agent = subprocess.run(
+        [sys.executable, "-m", "ablator.agent", "memory://x", "--cpu"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert agent.returncode == 1 and "a memory store lives in one process" in agent.stderr
