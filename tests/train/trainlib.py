@@ -212,6 +212,7 @@ def lightning_trial(config: TinyConfig, ctx: TrialContext) -> dict[str, float]:
     import tempfile
 
     import lightning as L
+    from lightning.pytorch.plugins.environments import LightningEnvironment
 
     m = config.model
     lr = config.train.optimizer.lr
@@ -263,6 +264,7 @@ def lightning_trial(config: TinyConfig, ctx: TrialContext) -> dict[str, float]:
         callbacks=[ToAblator()],
         accelerator="gpu" if ctx.device.type == "cuda" else "cpu",
         devices=1,
+        plugins=[LightningEnvironment()],  # one process, even on a host with Slurm (docs/engines.md)
     )
     with tempfile.TemporaryDirectory() as d:
         ckpt_path = None
