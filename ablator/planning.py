@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -224,6 +225,9 @@ def plan(
 
 
 _TEXT_LIMIT = 100
+_JSON_LIMIT = 1_000
+"""``plan --json`` lists at most this many trials unless ``--limit`` says otherwise (``shown``
+vs ``budget`` tells): resolving every trial of a 10-million-trial budget would take hours."""
 
 
 def cli_plan(args: Any) -> int:
@@ -232,8 +236,13 @@ def cli_plan(args: Any) -> int:
     limit = args.limit
     try:
         if args.json:
-            p = plan(args.experiment, overrides, limit=limit)
+            p = plan(args.experiment, overrides, limit=_JSON_LIMIT if limit is None else limit)
             print(p.to_json())
+            if len(p.trials) < p.budget and p.experiment.design.kind != "tpe":
+                print(
+                    f"ablator plan: {len(p.trials):,} of {p.budget:,} trials listed (--limit N lists more)",
+                    file=sys.stderr,
+                )
             return 0
         p = plan(args.experiment, overrides, limit=_TEXT_LIMIT if limit is None else limit)
     except ConfigError as exc:

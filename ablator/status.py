@@ -230,10 +230,18 @@ def _collect(store: Store, url: str, problems: list[str]) -> StatusReport:
                 )
     claimed = {st.index for st in states if st.status != "pending"}
     if budget is not None:
-        counts["pending"] += sum(1 for i in range(budget) if i not in grouped)
+        # counted from the trials that exist: O(trials run), not O(budget)
+        counts["pending"] += budget - sum(1 for i in grouped if i < budget)
         extra = sorted(i for i in claimed if i >= budget)
         if extra:
-            problems.append(f"{len(extra)} trial(s) at or beyond the budget {budget}: {extra[:10]}")
+            problems.append(
+                f"{len(extra)} trial(s) at or beyond the budget {budget}: {extra[:10]}"
+                + "; the budget is taken as at least "
+                f"{extra[-1] + 1}. An extension record listed as corrupt counts as 0 trials: restore it "
+                "from a backup, or move it aside and run `ablator launch EXP --store URL --extend N` with "
+                "its number of trials"
+            )
+            budget = extra[-1] + 1  # trials exist up to there: the budget was at least that
     finished = counts["done"] + counts["failed"] + counts["needs_repair"]
     waiting, version_warnings = _explain(store, spec, counts, agents, beats)
     return StatusReport(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,9 @@ class Context:
     """What every trial's state depends on besides its own records."""
 
     ablation: bool = False
+    #: trial index -> its variant by the design (an ablation's), for a trial whose claims do not
+    #: decode (a torn ``claim.e0000``): the trial keeps its place in the analysis
+    variant_of: Callable[[int], str | None] | None = None
     max_attempts: int = 3
     #: trial -> the highest epoch whose failure an operator's ``retry --failed`` forgave
     forgiven: Mapping[int, int] = field(default_factory=dict)
@@ -148,6 +151,8 @@ def read_trial(store: Store, index: int, ctx: Context) -> TrialData:
         variant = spec.variant or None
         row.update(seed=spec.seed, repeat=spec.repeat, config_hash=spec.config_hash)
         row.update({CONFIG_PREFIX + k: v for k, v in flatten(spec.config).items()})
+    if spec is None and ctx.variant_of is not None and kinds["claim"]:
+        variant = ctx.variant_of(index)  # the claim is corrupt (warned): the design says which variant
     if ctx.ablation and (spec is not None and variant in (None, "baseline")):
         variant = "baseline"  # '' and 'baseline' both name the ablation's baseline
     row["variant"] = variant

@@ -152,6 +152,11 @@ def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
         return pl.concat(frames, how="diagonal_relaxed")
 
 
+MAX_PENDING_ROWS = 100_000
+"""Never-started trials beyond this many get no row in ``Results.trials``: they are counted in
+``Results.unlisted_pending`` (readers scale with the trials that exist, not the budget)."""
+
+
 def _budget(experiment: dict[str, Any], extensions: int) -> int | None:
     """The trial budget when the design fixes one: explicit ``trials``, an ablation's
     (1 + variants) x repeats, or a grid of plain choices; plus ``launch --extend`` additions."""
@@ -172,7 +177,8 @@ def _budget(experiment: dict[str, Any], extensions: int) -> int | None:
                 return None  # ranges with steps, conditional spaces: the planner knows, not us
             size *= len(choices)
         base = size * repeats
-    return None if base is None else base + extensions
+    # a negative extension (``launch --extend -N``) is a correction: never below the launched budget
+    return None if base is None else max(base, base + extensions)
 
 
 # --- the public object -----------------------------------------------------------------------
@@ -203,6 +209,8 @@ class Results:
     config_columns: dict[str, str]
     budget: int | None
     info: LoadInfo
+    #: never-started trials of a budget too large to list one row each (``MAX_PENDING_ROWS``)
+    unlisted_pending: int = 0
 
     # -- what the experiment says ------------------------------------------------------------
     @property
@@ -317,6 +325,7 @@ class Results:
     def status_counts(self) -> dict[str, int]:
         """Trials per status, in ``reader.STATUSES`` order, zero counts left out."""
         counts = dict(self.trials.group_by("status").len().iter_rows())
+        counts["pending"] = counts.get("pending", 0) + self.unlisted_pending
         return {s: int(counts[s]) for s in reader.STATUSES if counts.get(s)}
 
     def effects(self, metric: str | None = None, **options: Any) -> Effects:
@@ -348,12 +357,18 @@ def make_results(
         rows = rows_frame([])
     present = set(rows["index"].to_list())
     variants = _variant_of(spec.experiment)
-    missing = [
-        {"index": i, "status": "pending", "variant": variants(i)}
-        for i in range(budget or 0)
-        if i not in present
-    ]
-    if missing:
+    n_missing = (budget or 0) - sum(1 for i in present if i < (budget or 0))
+    unlisted = 0
+    if n_missing > MAX_PENDING_ROWS:
+        # A huge budget with few trials run: one row per never-started index would cost memory
+        # and time in proportion to the budget. They are counted instead (status_counts).
+        unlisted = n_missing
+    elif n_missing:
+        missing = [
+            {"index": i, "status": "pending", "variant": variants(i)}
+            for i in range(budget or 0)
+            if i not in present
+        ]
         rows = _concat([rows, rows_frame(missing)])
     rows = rows.sort("index").with_columns(
         pl.lit(None, dtype=dtype).alias(name)
@@ -378,7 +393,7 @@ def make_results(
     history = history.join(lookup, on="trial", how="left", maintain_order="left").select(
         "trial", "variant", "step", "metric", "value"
     )
-    return Results(spec, trials, history, config_columns, budget, info)
+    return Results(spec, trials, history, config_columns, budget, info, unlisted_pending=unlisted)
 
 
 def _variant_of(experiment: dict[str, Any]) -> Callable[[int], str | None]:
@@ -506,13 +521,22 @@ def load(
         for trial, epoch in r.epochs.items():
             forgiven[trial] = max(forgiven.get(trial, -1), epoch)
     ctx = reader.Context(
+        variant_of=_variant_of(exp),
         ablation=design.get("kind") == "ablation",
         max_attempts=int(limits.get("max_attempts", 3)),
         forgiven=forgiven,
     )
     extensions = sum(e.trials for e in _records_under(reading, layout.EXTEND_DIR, records.Extension))
-    budget = None if private else _budget(exp, extensions)  # a private store runs single trials
+    if private:
+        budget = None  # a private store runs single trials
+    elif spec.budget is not None:  # what launch planned (the planner knows every design)
+        budget = max(spec.budget, spec.budget + extensions)
+    else:
+        budget = _budget(exp, extensions)
     indices = _trial_indices(reading)
+    if budget is not None and indices and indices[-1] >= budget:
+        # trials exist up to there (a corrupt extension counted as 0, warned): the budget was at least that
+        budget = indices[-1] + 1
 
     snaps: SnapshotCache | None = None
     loaded = None

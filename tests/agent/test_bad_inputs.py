@@ -17,7 +17,7 @@ from ablator import layout
 from ablator.errors import ConfigError, ExperimentTampered
 from ablator.store import open_store
 
-from .conftest import experiment, launch_toy
+from .conftest import experiment, launch_toy, status_json
 
 
 def _write_yaml(path: Path, exp: dict[str, Any]) -> Path:
@@ -148,3 +148,53 @@ def test_memory_stores_are_refused_where_they_cannot_outlive_the_process(tmp_pat
         timeout=120,
     )
     assert agent.returncode == 1 and "a memory store lives in one process" in agent.stderr
+
+
+@pytest.mark.procs
+def test_corrupt_claim_and_extension_records_keep_the_numbers_right(
+    tmp_path: Path, agents: Any, agent_env: dict[str, str]
+) -> None:
+    store = tmp_path / "store"
+    exp = experiment(design={"kind": "ablation", "ablations": {"big": {"x": 5.0}}, "repeats": 2})
+    launch_toy(str(store), exp, extend=2)  # 4 trials + 2
+    assert agents(str(store)).wait(120) == 0
+    (store / layout.claim(0, 0)).write_bytes(b"\x00torn")  # the baseline's only claim
+    (store / layout.trial_summary(0)).unlink()  # analysis reads the trial's records, not its summary
+    (store / layout.extension(0)).write_bytes(b"\x00torn")
+    out = ablator_cli("analyze", str(store), "--json", env=agent_env)
+    assert out.returncode == 0, out.stderr
+    assert "claim.e0000" in out.stderr and "extend/0000.msgpack" in out.stderr  # both warned
+    report = json.loads(out.stdout)
+    assert report["trials"] == 6 and report["budget"] == 6
+    baseline = next(lv for lv in report["effects"]["levels"] if lv["level"] == "baseline")
+    assert baseline["n"] == 3 and report["effects"]["n_used"] == 6
+    st = status_json(str(store), agent_env)
+    assert st["progress"]["finished"] == 6 and st["progress"]["total"] == 6
+    problems = "\n".join(st["problems"])
+    assert "extend/0000.msgpack" in problems and "counts as 0 trials" in problems
+
+
+@pytest.mark.procs
+def test_readers_scale_with_the_trials_run_not_the_budget(tmp_path: Path, agent_env: dict[str, str]) -> None:
+    from ablator.analysis import load
+    from ablator.train.run import run
+
+    budget = 10_000_000
+    exp = experiment(design={"kind": "random", "trials": budget, "space": {"x": {"range": [0.0, 1.0]}}})
+    exp_file = _write_yaml(tmp_path / "exp.yaml", exp)
+    store = tmp_path / "store"
+    launch_toy(str(store), exp)
+    for i in (0, 7):
+        assert run(exp_file, store=str(store), trial=i, progress=False).status == "completed"
+    res = load(str(store), cache=False)
+    assert res.trials.height == 2 and res.unlisted_pending == budget - 2  # no row per pending index
+    assert res.status_counts() == {"completed": 2, "pending": budget - 2}
+    st = status_json(str(store), agent_env)
+    assert st["counts"]["pending"] == budget - 2 and st["progress"]["total"] == budget
+    out = ablator_cli("analyze", str(store), "--json", env=agent_env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == {"completed": 2, "pending": budget - 2}
+    out = ablator_cli("plan", str(exp_file), "--json", env=agent_env)
+    plan = json.loads(out.stdout)
+    assert out.returncode == 0 and plan["budget"] == budget and plan["shown"] == len(plan["trials"]) == 1_000
+    assert "1,000 of 10,000,000 trials listed" in out.stderr
