@@ -24,6 +24,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("ablator.ops", "create the experiment in a store (or --extend its budget)"),
     "agent": ("ablator.agent", "run trials from a store on this machine's GPUs or CPU"),
     "status": ("ablator.status", "trial counts, agents and progress of a store"),
+    "trials": ("ablator.trials", "list trials: state, variant or parameters, metric, attempts, errors"),
+    "logs": ("ablator.trials", "show a trial's logs and tracebacks (every attempt, or --attempt N)"),
     "stop": ("ablator.ops", "ask every agent to release or finish its trials and exit"),
     "retry": ("ablator.ops", "make failed trials retryable again"),
     "gc": ("ablator.ops", "delete checkpoints no longer needed (keeps best and last per trial)"),
@@ -83,6 +85,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="store URL")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--check", action="store_true", help="run the store self-test and report its capabilities")
+
+    p.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=5.0,
+        default=None,
+        metavar="SECONDS",
+        help="print the status again every SECONDS (default 5) until Ctrl-C",
+    )
+
+    p = add("trials")
+    p.add_argument("store", help="store URL")
+    p.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        metavar="STATE",
+        help="only trials in STATE (pending, running, done, failed, retryable, released, orphaned, "
+        "needs_repair, or a result status such as completed or pruned); repeatable or comma-separated",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("logs")
+    p.add_argument("store", help="store URL")
+    p.add_argument("trial", type=int, help="trial index (see `ablator trials STORE`)")
+    p.add_argument("--attempt", type=int, default=None, metavar="N", help="only attempt N (counted from 1)")
+    p.add_argument(
+        "--follow", action="store_true", help="keep printing the log as it grows until the trial finishes"
+    )
 
     p = add("stop")
     p.add_argument("store", help="store URL")

@@ -163,6 +163,7 @@ _TRIAL_RE = re.compile(rf"^{TRIALS_DIR}({_TRIAL_NAME})/")
 _TRIAL_DIR_RE = re.compile(rf"^{_TRIAL_NAME}$")
 _RECORD_RE = re.compile(r"^(claim|attempt|release|failed)\.e(\d+)\.msgpack$")
 _EPOCH_STEP_RE = re.compile(r"^e(\d+)-s(\d+)\.(msgpack|pt)$")
+_LOG_RE = re.compile(r"^logs/e(\d+)\.txt$")
 
 
 def parse_trial(key: str) -> int | None:
@@ -191,6 +192,15 @@ def parse_epoch_step(name: str) -> tuple[int, int] | None:
     """``e0001-s00000120.pt`` (or ``.msgpack``) -> (1, 120); other names -> None."""
     m = _EPOCH_STEP_RE.match(name)
     return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def parse_log(index: int, key: str) -> int | None:
+    """``trials/<index>/logs/e0002.txt`` -> 2 (the epoch whose log it is); other keys -> None."""
+    prefix = trial_dir(index)
+    if not key.startswith(prefix):
+        return None
+    m = _LOG_RE.match(key[len(prefix) :])
+    return int(m.group(1)) if m else None
 
 
 _SNAPSHOT_RE = re.compile(r"^(\d{8})-([0-9a-f]{64})\.msgpack$")

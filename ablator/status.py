@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import secrets
 import sys
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,6 +29,7 @@ from ablator.errors import AblatorError, ExperimentTampered, StoreError
 from ablator.lease import LeaseLimits, TrialState, group_by_trial, read_budget, read_forgiven, read_trial
 from ablator.spec import decode_spec, verify_hash
 from ablator.store import Capabilities, Store, open_store
+from ablator.trials import RunningTrial, running_trials
 
 #: Slack for the store clock's resolution (S3 LastModified has whole seconds).
 CLOCK_SLACK_S = 1.0
@@ -79,6 +81,7 @@ class StatusReport(msgspec.Struct, kw_only=True):
     check: dict[str, Any] | None = None
     waiting: list[str] = []  # why takeable trials are not running (no agent, no GPU, stopped, ...)
     warnings: list[str] = []  # e.g. agents on different torch/CUDA versions
+    running_trials: list[RunningTrial] = []  # progress of each running trial
 
 
 def _store_now(store: Store, url: str) -> tuple[float | None, str]:
@@ -101,6 +104,16 @@ def _store_now(store: Store, url: str) -> tuple[float | None, str]:
     return entry.mtime, "store"
 
 
+def limits_of(spec: records.ExperimentSpec | None) -> LeaseLimits:
+    """The experiment's lease limits (the defaults where it has none or they do not parse)."""
+    if spec is not None:
+        lim = spec.experiment.get("limits")
+        if isinstance(lim, dict):
+            with contextlib.suppress(AblatorError, TypeError, ValueError):
+                return LeaseLimits.from_limits(_Obj(lim))
+    return LeaseLimits()
+
+
 def _base_budget(spec: records.ExperimentSpec | None) -> tuple[int | None, str | None]:
     if spec is None:
         return None, "no experiment.json: budget unknown"
@@ -116,19 +129,25 @@ def _base_budget(spec: records.ExperimentSpec | None) -> tuple[int | None, str |
 
 def collect(store: Store, *, url: str | None = None) -> StatusReport:
     """Read the store once and judge every trial and agent (see the module docstring)."""
+    return collect_trials(store, url=url)[0]
+
+
+def collect_trials(store: Store, *, url: str | None = None) -> tuple[StatusReport, list[TrialState]]:
+    """:func:`collect`, and the state of every trial with records (by index), judged the same
+    way: what ``ablator trials`` lists."""
     problems: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", records.CorruptRecordWarning)
-        report = _collect(store, url or store.url, problems)
+        report, states = _collect(store, url or store.url, problems)
     for w in caught:
         msg = str(w.message)
         if msg not in problems:
             problems.append(msg)
     report.problems = problems
-    return report
+    return report, states
 
 
-def _collect(store: Store, url: str, problems: list[str]) -> StatusReport:
+def _collect(store: Store, url: str, problems: list[str]) -> tuple[StatusReport, list[TrialState]]:
     raw = store.get(layout.EXPERIMENT)
     spec: records.ExperimentSpec | None = None
     if raw is not None:
@@ -139,12 +158,7 @@ def _collect(store: Store, url: str, problems: list[str]) -> StatusReport:
             problems.append(str(exc))  # status still reports the trials; every other reader refuses
         except AblatorError as exc:
             problems.append(str(exc))
-    limits = LeaseLimits()
-    if spec is not None:
-        lim = spec.experiment.get("limits")
-        if isinstance(lim, dict):
-            with contextlib.suppress(AblatorError, TypeError, ValueError):
-                limits = LeaseLimits.from_limits(_Obj(lim))
+    limits = limits_of(spec)
     base, why = _base_budget(spec)
     if why:
         problems.append(why)
@@ -244,7 +258,12 @@ def _collect(store: Store, url: str, problems: list[str]) -> StatusReport:
             budget = extra[-1] + 1  # trials exist up to there: the budget was at least that
     finished = counts["done"] + counts["failed"] + counts["needs_repair"]
     waiting, version_warnings = _explain(store, spec, counts, agents, beats)
-    return StatusReport(
+    finished_steps = [st.result.steps for st in states if st.result is not None and st.result.steps]
+    running_view = running_trials(
+        store, states, experiment=spec.experiment if spec is not None else None, finished_steps=finished_steps
+    )
+    report = StatusReport(
+        running_trials=running_view,
         waiting=waiting,
         warnings=version_warnings,
         store=url,
@@ -263,6 +282,7 @@ def _collect(store: Store, url: str, problems: list[str]) -> StatusReport:
         orphaned=[st.index for st in states if st.status == "orphaned"],
         running=[st.index for st in states if st.status == "running"],
     )
+    return report, states
 
 
 def _explain(
@@ -367,7 +387,9 @@ def render(report: StatusReport) -> str:
     dead = sum(1 for a in report.agents if a.live is False)
     clock = "ages by the store's clock" if report.clock == "store" else f"liveness {report.clock}"
     lines.append(f"agents      {live} live, {dead} dead or exited, {len(report.agents)} in all ({clock})")
-    for a in report.agents:
+    shown = [a for a in report.agents if not _folded(a)]
+    folded = [a for a in report.agents if _folded(a)]
+    for a in shown:
         if a.corrupt:
             lines.append(f"  {a.agent_id:<36} corrupt heartbeat  {_fmt_age(a.age_s)}")
             continue
@@ -377,12 +399,23 @@ def render(report: StatusReport) -> str:
         if a.state == "draining" and a.live:
             status = "draining"
         gpus = f"{len(a.gpus)} GPU ({', '.join(sorted(set(a.gpus)))})" if a.gpus else "CPU"
-        held = ", ".join(f"{t}" + (f" (e{e})" if e else "") for t, e in a.held) or "-"
         lines.append(
-            f"  {a.agent_id:<36} {status:<8} {a.host:<16} {gpus:<24} heartbeat {_fmt_age(a.age_s):<14} held: {held}"
+            f"  {a.agent_id:<36} {status:<8} {a.host:<16} {gpus:<24} heartbeat {_fmt_age(a.age_s):<14} "
+            + holdings(a.held, exited=a.state == "exited")
         )
         for why in a.out_of_service:
             lines.append(f"  {'':<36} out of service: {why}")
+    if folded:
+        hosts = sorted({a.host for a in folded if a.host})
+        lines.append(
+            f"  ... and {len(folded)} agent(s) exited or dead more than {FOLD_AFTER_S / 60:.0f} min ago"
+            + (f" (on {', '.join(hosts[:5])}{', ...' if len(hosts) > 5 else ''})" if hosts else "")
+            + ": `status --json` lists them"
+        )
+    if report.running_trials:
+        lines.append(f"running     {len(report.running_trials)} trial(s)")
+        for r in report.running_trials:
+            lines.append("  " + running_line(r))
     if report.orphaned:
         lines.append(
             f"orphaned    trials {_short(report.orphaned)} (holder dead or not listing them: an agent that "
@@ -407,6 +440,56 @@ def render(report: StatusReport) -> str:
         for n in report.check.get("notes") or []:
             lines.append(f"  note           {n}")
     return "\n".join(lines)
+
+
+#: Agents that exited or died longer ago than this are folded into one line of ``status``.
+FOLD_AFTER_S = 600.0
+
+
+def _folded(a: AgentStatus) -> bool:
+    gone = a.state == "exited" or a.live is False
+    return gone and a.age_s is not None and a.age_s > FOLD_AFTER_S
+
+
+def holdings(held: list[tuple[int, int]], *, exited: bool = False) -> str:
+    """``holds trial 0``, ``holds trials 0, 3 (attempt 2)``, ``holds nothing``."""
+    if not held:
+        return "holds nothing" if not exited else ""
+    parts = [f"{t}" + (f" (attempt {e + 1})" if e else "") for t, e in held]
+    return f"holds trial{'s' if len(held) > 1 else ''} " + ", ".join(parts)
+
+
+def _fmt_seconds(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.1f}min"
+    return f"{s / 3600:.1f}h"
+
+
+def running_line(r: RunningTrial) -> str:
+    """One running trial: ``trial 3  variant no_dropout  step 120/400  score 0.81  2.0 steps/s
+    ETA 2.5min  on box-1``."""
+    parts = [f"trial {r.index:<5}"]
+    if r.variant:
+        parts.append(f"variant {r.variant}")
+    if r.step is None:
+        parts.append("no step reported yet")
+    else:
+        total = f"/{'~' if r.total_estimated else ''}{r.total}" if r.total is not None else ""
+        parts.append(f"step {r.step}{total}")
+    if r.metric is not None and r.value is not None:
+        parts.append(f"{r.metric} {r.value:.4g}")
+    if r.rate:
+        parts.append(f"{r.rate:.3g} steps/s")
+    if r.eta_s is not None:
+        parts.append(f"ETA {'~' if r.total_estimated else ''}{_fmt_seconds(r.eta_s)}")
+    if r.epoch:
+        parts.append(f"attempt {r.epoch + 1}")
+    where = r.host or (r.holder or "")
+    if where:
+        parts.append(f"on {where}")
+    return "  ".join(parts)
 
 
 def _short(items: list[int], n: int = 20) -> str:
@@ -436,17 +519,42 @@ def cli_status(args: argparse.Namespace) -> int:
     exists = store.get(layout.EXPERIMENT) is not None or store.list_dirs("")
     if not exists:
         raise StoreError(f"status {url}: no experiment here (no {layout.EXPERIMENT}, nothing stored)")
-    report = collect(store, url=store.url)
-    ok = True
-    if getattr(args, "check", False):
-        caps = run_check(store, url)
-        report.check = msgspec.to_builtins(caps)
-        ok = caps.self_test == "passed" or caps.self_test.startswith("not run")
-    if getattr(args, "json", False):
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() + "\n")
-    else:
-        print(render(report))
-    return 0 if ok else 1
+    watch = getattr(args, "watch", None)
+    while True:
+        report = collect(store, url=store.url)
+        ok = True
+        if getattr(args, "check", False):
+            caps = run_check(store, url)
+            report.check = msgspec.to_builtins(caps)
+            ok = caps.self_test == "passed" or caps.self_test.startswith("not run")
+        if getattr(args, "json", False):
+            out = msgspec.json.format(msgspec.json.encode(report), indent=2).decode()
+        else:
+            out = render(report)
+        if watch is None:
+            print(out)
+            return 0 if ok else 1
+        # --watch: a terminal is redrawn in place; a pipe gets one report after another (a
+        # timestamped separator between them), so that a log of it reads in order.
+        if sys.stdout.isatty():
+            sys.stdout.write("\x1b[H\x1b[2J")
+        else:
+            sys.stdout.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} (every {watch:g}s; Ctrl-C stops)\n")
+        sys.stdout.write(out + "\n")
+        sys.stdout.flush()
+        time.sleep(watch)
 
 
-__all__ = ["AgentStatus", "Progress", "StatusReport", "cli_status", "collect", "render", "run_check"]
+__all__ = [
+    "AgentStatus",
+    "Progress",
+    "StatusReport",
+    "cli_status",
+    "collect",
+    "collect_trials",
+    "holdings",
+    "limits_of",
+    "render",
+    "run_check",
+    "running_line",
+]

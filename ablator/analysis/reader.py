@@ -166,12 +166,14 @@ def read_trial(store: Store, index: int, ctx: Context) -> TrialData:
         for e in kinds["claim"]
         if e > 0 and (e - 1) not in kinds["failed"] and (e - 1) not in kinds["release"]
     )
+    lost = False  # the newest failure is a "lost" one: final (DESIGN.md)
     if kinds["failed"]:
-        last = max(kinds["failed"])
-        failure = _decode(view, layout.failed(index, last), records.Failure)
-        if failure is not None:
-            first_line = failure.message.strip().splitlines()[0] if failure.message.strip() else ""
-            row["error"] = f"{failure.kind}: {first_line}"[:300]
+        failures = [_decode(view, layout.failed(index, e), records.Failure) for e in sorted(kinds["failed"])]
+        error = failure_summary([f for f in failures if f is not None])
+        if error:
+            row["error"] = error
+        last = failures[-1]
+        lost = last is not None and last.kind == "lost"
 
     result = _decode(view, layout.result(index), records.Result) if has_result else None
     data = TrialData(index, row, done=result is not None)
@@ -187,7 +189,7 @@ def read_trial(store: Store, index: int, ctx: Context) -> TrialData:
         row.update({BEST_PREFIX + k: _float(v) for k, v in result.best.items()})
         data.result_nonce = result.nonce
     else:
-        epoch = _state(index, kinds, ctx, row)
+        epoch = _state(index, kinds, ctx, row, lost=lost)
         if has_result:
             # A result file that does not decode: the trial finished, but its outcome is lost.
             # Never shown as running (nothing will rerun it): `status` calls it "needs repair".
@@ -217,6 +219,36 @@ def read_trial(store: Store, index: int, ctx: Context) -> TrialData:
                 segs = lineage.segments(view, index, tip)  # memoised reads: no extra round trips
                 row["duration_s"], row["setup_s"] = attempt_times(canonical, segs, result.duration_s)
     return data
+
+
+#: At most this many characters of a trial's error summary (a table cell, not a log).
+ERROR_CHARS = 300
+
+
+def failure_summary(failures: list[records.Failure]) -> str:
+    """Every attempt's error in one line, the first attempt's first: the root cause (a later
+    attempt often fails *because* of the first, e.g. while resuming, and would hide it). Each is
+    ``kind: first line of the message``; an attempt that failed like the one before adds nothing.
+    Attempts are numbered from 1 when they differ: ``exception: RuntimeError: boom (attempt 1);
+    then exception: ... (attempt 2)``."""
+    parts: list[tuple[str, list[int]]] = []
+    for f in sorted(failures, key=lambda f: f.epoch):
+        text = f.message.strip()
+        line = f"{f.kind}: {text.splitlines()[0] if text else ''}".rstrip()
+        if parts and parts[-1][0] == line:
+            parts[-1][1].append(f.epoch + 1)
+        else:
+            parts.append((line, [f.epoch + 1]))
+    if len(parts) <= 1:
+        return parts[0][0][:ERROR_CHARS] if parts else ""
+
+    def which(epochs: list[int]) -> str:
+        if len(epochs) == 1:
+            return f"attempt {epochs[0]}"
+        return f"attempts {', '.join(map(str, epochs))}"
+
+    summary = "; then ".join(f"{line} ({which(eps)})" for line, eps in parts)
+    return summary[: ERROR_CHARS * 2]
 
 
 def attempt_times(
@@ -256,7 +288,9 @@ def _float(value: Any) -> float:
         return math.nan
 
 
-def _state(index: int, kinds: dict[str, set[int]], ctx: Context, row: dict[str, Any]) -> int | None:
+def _state(
+    index: int, kinds: dict[str, set[int]], ctx: Context, row: dict[str, Any], *, lost: bool
+) -> int | None:
     """Set ``row["status"]`` of a trial without a result; return its newest epoch."""
     epochs = kinds["claim"] | kinds["attempt"] | kinds["failed"] | kinds["release"]
     if not epochs:
@@ -266,7 +300,6 @@ def _state(index: int, kinds: dict[str, set[int]], ctx: Context, row: dict[str, 
     if newest in kinds["failed"]:
         forgiven = ctx.forgiven.get(index, -1)
         counted = sum(1 for e in kinds["failed"] if e > forgiven)
-        lost = str(row.get("error", "")).startswith("lost:")
         row["status"] = "failed" if lost or counted >= ctx.max_attempts else "retrying"
     elif newest in kinds["release"]:
         row["status"] = "released"
@@ -286,4 +319,13 @@ def _history(data: TrialData, rows: list[records.MetricRow]) -> None:
             add_value(value)
 
 
-__all__ = ["DONE_STATUSES", "STATUSES", "Context", "TrialData", "attempt_times", "flatten", "read_trial"]
+__all__ = [
+    "DONE_STATUSES",
+    "STATUSES",
+    "Context",
+    "TrialData",
+    "attempt_times",
+    "failure_summary",
+    "flatten",
+    "read_trial",
+]

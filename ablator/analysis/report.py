@@ -217,7 +217,7 @@ def _failures(res: Results) -> list[Block]:
     more = [Block("p", f"... and {bad.height - 30} more.")] if bad.height > 30 else []
     return [
         Block("h2", "Failures"),
-        _table(["trial", "status", "failures", "takeovers", "last error"], rows),
+        _table(["trial", "status", "failures", "takeovers", "errors (first attempt first)"], rows),
         *more,
     ]
 

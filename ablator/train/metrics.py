@@ -58,7 +58,9 @@ class MetricWriter:
         if step <= self.flushed_step:
             raise AblatorError(
                 f"trial {self.trial}: metrics for step {step} reported after step {self.flushed_step} was "
-                "checkpointed or flushed; report a step's metrics before saving its checkpoint"
+                "checkpointed or flushed; report a step's metrics before saving its checkpoint, and in "
+                "a resumed attempt continue after the checkpoint's step: `loaded = ctx.load_checkpoint()`; "
+                "when it is not None, `state, start = loaded` and report steps start + 1, start + 2, ..."
             )
         vals = {str(k): float(v) for k, v in values.items()}
         self.rows.append(records.MetricRow(step=step, values=vals, time=time.monotonic() - self.origin))
