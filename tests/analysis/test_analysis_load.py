@@ -401,3 +401,31 @@ def test_corrupt_or_foreign_summaries_fall_back_to_the_records(tmp_path: Path) -
         res = load(tmp_path / "s", cache=False), load(tmp_path / "s")
     assert res[1].info.from_summaries == 1  # trial 2; 0 is corrupt, 1 of a format it does not know
     assert res[1].trials.equals(res[0].trials) and res[1].history.equals(res[0].history)
+
+
+def test_every_attempts_error_root_cause_first(tmp_path: Path) -> None:
+    """A resumed attempt that fails because of the first failure must not hide it: the error
+    column lists the first attempt's error first, then each different one; repeats fold."""
+    from ablator.analysis import write_report
+
+    b = StoreBuilder(open_store(tmp_path / "s"), ablation_experiment(repeats=1))
+    b.finished(0, {}, 0.9)
+    b.claim(1, 0, b.spec_for(1, {}))
+    b.failed(1, 0, message="RuntimeError: CUDA error: an illegal memory access\nTraceback ...")
+    b.claim(1, 1)
+    b.failed(1, 1, message="AblatorError: trial 1: metrics for step 3 reported after step 4 was checkpointed")
+    b.claim(1, 2)
+    b.failed(1, 2, message="AblatorError: trial 1: metrics for step 3 reported after step 4 was checkpointed")
+    b.claim(2, 0, b.spec_for(2, {}))
+    b.failed(2, 0, kind="stalled", message="no step for 60 s")
+    res = load(tmp_path / "s", cache=False)
+    row = res.trials.row(1, named=True)
+    assert row["status"] == "failed" and row["failures"] == 3
+    assert row["error"] == (
+        "exception: RuntimeError: CUDA error: an illegal memory access (attempt 1); then exception: "
+        "AblatorError: trial 1: metrics for step 3 reported after step 4 was checkpointed (attempts 2, 3)"
+    )
+    assert res.trials.row(2, named=True)["error"] == "stalled: no step for 60 s"  # one attempt: as before
+    md = write_report(res, tmp_path / "out").markdown.read_text()
+    assert "errors (first attempt first)" in md
+    assert "RuntimeError: CUDA error: an illegal memory access (attempt 1); then" in md

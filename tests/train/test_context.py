@@ -105,8 +105,10 @@ def test_report_after_the_checkpoint_of_its_step_is_an_error(store: Store) -> No
         ctx.report(5, {"val_accuracy": 1.0})
         return {}
 
-    with pytest.raises(AblatorError, match="step 5 reported after step 5 was checkpointed"):
+    with pytest.raises(AblatorError, match="step 5 reported after step 5 was checkpointed") as info:
         run_fn(store, late, T.spec_for(T.tiny_config()))
+    # ... and says how a resumed attempt continues: after the step load_checkpoint returned.
+    assert "ctx.load_checkpoint()" in str(info.value) and "start + 1" in str(info.value)
 
 
 def test_early_stopping_and_divergence_set_should_stop(store: Store) -> None:
