@@ -184,6 +184,11 @@ class Heartbeat(Record, frozen=True, kw_only=True):
     # find takeable trials without a sweep. The trial's own records decide; this only says where
     # to look.
     released: list[tuple[int, int]] = []
+    # Which process on which machine (``lease.identity``): an observer with the same boot and
+    # pid namespace knows at once when the process (pid + start time) is gone.
+    boot_id: str = ""
+    pid_ns: str = ""
+    start_ticks: int | None = None
 
 
 # --- trials --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ablator import layout, records
 from ablator.errors import ConfigError, LeaseLost, StoreError
+from ablator.lease import identity
 from ablator.lease.frontier import DEFAULT_BLOCK, Frontier
 from ablator.lease.limits import LeaseLimits
 from ablator.lease.liveness import Liveness
@@ -31,6 +32,7 @@ from ablator.lease.state import (
     read_trial,
 )
 from ablator.store.base import Entry, Store
+from ablator.store.clock import StoreClock
 
 #: Above this many trials of unknown state a sweep lists ``trials/`` once instead of per trial.
 BULK_LIST_THRESHOLD = 32
@@ -262,6 +264,9 @@ class Claimer:
         self.rng = rng or random.Random(secrets.randbits(64))
         self.clock = membership.clock
         self.liveness = Liveness(self.limits.lease_seconds, self.clock)
+        # Ages of heartbeats and claims at first sight, on the store's clock: an observer that
+        # arrives late need not wait a lease of its own watching (probed at most once a lease).
+        self.store_clock = StoreClock(store, every_s=self.limits.lease_seconds)
         # Where a stat is cheap (local disk, NFS, memory) a sweep asks each unknown trial for
         # its result first (a few microseconds); on an object store one listing of trials/
         # (a request per 1000 keys) beats a request per trial.
@@ -411,7 +416,9 @@ class Claimer:
             if (trial, epoch) in set(self.membership.held()):
                 return False
             self._refresh_agent(holder)
-        return self.liveness.claim_orphaned(trial, epoch, holder)
+        age = self.store_clock.age(entry.mtime)
+        since = None if age is None else self.clock() - age
+        return self.liveness.claim_orphaned(trial, epoch, holder, since=since)
 
     def _refresh_agent(self, agent_id: str) -> None:
         # A verdict must rest on a read younger than the holder's fence margin (2 x heartbeat):
@@ -425,10 +432,11 @@ class Claimer:
         if stale_body or self.liveness.needs_read(agent_id, hb_s / 2):
             key = layout.agent(agent_id)
             data = self.store.get(key)
-            self.liveness.observe(
-                agent_id, None if data is None else records.try_decode(data, records.Heartbeat, key)
-            )
+            hb = None if data is None else records.try_decode(data, records.Heartbeat, key)
+            self.liveness.observe(agent_id, hb)
             self._body_entry[agent_id] = self._hb_entry.get(agent_id)
+            if hb is not None:
+                self._check_gone(agent_id, hb)
 
     def _maybe_scan(self) -> None:
         """Look at every agent's heartbeat (at most once per heartbeat interval): starts liveness
@@ -460,8 +468,10 @@ class Claimer:
             if v is None or not fine:
                 if self._hb_entry.get(agent_id) != sig:
                     self._hb_entry[agent_id] = sig
-                    self._hb_since[agent_id] = now
-                must.append((agent_id, e.key, False, fine))
+                    # First sight: the heartbeat was written this long ago, by the store's clock.
+                    age = self.store_clock.age(e.mtime) if v is None else None
+                    self._hb_since[agent_id] = now - (age or 0.0)
+                must.append((agent_id, e.key, False, fine or v is None))
                 continue
             if self._hb_entry.get(agent_id) != sig:
                 # It wrote since we last looked: a renewal, first seen now.
@@ -472,6 +482,7 @@ class Claimer:
                 optional.append((v.body_read_at, self.rng.random(), agent_id, e.key))
                 continue
             self.liveness.unchanged(agent_id)
+            self._check_gone(agent_id, v.heartbeat)
             if self.liveness.is_dead(agent_id):
                 if self._body_entry.get(agent_id) != sig:
                     must.append((agent_id, e.key, True, True))  # its last word: read once
@@ -491,10 +502,11 @@ class Claimer:
             if hb is None:
                 self._hb_entry.pop(agent_id, None)
                 continue
+            self._check_gone(agent_id, hb)
             for t, ep in hb.released:
                 if (t, ep) not in self._hinted:
                     self._hinted.add((t, ep))
-                    self._check_at.setdefault(t, now)
+                    self._check_at[t] = min(self._check_at.get(t, now), now)  # now, not a lease on
             # A trial that left a live agent's held list finished, failed or was released:
             # look at it now. (Running trials held and listed by live agents are otherwise not
             # re-read: the heartbeats say all there is to say about them.)
@@ -509,12 +521,19 @@ class Claimer:
                 live += 1
         self._n_live = live
 
+    def _check_gone(self, agent_id: str, hb: records.Heartbeat) -> None:
+        """An agent of this very machine (same boot, same pid namespace) whose process (pid and
+        start time) no longer exists is dead at once: no need to wait a lease."""
+        if hb.state != "exited" and identity.dead_here(hb.boot_id, hb.pid_ns, hb.pid, hb.start_ticks):
+            self.liveness.mark_gone(agent_id)
+
     def _hint_dead(self, agent_id: str, hb: records.Heartbeat, now: float) -> None:
         """A dead agent's held trials are the ones to look at (once each)."""
         for t, ep in hb.held:
             if (t, ep) not in self._hinted:
                 self._hinted.add((t, ep))
-                self._check_at.setdefault(t, now)
+                # Now: a running trial's re-check may be scheduled a lease away.
+                self._check_at[t] = min(self._check_at.get(t, now), now)
         if hb.state == "exited":
             self._exited.add(agent_id)  # its last word: no need to read it again
 

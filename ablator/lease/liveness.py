@@ -30,6 +30,7 @@ class AgentView:
     state: str
     heartbeat: records.Heartbeat
     body_read_at: float = -math.inf  # last time the body itself was read (not only its listing)
+    gone: bool = False  # known dead for certain (its process is gone from this very machine)
 
 
 class Liveness:
@@ -51,7 +52,7 @@ class Liveness:
         self.agents: dict[str, AgentView] = {}
         self._missing: dict[str, float] = {}  # agent -> last read that found no valid heartbeat
         self._unlisted: dict[tuple[int, int], float] = {}
-        self._unknown: dict[tuple[int, int], float] = {}
+        self._claims: dict[tuple[int, int], float] = {}  # (trial, epoch) -> first sight of the claim
 
     def observe(self, agent_id: str, hb: records.Heartbeat | None, *, since: float | None = None) -> None:
         """Record a read of ``agent_id``'s heartbeat (None: absent or corrupt). ``since``: the
@@ -69,6 +70,8 @@ class Liveness:
         elif prev is not None and since is not None:
             # Never later than now, never earlier than the last sign of life we timed.
             first = min(now, max(since, prev.first_seen))
+        elif since is not None:
+            first = min(now, since)  # a first sight, aged on the store's clock
         else:
             first = now
         self.agents[agent_id] = AgentView(
@@ -82,6 +85,7 @@ class Liveness:
             state=hb.state,
             heartbeat=hb,
             body_read_at=now,
+            gone=prev.gone if prev is not None and prev.counter == hb.counter else False,
         )
 
     def renewed(self, agent_id: str) -> bool:
@@ -112,27 +116,41 @@ class Liveness:
         last = v.read_at if v is not None else self._missing.get(agent_id)
         return last is None or self.clock() - last > max_age
 
+    def mark_gone(self, agent_id: str) -> None:
+        """``agent_id``'s process is known to be gone (same machine, its pid and start time no
+        longer exist): dead at once, its claims takeable at once."""
+        v = self.agents.get(agent_id)
+        if v is not None:
+            v.gone = True
+
     def is_dead(self, agent_id: str) -> bool | None:
         """True: dead or exited; False: alive; None: never seen (or no valid heartbeat)."""
         v = self.agents.get(agent_id)
         if v is None:
             return None
-        return v.state == "exited" or self.clock() - v.first_seen >= v.lease_s
+        return v.state == "exited" or v.gone or self.clock() - v.first_seen >= v.lease_s
 
-    def claim_orphaned(self, trial: int, epoch: int, holder: str | None) -> bool:
-        """Whether the claim (trial, epoch) by ``holder`` (None: unknown) may be taken over."""
+    def claim_orphaned(self, trial: int, epoch: int, holder: str | None, since: float | None = None) -> bool:
+        """Whether the claim (trial, epoch) by ``holder`` (None: unknown) may be taken over.
+        ``since``: when the claim was made, on this clock, if known (its age on the store's
+        clock); else it is timed from this first sight.
+
+        A claim is timed by itself too: short of an exited or gone holder, it is never taken
+        within a lease of its own making, whatever its holder's heartbeat says (a holder whose
+        heartbeats fail while its claims succeed fences each claim a lease - 2 heartbeats after
+        making it)."""
         now = self.clock()
         key = (trial, epoch)
+        first_claim = self._claims.setdefault(key, now if since is None else min(now, since))
         v = self.agents.get(holder) if holder is not None else None
+        lease = v.lease_s if v is not None else self.default_lease_s
+        claim_old = now - first_claim >= lease
         if v is None:
-            # Holder unknown: time the claim itself from our first sight of it.
-            first = self._unknown.setdefault(key, now)
-            return now - first >= self.default_lease_s
-        self._unknown.pop(key, None)
-        if v.state == "exited":
-            return True  # an exited agent holds nothing (it fenced everything before its last beat)
+            return claim_old  # holder unknown: the claim's own age decides
+        if v.state == "exited" or v.gone:
+            return True  # it holds nothing (an exited agent fenced everything; a gone one is gone)
         if now - v.first_seen >= v.lease_s:
-            return True
+            return claim_old
         if key in v.held:
             self._unlisted.pop(key, None)
             return False
@@ -144,6 +162,6 @@ class Liveness:
 
     def forget(self, trial: int) -> None:
         """Drop timers of ``trial`` (it reached a final state)."""
-        for d in (self._unlisted, self._unknown):
+        for d in (self._unlisted, self._claims):
             for k in [k for k in d if k[0] == trial]:
                 del d[k]

@@ -25,6 +25,7 @@ from typing import Literal
 
 from ablator import __version__, layout, records
 from ablator.errors import StoreError
+from ablator.lease import identity
 from ablator.lease.limits import Clock, LeaseLimits, default_clock
 from ablator.store.base import Store
 
@@ -94,6 +95,9 @@ class Membership:
         self.host = host if host is not None else socket.gethostname()
         self.agent_id = agent_id if agent_id is not None else new_agent_id(self.host)
         self.pid = os.getpid()
+        self._boot_id = identity.boot_id()
+        self._pid_ns = identity.pid_namespace()
+        self._start_ticks = identity.process_start(self.pid)
         self.gpus = list(gpus)
         self.slots = slots
         self.cpu_ok = cpu_ok
@@ -284,6 +288,9 @@ class Membership:
                 state=self._state,
                 versions=self.versions,
                 released=list(self._released),
+                boot_id=self._boot_id,
+                pid_ns=self._pid_ns,
+                start_ticks=self._start_ticks,
             )
         if fenced:
             self._notify_fenced(fenced)

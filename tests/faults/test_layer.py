@@ -107,6 +107,7 @@ def test_hang_blocks_until_the_window_ends_then_completes(tmp_path: Path, faults
 
 
 @pytest.mark.procs
+@pytest.mark.procs
 def test_rules_select_one_process(tmp_path: Path, child_env: dict[str, str], spec_path: Path) -> None:
     """A rule for the label "worker" fails a child labelled so, and not this process; a rule for
     a pid fails only that process."""
