@@ -346,11 +346,18 @@ def _outcome_message(outcome: Any) -> Any:
     )
 
 
+def _not_now(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM reaching the worker: the agent decides when its trial stops."""
+
+
 def child_main(argv: list[str]) -> int:
     # The parent decides when a trial stops: Ctrl-C in the terminal reaches the whole process
-    # group, and a platform's SIGTERM may too; the parent drains its workers itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # group, and a platform's SIGTERM may too (Slurm signals every process of a step); the
+    # parent drains its workers itself. A handler, not SIG_IGN: an ignored signal stays ignored
+    # across exec, so every process the trial starts would ignore SIGTERM and outlive it; a
+    # handler is reset to the default in them.
+    signal.signal(signal.SIGINT, _not_now)
+    signal.signal(signal.SIGTERM, _not_now)
     _die_with_parent()
     # cuBLAS reads this once, when this process first uses it: deterministic trials need it set
     # before any trial runs, not per trial (torch's reproducibility notes).
@@ -385,6 +392,9 @@ class Worker:
                 stderr=subprocess.STDOUT,
                 env=child_env,
                 close_fds=True,
+                # its own session and process group: kill() ends every process the trial
+                # started with it
+                start_new_session=True,
             )
         os.close(to_child_r)
         os.close(from_child_w)
@@ -471,8 +481,18 @@ class Worker:
         return f"exited with status {code}"
 
     def kill(self) -> None:
+        """SIGKILL the worker and every process its trials started (its process group): a
+        stalled or fenced trial's helpers must not outlive it."""
+        self._kill_group()
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
+
+    def _kill_group(self) -> None:
+        # The group is the worker's own (start_new_session); children a trial left behind keep it
+        # alive after the worker itself exited. Never our own group (a defensive check).
+        if self.proc.pid != os.getpgrp():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
     def wait(self, timeout: float | None = None) -> int | None:
         try:
@@ -504,6 +524,7 @@ class Worker:
         return self.read_log(limit, truncate=True)
 
     def close(self) -> None:
+        self._kill_group()  # whatever the worker's trials left running dies with it
         for fd in (self.to_child, self.from_child):
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -4,6 +4,7 @@ each is refused with a clear message, or handled with the right numbers."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +199,37 @@ def test_readers_scale_with_the_trials_run_not_the_budget(tmp_path: Path, agent_
     plan = json.loads(out.stdout)
     assert out.returncode == 0 and plan["budget"] == budget and plan["shown"] == len(plan["trials"]) == 1_000
     assert "1,000 of 10,000,000 trials listed" in out.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.procs
+def test_processes_a_trial_starts_get_default_signals_and_die_with_its_worker(
+    tmp_path: Path, agents: Any
+) -> None:
+    out_dir = tmp_path / "helpers"
+    out_dir.mkdir()
+    exp = experiment(
+        entry="tests.agent.spawntoy:trial",
+        config={"out_dir": str(out_dir)},
+        design={"kind": "random", "trials": 1, "space": {"x": {"range": [0.0, 1.0]}}},
+        limits={"stall_seconds": 3, "max_attempts": 1},
+    )
+    store = str(tmp_path / "store")
+    launch_toy(store, exp)
+    agent = agents(store)
+    assert agent.wait(120) == 0, agent.output()
+    lines = [p.read_text() for p in out_dir.glob("*.txt")]
+    assert len(lines) == 1, agent.output()
+    pid, on_term, on_int = lines[0].split(" ", 2)
+    # default handling in what the trial started (not inherited as ignored, "1", from the worker)
+    assert on_term == str(int(signal.SIG_DFL)) and on_int.strip() == str(signal.default_int_handler)
+    assert not _alive(int(pid))  # killed with the stalled worker's process group
+    failure = open_store(store).get(layout.failed(0, 0))
+    assert failure is not None and b"stalled" in failure

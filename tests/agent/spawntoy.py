@@ -1,0 +1,31 @@
+"""A trial that starts a helper process and then stalls (reports nothing): the agent kills its
+worker as stalled, and the helper must die with it. The helper writes its pid and how it
+handles SIGTERM and SIGINT to ``<out_dir>/<trial>-<epoch>.txt`` before it sleeps."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ablator.config import BaseConfig
+
+HELPER = """
+import signal, sys, time
+with open(sys.argv[1], "w") as f:
+    f.write(f"{__import__('os').getpid()} {signal.getsignal(signal.SIGTERM)} {signal.getsignal(signal.SIGINT)}\\n")
+time.sleep(600)
+"""
+
+
+class SpawnConfig(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    out_dir: str = ""
+    x: float = 0.0
+
+
+def trial(config: SpawnConfig, ctx: Any) -> dict[str, float]:
+    path = f"{config.out_dir}/{ctx.trial}-{ctx.epoch}.txt"
+    subprocess.Popen([sys.executable, "-c", HELPER, path])
+    time.sleep(600)  # no step reported: the agent fails the trial as stalled and kills its worker
+    return {"score": 0.0}
