@@ -38,3 +38,10 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh-worker", action="store_true", help="a new worker process for every trial")
     p.add_argument("--force", action="store_true", help="trust a store that failed the trust checks")
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    p.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=30.0,
+        help="when the output is not a terminal, a progress line (step, metric, rate) per running "
+        "trial this often (0: none)",
+    )

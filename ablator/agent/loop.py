@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -74,19 +74,46 @@ class Console:
         self.live = (stream.isatty() if live is None else live) and not quiet
         self._status = ""
         self._lock = threading.Lock()
+        self._held: list[str] | None = None
+        self.closed = False  # the stream broke (a pipe whose reader exited): the agent runs on
 
     def _write(self, text: str) -> None:
         with self._lock:
-            if self.live and self._status:
-                self.stream.write("\r\x1b[K")
-            self.stream.write(text + "\n")
-            if self.live and self._status:
-                self.stream.write(self._status)
-            self.stream.flush()
+            if self.closed:
+                return
+            try:
+                if self.live and self._status:
+                    self.stream.write("\r\x1b[K")
+                self.stream.write(text + "\n")
+                if self.live and self._status:
+                    self.stream.write(self._status)
+                self.stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                # `agent ... 2>&1 | head`: once head exits, nobody reads; trials must not die of it.
+                self.closed = True
 
-    def info(self, msg: str) -> None:
-        if not self.quiet:
-            self._write(f"{time.strftime('%H:%M:%S')} {msg}")
+    def info(self, msg: str, *, ahead: bool = False) -> None:
+        """A log line; ``ahead``: written at once, before lines :meth:`hold` keeps back."""
+        if self.quiet:
+            return
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        with self._lock:
+            if self._held is not None and not ahead:
+                self._held.append(line)
+                return
+        self._write(line)
+
+    def hold(self) -> None:
+        """Keep info lines back until :meth:`release` (a trial's "completed" line must come
+        before the "started" line of the trial its slot began meanwhile)."""
+        with self._lock:
+            self._held = []
+
+    def release(self) -> None:
+        with self._lock:
+            held, self._held = self._held or [], None
+        for line in held:
+            self._write(line)
 
     def warn(self, msg: str) -> None:
         self._write(f"{time.strftime('%H:%M:%S')} warning: {msg}")
@@ -98,15 +125,21 @@ class Console:
         if not self.live:
             return
         with self._lock:
+            if self.closed:
+                return
             self._status = line
-            self.stream.write("\r\x1b[K" + line)
-            self.stream.flush()
+            try:
+                self.stream.write("\r\x1b[K" + line)
+                self.stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self.closed = True
 
     def close(self) -> None:
-        if self.live and self._status:
+        if self.live and self._status and not self.closed:
             with self._lock:
-                self.stream.write("\n")
-                self.stream.flush()
+                with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+                    self.stream.write("\n")
+                    self.stream.flush()
                 self._status = ""
 
 
@@ -125,6 +158,8 @@ class Running:
     step: int | None = None
     resumed_from: tuple[int, int] | None = None
     stopping: bool = False
+    values: dict[str, float] = field(default_factory=dict)  # metrics at ``step`` (progress lines)
+    first_step: tuple[float, int] | None = None  # (monotonic time, step) of the first progress seen
 
 
 @dataclass
@@ -168,6 +203,7 @@ class Agent:
         self.claimer: Any = None
         self.log_dir = Path(tempfile.mkdtemp(prefix="ablator-agent-"))
         self.t_start = time.monotonic()
+        self._next_progress = 0.0  # when the next progress lines are due (not on a terminal)
         self.gpu = GpuSlots([], busy=dict)
         self._hidden: tuple[str | None] | None = None  # the parent's CUDA_VISIBLE_DEVICES before hiding
         self._restart: set[int] = set()  # slots whose worker is replaced once idle (device errors)
@@ -598,6 +634,10 @@ class Agent:
         if isinstance(msg, P.Progress):
             run.step = msg.step
             run.last_progress = now
+            if msg.values:
+                run.values = dict(msg.values)
+            if run.first_step is None:
+                run.first_step = (now, msg.step)
             self.gpu.on_progress(st.slot, held.trial, msg.step)
         elif isinstance(msg, P.Resumed):
             run.resumed_from = msg.resumed_from
@@ -614,46 +654,11 @@ class Agent:
             if self.tpe is not None:  # learn it before the next suggestion (the claim below)
                 self.tpe.finished(held.trial, objective, pruned=msg.status == "pruned")
             self._end(st)
-            if self._may_claim():
-                # The slot is free: its worker starts the next trial while we write this one's
-                # result (a durable write, the slowest step of a short trial).
-                self._fill([st])
+            self.console.hold()  # this trial's outcome is printed before the next one's start
             try:
-                won = held.finish(
-                    status=msg.status,
-                    metrics=msg.metrics,
-                    best=msg.best,
-                    best_step=msg.best_step,
-                    steps=msg.steps,
-                    duration_s=msg.duration_s,
-                    message=msg.message,
-                )
-            except LeaseLost as exc:
-                self.counts.lost += 1
-                self.console.warn(
-                    f"trial {held.trial} epoch {held.epoch}: finished, but the lease was lost ({exc})"
-                )
-                return
-            if won:
-                self.counts.done += 1
-                self._summarize(held.trial)
-                if self.tpe is not None:
-                    self._journal(
-                        self.tpe.published,
-                        held.trial,
-                        held.epoch,
-                        held.spec.params,
-                        objective,
-                        pruned=msg.status == "pruned",
-                    )
-                metric = self.exp.metric.name
-                value = msg.best.get(metric, msg.metrics.get(metric))
-                shown = f" {metric}={value:.4g}" if value is not None else ""
-                self.console.info(f"trial {held.trial} {msg.status}{shown} ({msg.duration_s:.1f} s)")
-                if msg.peak_gpu_mb:
-                    self._record_usage(st, held, msg.peak_gpu_mb, sharing)
-            else:
-                self.console.warn(f"trial {held.trial}: another result was written first; ours is discarded")
+                self._finished(st, held, msg, objective, sharing)
+            finally:
+                self.console.release()
         elif isinstance(msg, P.Errored):
             self._save_log(st)
             if not (msg.device and self._device_trouble(st, msg)):
@@ -789,6 +794,49 @@ class Agent:
         self.console.warn(
             f"trial {held.trial} attempt {held.epoch + 1} failed ({kind}): {message.splitlines()[0] if message else ''}"
         )
+
+    def _finished(self, st: SlotState, held: Any, msg: P.Finished, objective: Any, sharing: Any) -> None:
+        """Write a finished trial's result and say so (the console holds other lines back)."""
+        if self._may_claim():
+            # The slot is free: its worker starts the next trial while we write this one's
+            # result (a durable write, the slowest step of a short trial).
+            self._fill([st])
+        try:
+            won = held.finish(
+                status=msg.status,
+                metrics=msg.metrics,
+                best=msg.best,
+                best_step=msg.best_step,
+                steps=msg.steps,
+                duration_s=msg.duration_s,
+                message=msg.message,
+            )
+        except LeaseLost as exc:
+            self.counts.lost += 1
+            self.console.warn(
+                f"trial {held.trial} epoch {held.epoch}: finished, but the lease was lost ({exc})"
+            )
+            return
+        if won:
+            self.counts.done += 1
+            self._summarize(held.trial)
+            if self.tpe is not None:
+                self._journal(
+                    self.tpe.published,
+                    held.trial,
+                    held.epoch,
+                    held.spec.params,
+                    objective,
+                    pruned=msg.status == "pruned",
+                )
+            metric = self.exp.metric.name
+            value = msg.best.get(metric, msg.metrics.get(metric))
+            shown = f" {metric}={value:.4g}" if value is not None else ""
+            self.console.info(f"trial {held.trial} {msg.status}{shown} ({msg.duration_s:.1f} s)", ahead=True)
+            if msg.peak_gpu_mb:
+                self._record_usage(st, held, msg.peak_gpu_mb, sharing)
+        else:
+            self.console.warn(f"trial {held.trial}: another result was written first; ours is discarded")
 
     def _save_log(self, st: SlotState, *, final: bool = True) -> None:
         """The worker's stdout/stderr during this trial, bounded, under the trial's epoch;
@@ -1047,7 +1095,34 @@ class Agent:
 
     # -- display --------------------------------------------------------------------------------------
 
+    def _progress_lines(self) -> None:
+        """Not on a terminal (a pipe, a batch job's log): every ``--progress-seconds`` one line
+        per running trial, ``trial 3 step 120/? score=0.81 (4.2 steps/s)``, where a terminal
+        shows the live status line instead."""
+        every = float(getattr(self.args, "progress_seconds", 30.0) or 0.0)
+        if self.console.live or every <= 0:
+            return
+        now = time.monotonic()
+        if now < self._next_progress:
+            return
+        first = self._next_progress == 0.0
+        self._next_progress = now + every
+        if first:
+            return  # nothing has run for a period yet
+        metric = self.exp.metric.name
+        for st in self.slots:
+            run = st.run
+            if run is None or run.step is None:
+                continue
+            value = run.values.get(metric)
+            shown = f" {metric}={value:.4g}" if value is not None else ""
+            rate = ""
+            if run.first_step is not None and run.step > run.first_step[1] and now > run.first_step[0]:
+                rate = f" ({(run.step - run.first_step[1]) / (now - run.first_step[0]):.3g} steps/s)"
+            self.console.info(f"trial {run.held.trial} step {run.step}{shown}{rate}")
+
     def _show_status(self) -> None:
+        self._progress_lines()
         if not self.console.live or self.claimer is None:
             return
         c = self.counts

@@ -84,9 +84,11 @@ class Hello(msgspec.Struct, tag="hello", kw_only=True, frozen=True):
 
 
 class Progress(msgspec.Struct, tag="progress", kw_only=True, frozen=True):
-    """The trial reported ``step`` (the stall clock restarts)."""
+    """The trial reported ``step`` (the stall clock restarts) with ``values`` (its metrics at
+    that step, for the agent's progress lines)."""
 
     step: int
+    values: dict[str, float] = {}
 
 
 class Resumed(msgspec.Struct, tag="resumed", kw_only=True, frozen=True):

@@ -215,7 +215,7 @@ class _Child:
             now = time.monotonic()
             if now - last[0] >= 0.2:  # the stall clock is coarse; do not flood the pipe
                 last[0] = now
-                self.send(P.Progress(step=int(step)))
+                self.send(P.Progress(step=int(step), values=_floats(values)))
 
         def on_attempt(resumed_from: tuple[int, int] | None) -> None:
             self.send(P.Resumed(resumed_from=resumed_from))
@@ -530,6 +530,18 @@ class Worker:
                 os.close(fd)
         with contextlib.suppress(OSError):
             self.log_path.unlink()
+
+
+def _floats(values: Any) -> dict[str, float]:
+    """The numeric entries of a reported metrics mapping (progress lines only; never fails)."""
+    out: dict[str, float] = {}
+    if isinstance(values, dict):
+        for k, v in values.items():
+            try:
+                out[str(k)] = float(v)
+            except (TypeError, ValueError):
+                continue
+    return out
 
 
 if __name__ == "__main__":
