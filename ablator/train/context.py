@@ -28,7 +28,9 @@ dicts (checked at the first save).
 
 from __future__ import annotations
 
+import difflib
 import math
+import operator
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -83,6 +85,7 @@ class TrialContext:
         self._fence = fence
         self._progress = progress
         self._metric = metric
+        self._metric_seen = False  # the experiment metric was reported (the typo check is done)
         self._loaded = loaded
         self._rng_restored = False
         self._writer = writer
@@ -123,7 +126,9 @@ class TrialContext:
         """Record ``metrics`` (numbers or 0-d tensors) at ``step``. A report that carries the
         experiment metric counts as an evaluation for best tracking and early stopping, and is
         where the experiment's pruner decides (then :attr:`should_stop` turns True)."""
+        step = _checked_step(step)
         values = {str(k): float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+        self._check_metric_name(values)
         self._rows.add(step, values)
         self._latest.update(values)
         for name in ("train_loss", "loss"):
@@ -200,6 +205,24 @@ class TrialContext:
         return self._loaded.payload["state"], self._loaded.step
 
     # -- internals ------------------------------------------------------------------------------
+    def _check_metric_name(self, values: Mapping[str, float]) -> None:
+        """A reported name that is almost the experiment's metric, while the metric itself was
+        never reported, is a typo (in the experiment or the trial): caught at the first report
+        rather than by ``analyze`` after the whole study."""
+        if self._metric is None or self._metric_seen or self._best_value is not None:
+            return
+        name = self._metric[0]
+        if name in values:
+            self._metric_seen = True
+            return
+        close = difflib.get_close_matches(name, list(values), n=1, cutoff=0.8)
+        if close:
+            raise AblatorError(
+                f"ctx.report: the experiment's metric is {name!r} ($.metric.name), which this trial never "
+                f"reported, but it reported {close[0]!r}: did you mean {close[0]!r}? Fix the metric name in the "
+                "experiment file or the name the trial reports"
+            )
+
     def _set_status(self, status: str, message: str) -> None:
         if self.status is None:
             self.status, self.message = status, message
@@ -219,6 +242,19 @@ class TrialContext:
         else:
             raise AblatorError(
                 f"trial {self.trial}: the trial function returned {type(returned).__name__}; expected dict[str, float] or None"
+            )
+        if (
+            self._metric is not None
+            and self._best_value is None
+            and self._metric[0] not in final
+            and self.status is None  # a pruned, diverged or drained trial may end before its first evaluation
+            and not getattr(self._fence, "should_stop", False)
+        ):
+            reported = sorted(set(self._latest) | set(final))
+            raise AblatorError(
+                f"trial {self.trial}: the experiment's metric {self._metric[0]!r} ($.metric.name) was never reported "
+                f"nor returned (reported: {', '.join(reported) or 'nothing'}); report it with "
+                f"ctx.report(step, {{{self._metric[0]!r}: value}}) or return it, or fix the experiment's metric"
             )
         self._rows.flush()
         self._writer.drain()
@@ -242,6 +278,27 @@ class TrialContext:
             message=self.message,
             checkpoint_step=self._ckpt.last_step,
         )
+
+
+MAX_STEP = 2**53
+"""The largest step ``ctx.report`` takes: steps are stored and plotted as float64 too, which
+holds every whole number up to 2**53 exactly."""
+
+
+def _checked_step(step: Any) -> int:
+    """``step`` as an int, or an :class:`AblatorError` saying what a step must be."""
+    if isinstance(step, bool):
+        raise AblatorError(f"ctx.report(step={step!r}): step must be a whole number (an int), not a bool")
+    try:
+        value = operator.index(step)  # int, numpy integers, 0-d integer tensors
+    except TypeError:
+        raise AblatorError(
+            f"ctx.report(step={step!r}): step must be a whole number (an int: the batch, update or epoch "
+            f"count), found {type(step).__name__}"
+        ) from None
+    if not 0 <= value <= MAX_STEP:
+        raise AblatorError(f"ctx.report(step={value}): step must be between 0 and 2**53, found {value}")
+    return value
 
 
 def run_function(
