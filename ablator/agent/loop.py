@@ -46,7 +46,7 @@ from ablator.agent.devices import Slot, plan_slots
 from ablator.agent.packing import Packer
 from ablator.agent.slots import GpuSlots
 from ablator.agent.worker import Worker
-from ablator.errors import AblatorError, ConfigError, LeaseLost
+from ablator.errors import AblatorError, ConfigError, LeaseLost, StoreError
 from ablator.spec import checked_experiment, decode_spec
 from ablator.store.base import Store
 from ablator.tpe import outcome_value
@@ -227,6 +227,20 @@ class Agent:
         from ablator.store import open_store, self_test
 
         args = self.args
+        # Look before opening for writes: a writable local store is created when absent, and a
+        # mistyped path must not leave an empty folder behind.
+        try:
+            probe = open_store(args.store, read_only=True, force=bool(args.force))
+        except StoreError as exc:
+            if "no such folder" not in str(exc):
+                raise
+            raise AgentError(
+                f"no experiment in {args.store} ({exc}): create it first with "
+                f"`python -m ablator launch EXPERIMENT_FILE --store {args.store}`"
+            ) from None
+        self._read_spec(probe)
+        with contextlib.suppress(Exception):
+            probe.close()
         store = self.store = open_store(args.store, force=bool(args.force))
         spec = self.spec = self._read_spec(store)
         self_test(store)  # two racing creates on a scratch key: refuses a store that lets both win

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,26 @@ def test_agent_keeps_running_when_its_pipe_closes(
     )
     launch_toy(local_store, exp)
     # `head -n 1` exits after the first line: every later write of the agent meets a closed pipe.
-    script = f"python -m ablator.agent {local_store} --cpu 2>&1 | head -n 1; echo agent-exit=${{PIPESTATUS[0]}}"
+    script = (
+        f"python -m ablator.agent {local_store} --cpu 2>&1 | head -n 1; echo agent-exit=${{PIPESTATUS[0]}}"
+    )
     done = subprocess.run(
         ["bash", "-c", script], cwd=ROOT, env=agent_env, capture_output=True, text=True, timeout=240
     )
     assert "agent-exit=0" in done.stdout, done.stdout + done.stderr
     res = results(open_(local_store))
     assert sorted(res) == [0, 1, 2, 3] and all(r.status == "completed" for r in res.values())
+
+
+def test_agent_on_a_mistyped_store_leaves_no_folder(tmp_path: Path, agent_env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ablator.agent", "nosuch", "--cpu"],
+        cwd=tmp_path,
+        env=agent_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and "no experiment in nosuch" in done.stderr
+    assert "ablator launch" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "nosuch").exists()
