@@ -155,6 +155,8 @@ def snapshot_code(directory: str | os.PathLike[str]) -> Snapshot:
     kept: list[str] = []
     skipped: list[str] = []
     total = 0
+    # git lists a symbolic link to a folder as one entry: follow it (inside the folder only)
+    files = sorted(set(_expand_linked_folders(root, files)))
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
         for rel in files:
             parts = rel.split("/")
@@ -188,6 +190,50 @@ def snapshot_code(directory: str | os.PathLike[str]) -> Snapshot:
             kept.append(rel)
     data = buf.getvalue()
     return Snapshot(data=data, sha256=sha256_hex(data), files=kept, git_commit=commit, skipped=skipped)
+
+
+def _expand_linked_folders(root: Path, files: list[str]) -> Iterator[str]:
+    """``files`` with each symbolic link to a folder replaced by the files under its target
+    (named under the link); a link pointing outside ``root`` stays as it is (skipped later)."""
+    for rel in files:
+        path = root / rel
+        if not (path.is_symlink() and path.is_dir()):
+            yield rel
+            continue
+        real = path.resolve()
+        if real != root and root not in real.parents:
+            yield rel
+            continue
+        for folder, dirs, names in os.walk(real):  # links below are not followed: no cycles
+            dirs[:] = [d for d in dirs if d not in _ALWAYS_SKIPPED_DIRS]
+            sub = Path(folder).relative_to(real).as_posix()
+            for name in names:
+                yield f"{rel}/{name}" if sub == "." else f"{rel}/{sub}/{name}"
+
+
+def entry_missing(snap: Snapshot, directory: str | os.PathLike[str], module: str) -> str | None:
+    """Why the entry point's ``module`` (imported from ``directory`` while validating) is not in
+    the snapshot, or None when it is there (or comes from elsewhere, e.g. an installed package).
+    Agents import from the snapshot alone, so launch checks the snapshot, not the folder."""
+    loaded = sys.modules.get(module)
+    origin = getattr(loaded, "__file__", None) if loaded is not None else None
+    if not origin:
+        return None
+    root = Path(directory).absolute()
+    try:
+        rel = Path(os.path.abspath(origin)).relative_to(root).as_posix()
+    except ValueError:
+        try:  # the folder itself may be reached through a link
+            rel = Path(origin).resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            return None  # imported from outside the folder: not the snapshot's business
+    if rel in snap.files:
+        return None
+    if rel in snap.skipped or any(rel.startswith(s + "/") for s in snap.skipped):
+        why = "it is a symbolic link pointing outside the folder"
+    else:
+        why = "it is not among the snapshot's files (ignored by .gitignore, or not a regular file)"
+    return f"the entry point's module {module!r} is {rel}, which the snapshot leaves out: {why}"
 
 
 def _output_folders(root: Path, files: list[str]) -> list[str]:

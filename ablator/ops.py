@@ -132,6 +132,8 @@ def launch(
         # plan's checks: the entry point, the base config, the space or ablations, and the
         # configs of the first trials (the whole plan of a small experiment).
         p = plan(exp, limit=1000)
+    if snap is not None and code_dir is not None:
+        _check_snapshot(snap, code_dir, exp.entry)
     st = open_store(store, force=force)
     spec = records.ExperimentSpec(
         name=exp.name,
@@ -209,6 +211,26 @@ def launch(
     return LaunchResult(
         spec=spec, created=created, budget=read_budget(st, base), extension=extension, message=message
     )
+
+
+def _check_snapshot(snap: codesnap.Snapshot, code_dir: str | os.PathLike[str], entry: str) -> None:
+    """Agents run only what the snapshot holds: refuse links it cannot carry, and an entry
+    point that imported from the folder but is missing from the snapshot."""
+    where = os.fspath(code_dir)
+    if snap.skipped:
+        shown = ", ".join(f"{s} -> {os.path.realpath(os.path.join(where, s))}" for s in snap.skipped[:5])
+        more = f" and {len(snap.skipped) - 5} more" if len(snap.skipped) > 5 else ""
+        raise ConfigError(
+            f"--code {where}: {len(snap.skipped)} symbolic link(s) point outside the folder ({shown}{more}); "
+            "agents on other machines would not have their targets. Copy what they point to into the folder, "
+            "or exclude the links in .gitignore; nothing was written"
+        )
+    why = codesnap.entry_missing(snap, code_dir, entry.split(":", 1)[0].strip())
+    if why is not None:
+        raise ConfigError(
+            f"--code {where}: {why}; agents import from the snapshot alone and would fail with 'no module "
+            "named ...'. Make the module a regular file in the folder; nothing was written"
+        )
 
 
 def _check_extend(extend: object) -> None:

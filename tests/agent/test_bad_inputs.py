@@ -3,10 +3,12 @@ each is refused with a clear message, or handled with the right numbers."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +235,65 @@ def test_processes_a_trial_starts_get_default_signals_and_die_with_its_worker(
     assert not _alive(int(pid))  # killed with the stalled worker's process group
     failure = open_store(store).get(layout.failed(0, 0))
     assert failure is not None and b"stalled" in failure
+
+
+MODULE = """
+from ablator.config import BaseConfig
+
+
+class C(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    x: float = 0.0
+
+
+def trial(config: C, ctx):
+    return {"score": config.x}
+"""
+
+
+@pytest.mark.procs
+def test_code_snapshots_follow_links_inside_and_refuse_links_outside(tmp_path: Path) -> None:
+    env = child_env()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "linkedmod.py").write_text(MODULE)
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "linkedmod.py").symlink_to(elsewhere / "linkedmod.py")  # outside the folder
+    exp = experiment(entry="linkedmod:trial", config={})
+    exp_file = _write_yaml(tmp_path / "exp.yaml", exp)
+    store = tmp_path / "store"
+    out = ablator_cli(
+        "launch", str(exp_file), "--store", str(store), "--code", str(code), cwd=tmp_path, env=env
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "symbolic link(s) point outside the folder (linkedmod.py -> " in out.stderr
+    assert not store.exists()
+    # a link to a folder inside is followed: the package is in the snapshot and agents import it
+    (code / "linkedmod.py").unlink()
+    (code / "src" / "realpkg").mkdir(parents=True)
+    (code / "src" / "realpkg" / "__init__.py").write_text("")
+    (code / "src" / "realpkg" / "mod.py").write_text(MODULE)
+    (code / "realpkg").symlink_to(code / "src" / "realpkg", target_is_directory=True)
+    exp_file = _write_yaml(tmp_path / "exp2.yaml", experiment(entry="realpkg.mod:trial", config={}))
+    out = ablator_cli(
+        "launch", str(exp_file), "--store", str(store), "--code", str(code), cwd=tmp_path, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    with zipfile.ZipFile(io.BytesIO(next((store / "code").glob("*.zip")).read_bytes())) as zf:
+        assert {"realpkg/__init__.py", "realpkg/mod.py", "src/realpkg/mod.py"} <= set(zf.namelist())
+
+
+@pytest.mark.procs
+def test_an_entry_left_out_of_the_snapshot_is_refused(tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "ignoredmod.py").write_text(MODULE)
+    (code / ".gitignore").write_text("ignoredmod.py\n")
+    exp_file = _write_yaml(tmp_path / "exp.yaml", experiment(entry="ignoredmod:trial", config={}))
+    store = tmp_path / "store"
+    out = ablator_cli(
+        "launch", str(exp_file), "--store", str(store), "--code", str(code), cwd=tmp_path, env=child_env()
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "'ignoredmod' is ignoredmod.py, which the snapshot leaves out" in out.stderr
+    assert not store.exists()
