@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 import typing
 from pathlib import Path
@@ -101,9 +102,46 @@ _YamlLoader.add_constructor(_YAML_FLOAT, _construct_float)
 _YamlLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 
 
+MAX_FILE_BYTES = 16 * 1024 * 1024
+"""The largest config or experiment file read (a bigger one is data, not a config)."""
+MAX_YAML_NODES = 1_000_000
+"""The most values a YAML document may expand to, aliases counted each time they are used: a
+"billion laughs" file of a few hundred bytes would otherwise expand to gigabytes downstream."""
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes ``node`` stands for with every alias expanded (shared nodes counted per use)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = 1  # a recursive alias counts once here; the constructor rejects what it cannot build
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+    else:
+        size = 1
+    memo[key] = size
+    return size
+
+
 def parse_yaml(text: str) -> Any:
-    """Parse YAML text with the YAML 1.2 core schema (see :class:`_YamlLoader`)."""
-    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader subclass: no arbitrary objects
+    """Parse YAML text with the YAML 1.2 core schema (see :class:`_YamlLoader`). A document
+    whose aliases expand to more than :data:`MAX_YAML_NODES` values is refused."""
+    loader = _YamlLoader(text)  # a SafeLoader subclass: no arbitrary objects
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_NODES:
+            raise yaml.YAMLError(
+                f"the document expands to {size:,} values through its aliases (&anchor / *alias), more than "
+                f"{MAX_YAML_NODES:,}: write the values out, or use fewer nested aliases"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -124,9 +162,26 @@ def read_data(path: str | os.PathLike[str]) -> dict[str, Any]:
     if suffix not in SUFFIXES:
         raise ConfigError(f"unsupported file type {p.suffix!r}; use one of {', '.join(SUFFIXES)}", source=src)
     try:
-        text = p.read_text(encoding="utf-8")
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block, /dev/zero never end
+            raise ConfigError(
+                "not a regular file (a folder, pipe or device); give the path of a file", source=src
+            )
+        if st.st_size > MAX_FILE_BYTES:
+            raise ConfigError(
+                f"the file is {st.st_size:,} bytes, more than {MAX_FILE_BYTES // 1024**2} MiB: not a config file",
+                source=src,
+            )
+        with open(p, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError("file not found", source=src) from None
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}): save the file as UTF-8", source=src
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read the file: {exc}", source=src) from exc
     try:

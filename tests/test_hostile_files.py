@@ -1,0 +1,57 @@
+"""Hostile and mistaken experiment files (issue 12): each gets a config error naming the file and
+what is wrong, through the CLI (no traceback, exit 1), and nothing blocks or expands without bound."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from testkit import ablator_cli
+
+from ablator.errors import ConfigError
+from ablator.formats import MAX_FILE_BYTES, read_data
+
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+def _refused(path: Path, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        read_data(path)
+
+
+def test_hostile_files_are_refused_by_the_reader(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"name: caf\xe9\n")
+    _refused(bad, r"not UTF-8 text \(byte 0xe9 at line 1\)")
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    _refused(fifo, "not a regular file")  # a read would block forever
+    zero = tmp_path / "zero.yaml"
+    zero.symlink_to("/dev/zero")
+    _refused(zero, "not a regular file")
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)  # sparse: costs no disk
+    _refused(big, "more than 16 MiB")
+    laughs = tmp_path / "laughs.yaml"
+    laughs.write_text(LAUGHS)
+    _refused(laughs, r"expands to 490,329,064 values through its aliases")
+    shared = tmp_path / "shared.yaml"  # a few aliases are fine
+    shared.write_text("base: &b {lr: 0.1}\nother: *b\n")
+    assert read_data(shared) == {"base": {"lr": 0.1}, "other": {"lr": 0.1}}
+
+
+@pytest.mark.procs
+def test_the_cli_says_what_is_wrong_with_a_hostile_file(tmp_path: Path) -> None:
+    laughs = tmp_path / "laughs.yaml"
+    laughs.write_text(LAUGHS)
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"name: caf\xe9\n")
+    for path, message in ((laughs, "through its aliases"), (bad, "not UTF-8 text")):
+        for cmd in (("plan", str(path)), ("launch", str(path), "--store", str(tmp_path / "s"))):
+            out = ablator_cli(*cmd)
+            assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "s").exists()
