@@ -113,6 +113,14 @@ def run(
     entry = X.validate(exp)
     index = trial or 0
     metric = (exp.metric.name, exp.metric.mode)
+    if exp.resources.gpu == "required":
+        from ablator.train.execute import resolve_device
+
+        if device is None and resolve_device(None).type == "cpu":
+            raise AblatorError(
+                "the experiment's trials need a GPU ($.resources.gpu: required) and this machine has none "
+                "that torch can use; run it where there is one, or pass --device cpu to train on the CPU anyway"
+            )
     if smoke:
         if store is not None:
             raise AblatorError("--smoke runs in a throwaway in-memory store; drop --store")
@@ -175,7 +183,7 @@ def cli_run(args: Any) -> int:
     [--device D] [--no-progress]``."""
     if args.experiment is None and args.from_store is None:
         raise AblatorError("run: give an experiment file, or --from STORE to rerun a trial of a store")
-    run(
+    outcome = run(
         args.experiment,
         store=args.store,
         trial=args.trial,
@@ -185,7 +193,9 @@ def cli_run(args: Any) -> int:
         device=args.device,
         progress="log" if args.no_progress else True,
     )
-    return 0  # early stopping, divergence and a Ctrl-C stop are outcomes, not errors
+    # early stopping and divergence are outcomes, not errors; a Ctrl-C stop exits as an interrupt
+    # does (130), so that a script running `ablator run` stops too
+    return 130 if outcome.status == "stopped" else 0
 
 
 # --- the experiment and the trial's spec ------------------------------------------------------

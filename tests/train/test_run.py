@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from testkit import put_claim
 
 from ablator import layout, lease, lineage, records
@@ -101,7 +102,7 @@ def test_ctrl_c_checkpoints_and_running_again_resumes(tmp_path: Path, child_env:
         pytest.fail(f"no progress line; exit {proc.wait()}: {proc.stdout.read() if proc.stdout else ''}")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err  # interrupted, like the agent: a script running it stops too
     assert "stopping after a checkpoint" in err and "trial 0 (baseline): stopped after" in out
     store = open_store(store_dir)
     rel = records.decode(store.read(layout.release(0, 0)), records.Release)
@@ -112,6 +113,20 @@ def test_ctrl_c_checkpoints_and_running_again_resumes(tmp_path: Path, child_env:
     assert res.epoch == 1 and res.lineage == [(0, None), (1, rel.step)]
     steps = [r.step for r in lineage.canonical_rows(store, 0, 1)]
     assert steps == sorted(set(steps)) and steps[-1] == 48
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_run_refuses_a_gpu_required_experiment_without_a_gpu(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exp = write_experiment(tmp_path)
+    exp.write_text(exp.read_text() + "resources: {gpu: required}\n")
+    store_dir = tmp_path / "runs"
+    assert main(["run", str(exp), "--store", str(store_dir), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "need a GPU ($.resources.gpu: required)" in err and "--device cpu" in err
+    assert not store_dir.exists()
+    assert main(["run", str(exp), "--store", str(store_dir), "--no-progress", "--device", "cpu"]) == 0
 
 
 def test_smoke_runs_a_few_batches_and_writes_nothing(
