@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +236,7 @@ class _Child:
                 run.epoch,
                 fence=fence,
                 device=run.device,
-                progress=progress,
+                progress=_trial_progress(progress),
                 smoke=run.smoke,
                 metric=(exp.metric.name, exp.metric.mode),
                 agent_id=run.agent_id,
@@ -368,6 +369,9 @@ def child_main(argv: list[str]) -> int:
 
 # --- the parent's handle ---------------------------------------------------------------------
 
+LOG_STEP_S = (
+    10.0  # the loop's step lines in a trial's log: at most one per this many seconds (and evaluations)
+)
 LOG_LIMIT = 1024 * 1024  # bytes of a trial's stdout/stderr kept in the store (head + tail)
 
 
@@ -530,6 +534,28 @@ class Worker:
                 os.close(fd)
         with contextlib.suppress(OSError):
             self.log_path.unlink()
+
+
+def _trial_progress(report: Callable[..., None]) -> Any:
+    """A :class:`~ablator.train.progress.LogProgress` whose step lines (start, evaluations, one
+    per ``LOG_STEP_S`` otherwise) go to this worker's stderr, which is the trial's log, and that
+    also passes every step to ``report`` (the agent's stall clock and progress lines). Built on
+    first use: ``ablator.train`` imports torch."""
+    from ablator.train.progress import LogProgress
+
+    class TrialProgress(LogProgress):
+        def update(
+            self,
+            step: int,
+            values: Mapping[str, float],
+            *,
+            train_epoch: int | None = None,
+            important: bool = False,
+        ) -> None:
+            report(step, values)
+            super().update(step, values, train_epoch=train_epoch, important=important)
+
+    return TrialProgress(None, min_interval=LOG_STEP_S)
 
 
 def _floats(values: Any) -> dict[str, float]:

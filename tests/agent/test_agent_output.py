@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from ablator import layout
+
 from .conftest import ROOT, experiment, launch_toy, open_, results
 
 pytestmark = pytest.mark.procs
@@ -36,6 +38,9 @@ def test_progress_lines_and_order_on_a_pipe(local_store: str, agents: Any) -> No
     # one slot: each trial's "completed" comes before the next trial's "started"
     order = [e for e, _ in events]
     assert order == ["started", "completed"] * 3, out
+    # The trial's log has the loop's step lines besides the trial's own prints.
+    log = (open_(local_store).get(layout.log(0, 0)) or b"").decode()
+    assert "trial 0 e0 | start at step 0" in log and "toy trial 0 epoch 0 step 30" in log, log
 
 
 def test_agent_keeps_running_when_its_pipe_closes(
