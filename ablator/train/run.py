@@ -141,7 +141,7 @@ def run(
         return _run_launched(exp, entry, spec, target, launched, index, metric, device, progress, smoke)
 
     _record_private_experiment(target, exp)
-    epoch = _claim_private(target, spec, index)
+    epoch, spec = _claim_private(target, spec, index)
     fence = StoreFence(target, index, epoch)
     with _ctrl_c_stops(fence):
         try:
@@ -221,12 +221,18 @@ def _load(
             "run --from reruns a trial with the spec recorded in the store; --set does not apply"
         )
     src = open_store(from_store, read_only=True)
-    raw = src.get(layout.EXPERIMENT)
+    # A launched store, or a private one that `ablator run` wrote (its experiment under its own key).
+    where = layout.EXPERIMENT
+    raw = src.get(where)
     if raw is None:
-        raise AblatorError(f"--from {src.url}: no {layout.EXPERIMENT} there (not a launched store)")
-    exp = checked_experiment(
-        decode_spec(raw, f"{src.url}/{layout.EXPERIMENT}"), f"{src.url}/{layout.EXPERIMENT}"
-    )
+        where = layout.PRIVATE_EXPERIMENT
+        raw = src.get(where)
+    if raw is None:
+        raise AblatorError(
+            f"--from {src.url}: no {layout.EXPERIMENT} or {layout.PRIVATE_EXPERIMENT} there "
+            "(neither a launched store nor one `ablator run` wrote)"
+        )
+    exp = checked_experiment(decode_spec(raw, f"{src.url}/{where}"), f"{src.url}/{where}")
     key = layout.claim(index, 0)
     data = src.get(key)
     if data is None:
@@ -295,15 +301,19 @@ def _record_private_experiment(store: Store, exp: Any) -> None:
     store.create(layout.PRIVATE_EXPERIMENT, records.encode_json(spec))
 
 
-def _claim_private(store: Store, spec: records.TrialSpec, index: int) -> int:
+def _claim_private(store: Store, spec: records.TrialSpec, index: int) -> tuple[int, records.TrialSpec]:
     """Claim the next attempt of ``index`` in a private store; refuse a done trial, or one whose
-    recorded config differs from this one."""
+    recorded config differs from this one. Returns the epoch and the spec to run: the one the
+    trial's first attempt recorded (its seed and variant as well as its config: the protocol's
+    "nothing later recomputes it"), else ``spec``."""
     from ablator import config as config_mod
 
     first = store.get(layout.claim(index, 0))
     if first is not None:
         claim0 = records.decode(first, records.Claim, layout.claim(index, 0))
-        if claim0.spec is not None and claim0.spec.config_hash != spec.config_hash:
+        if claim0.spec is not None and claim0.spec.config_hash == spec.config_hash:
+            spec = claim0.spec
+        elif claim0.spec is not None:
             changes = config_mod.diff(claim0.spec.config, spec.config)
             lines = "\n".join(f"  {p}: {a!r} (stored) -> {b!r} (now)" for p, a, b in changes)
             raise AblatorError(
@@ -328,7 +338,7 @@ def _claim_private(store: Store, spec: records.TrialSpec, index: int) -> int:
             trial=index, epoch=epoch, agent_id=_agent_id(), host=_host(), spec=spec if epoch == 0 else None
         )
         if store.create(layout.claim(index, epoch), records.encode(rec), durable=epoch == 0):
-            return epoch
+            return epoch, spec
         epoch += 1  # another run claimed it a moment ago: take over after it
 
 

@@ -204,3 +204,27 @@ def test_an_exception_in_user_code_is_the_trials_failure_not_a_bug(
     store = open_store(store_dir)
     failure = records.decode(store.read(layout.failed(0, 0)), records.Failure)
     assert failure.kind == "exception" and "Crash" in failure.traceback
+
+
+@pytest.mark.procs
+def test_a_private_rerun_uses_the_recorded_trial_and_from_reads_a_private_store(tmp_path: Path) -> None:
+    """A trial whose first attempt recorded a spec runs that spec again (its seed too), not one
+    recomputed from the experiment file; ``--from`` reproduces it from the private store."""
+    import msgspec
+
+    from ablator import experiment as X
+
+    exp = write_experiment(tmp_path)
+    e = X.load_experiment(exp)
+    recomputed = X.trial_spec(e, 1)
+    recorded = msgspec.structs.replace(recomputed, seed=recomputed.seed + 777)
+    store = open_store(tmp_path / "runs")
+    put_claim(store, 1, 0, spec=recorded, agent="run-earlier")
+    fail = records.Failure(trial=1, epoch=0, agent_id="run-earlier", message="RuntimeError: killed")
+    assert store.create(layout.failed(1, 0), records.encode(fail))
+    out = run(exp, store=store, trial=1, progress=False)
+    assert records.decode(store.read(layout.result(1)), records.Result).epoch == 1
+    fresh = run(exp, store=tmp_path / "fresh", trial=1, progress=False)  # the recomputed seed
+    assert fresh.metrics != out.metrics
+    again = run(from_store=tmp_path / "runs", trial=1, store=tmp_path / "repro", progress=False)
+    assert again.metrics == out.metrics and again.best == out.best
