@@ -27,6 +27,7 @@ import dataclasses
 import enum
 import hashlib
 import json
+import math
 import os
 import sys
 import typing
@@ -163,10 +164,10 @@ class OptimizerConfig(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fiel
     def check(self) -> Iterable[Problem]:
         if not _optimizer_known(self.name):
             yield "name", _unknown_optimizer(self.name)
-        if not self.lr >= 0:  # also catches NaN
-            yield "lr", f"must be >= 0, found {self.lr!r}"
-        if not self.weight_decay >= 0:
-            yield "weight_decay", f"must be >= 0, found {self.weight_decay!r}"
+        if not 0 <= self.lr < math.inf:  # also catches NaN
+            yield "lr", f"must be a finite number >= 0, found {self.lr!r}"
+        if not 0 <= self.weight_decay < math.inf:
+            yield "weight_decay", f"must be a finite number >= 0, found {self.weight_decay!r}"
         for reserved in ("lr", "weight_decay", "params"):
             if reserved in self.args:
                 yield "args", f"{reserved!r} belongs in its own field, not in args"
@@ -203,12 +204,12 @@ class SchedulerConfig(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fiel
             yield "warmup_steps", f"must be >= 0, found {self.warmup_steps}"
         if self.step_size < 1:
             yield "step_size", f"must be >= 1, found {self.step_size}"
-        if not self.gamma > 0:
-            yield "gamma", f"must be > 0, found {self.gamma!r}"
-        if not self.min_lr >= 0:
-            yield "min_lr", f"must be >= 0, found {self.min_lr!r}"
-        if self.max_lr is not None and not self.max_lr > 0:
-            yield "max_lr", f"must be > 0 (or null), found {self.max_lr!r}"
+        if not 0 < self.gamma < math.inf:
+            yield "gamma", f"must be a finite number > 0, found {self.gamma!r}"
+        if not 0 <= self.min_lr < math.inf:
+            yield "min_lr", f"must be a finite number >= 0, found {self.min_lr!r}"
+        if self.max_lr is not None and not 0 < self.max_lr < math.inf:
+            yield "max_lr", f"must be a finite number > 0 (or null), found {self.max_lr!r}"
         if self.patience < 0:
             yield "patience", f"must be >= 0, found {self.patience}"
         if self.name == "plateau" and self.step_when not in (None, "val"):
@@ -265,9 +266,19 @@ class TrainConfig(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fields=T
             "grad_clip": self.grad_clip,
             "checkpoint_every_minutes": self.checkpoint_every_minutes,
         }.items():
-            if fvalue is not None and not fvalue > 0:
-                yield name, f"must be > 0, found {fvalue!r}"
-        if self.diverge_factor is not None and not self.diverge_factor > 1:
+            if fvalue is not None and not 0 < fvalue < math.inf:
+                yield name, f"must be a finite number > 0 (null turns it off), found {fvalue!r}"
+        if not 0 <= self.early_stopping_min_delta < math.inf:
+            yield (
+                "early_stopping_min_delta",
+                f"must be a finite number >= 0, found {self.early_stopping_min_delta!r}",
+            )
+        if not (self.grad_clip_norm_type > 0 or self.grad_clip_norm_type == math.inf):  # inf: the max norm
+            yield (
+                "grad_clip_norm_type",
+                f"must be > 0 (or .inf for the max norm), found {self.grad_clip_norm_type!r}",
+            )
+        if self.diverge_factor is not None and not 1 < self.diverge_factor < math.inf:
             yield (
                 "diverge_factor",
                 f"must be > 1 (loss above factor x best loss), found {self.diverge_factor!r}",

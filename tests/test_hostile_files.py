@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from testkit import ablator_cli
+from testkit import ROOT, ablator_cli
 
 from ablator.errors import ConfigError
 from ablator.formats import MAX_FILE_BYTES, read_data
@@ -54,4 +54,45 @@ def test_the_cli_says_what_is_wrong_with_a_hostile_file(tmp_path: Path) -> None:
         for cmd in (("plan", str(path)), ("launch", str(path), "--store", str(tmp_path / "s"))):
             out = ablator_cli(*cmd)
             assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "config.train.optimizer.weight_decay=.inf",
+            r"\$\.config\.train\.optimizer\.weight_decay: must be a finite",
+        ),
+        (
+            "config.train.early_stopping_min_delta=.nan",
+            r"\$\.config\.train\.early_stopping_min_delta: must be a finite",
+        ),
+        ("config.train.optimizer.lr=.inf", r"\$\.config\.train\.optimizer\.lr: must be a finite"),
+        ("config.train.grad_clip=.inf", "null turns it off"),
+    ],
+)
+def test_infinite_and_nan_values_are_refused_where_meaningless(override: str, message: str) -> None:
+    from ablator import plan
+
+    with pytest.raises(ConfigError, match=message):
+        plan(ROOT / "examples" / "digits" / "experiment.yaml", [override], limit=1)
+
+
+def test_an_infinite_norm_type_is_a_norm() -> None:
+    from ablator import plan
+
+    assert plan(
+        ROOT / "examples" / "digits" / "experiment.yaml", ["config.train.grad_clip_norm_type=.inf"], limit=1
+    )
+
+
+@pytest.mark.procs
+@pytest.mark.parametrize(
+    "flag", [("--threads", "0"), ("--threads", "-2"), ("--slots", "0"), ("--lease-seconds", "nan")]
+)
+def test_agent_numbers_out_of_range_are_refused(flag: tuple[str, str], tmp_path: Path) -> None:
+    out = ablator_cli("agent", str(tmp_path / "s"), "--cpu", *flag)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"argument {flag[0]}:" in out.stderr and flag[1] in out.stderr
     assert not (tmp_path / "s").exists()
