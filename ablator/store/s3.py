@@ -102,6 +102,22 @@ def _client_error(exc: BaseException) -> tuple[str, int] | None:
     return None
 
 
+def _cannot_connect(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) says that no connection to the endpoint could be made."""
+    cur: BaseException | None = exc
+    for _ in range(8):
+        if cur is None:
+            return False
+        if isinstance(cur, ConnectionRefusedError) or {c.__name__ for c in type(cur).__mro__} & {
+            "EndpointConnectionError",
+            "ConnectTimeoutError",
+            "ClientConnectorError",
+        }:
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 def _is_transient(exc: BaseException) -> bool:
     """Whether retrying the same request may succeed: throttling, 5xx, write conflicts, dropped
     connections and timeouts. Never a 4xx that states a fact (404, 403, 412)."""
@@ -235,6 +251,7 @@ class S3Store(Store):
         self._fs: Any = None
         self._pid = -1
         self._closed = False
+        self._contacted = False  # the endpoint answered once (connection errors are then retried)
         _STORES.add(self)
 
     # -- connection ------------------------------------------------------------------------
@@ -252,9 +269,36 @@ class S3Store(Store):
             if self._fs is None:
                 fs = self._s3fs.S3FileSystem(**self._options)
                 fs.retries = self._s3fs_retries
-                self._check_bucket(fs)
+                try:
+                    self._check_bucket(fs)
+                except StoreError:
+                    raise
+                except _MissingBucket:
+                    raise
+                except Exception as exc:
+                    if not self._contacted and _cannot_connect(exc):
+                        # First contact: an endpoint that cannot be reached now is a wrong URL or
+                        # a network that is down, not a blip worth a minute of retries. (A store
+                        # that answered before, e.g. in the parent of a forked worker, retries.)
+                        raise StoreError(
+                            f"{self.url}: cannot reach the S3 endpoint {self._endpoint(fs)} "
+                            f"(bucket {self.bucket!r}): {type(exc).__name__}: {exc}. Check the endpoint "
+                            "(AWS_ENDPOINT_URL / endpoint_url), the network and any proxy settings"
+                        ) from exc
+                    raise
                 self._fs, self._pid = fs, pid
+                self._contacted = True
             return self._fs
+
+    def _endpoint(self, fs: Any) -> str:
+        """The endpoint this store talks to, as the user would name it."""
+        endpoint = (
+            self._options.get("endpoint_url")
+            or getattr(fs, "endpoint_url", None)
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
+        return str(endpoint) if endpoint else "of AWS (no endpoint_url or AWS_ENDPOINT_URL set)"
 
     def _check_bucket(self, fs: Any) -> None:
         """Fail early, and clearly, when the bucket does not exist: a missing bucket would
