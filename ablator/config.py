@@ -152,6 +152,14 @@ def _unknown_optimizer(name: str) -> str:
     return f"unknown torch.optim optimizer {name!r}{tu.suggest(name.lower(), valid)}; valid names: {', '.join(valid)}"
 
 
+def _finite_note(value: float | None, message: str) -> str:
+    """``message``, or for an infinite or NaN value what to write instead (they pass no range
+    check by accident: a NaN compares false, an infinity silently disables a rule)."""
+    if value is not None and not math.isfinite(value):
+        return f"must be a finite number, found {value!r} (.inf and .nan mean nothing here; use null to turn a rule off where it takes null)"
+    return message
+
+
 class OptimizerConfig(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Any ``torch.optim`` optimizer by (case-insensitive) class name, e.g. ``adam``, ``adamw``,
     ``sgd``. ``args`` holds extra constructor arguments (``momentum``, ``betas``...)."""
@@ -165,9 +173,12 @@ class OptimizerConfig(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fiel
         if not _optimizer_known(self.name):
             yield "name", _unknown_optimizer(self.name)
         if not 0 <= self.lr < math.inf:  # also catches NaN
-            yield "lr", f"must be a finite number >= 0, found {self.lr!r}"
+            yield "lr", _finite_note(self.lr, f"must be >= 0, found {self.lr!r}")
         if not 0 <= self.weight_decay < math.inf:
-            yield "weight_decay", f"must be a finite number >= 0, found {self.weight_decay!r}"
+            yield (
+                "weight_decay",
+                _finite_note(self.weight_decay, f"must be >= 0, found {self.weight_decay!r}"),
+            )
         for reserved in ("lr", "weight_decay", "params"):
             if reserved in self.args:
                 yield "args", f"{reserved!r} belongs in its own field, not in args"
@@ -205,11 +216,11 @@ class SchedulerConfig(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fiel
         if self.step_size < 1:
             yield "step_size", f"must be >= 1, found {self.step_size}"
         if not 0 < self.gamma < math.inf:
-            yield "gamma", f"must be a finite number > 0, found {self.gamma!r}"
+            yield "gamma", _finite_note(self.gamma, f"must be > 0, found {self.gamma!r}")
         if not 0 <= self.min_lr < math.inf:
-            yield "min_lr", f"must be a finite number >= 0, found {self.min_lr!r}"
+            yield "min_lr", _finite_note(self.min_lr, f"must be >= 0, found {self.min_lr!r}")
         if self.max_lr is not None and not 0 < self.max_lr < math.inf:
-            yield "max_lr", f"must be a finite number > 0 (or null), found {self.max_lr!r}"
+            yield "max_lr", _finite_note(self.max_lr, f"must be > 0 (or null), found {self.max_lr!r}")
         if self.patience < 0:
             yield "patience", f"must be >= 0, found {self.patience}"
         if self.name == "plateau" and self.step_when not in (None, "val"):
@@ -267,11 +278,13 @@ class TrainConfig(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fields=T
             "checkpoint_every_minutes": self.checkpoint_every_minutes,
         }.items():
             if fvalue is not None and not 0 < fvalue < math.inf:
-                yield name, f"must be a finite number > 0 (null turns it off), found {fvalue!r}"
+                yield name, _finite_note(fvalue, f"must be > 0, found {fvalue!r}")
         if not 0 <= self.early_stopping_min_delta < math.inf:
             yield (
                 "early_stopping_min_delta",
-                f"must be a finite number >= 0, found {self.early_stopping_min_delta!r}",
+                _finite_note(
+                    self.early_stopping_min_delta, f"must be >= 0, found {self.early_stopping_min_delta!r}"
+                ),
             )
         if not (self.grad_clip_norm_type > 0 or self.grad_clip_norm_type == math.inf):  # inf: the max norm
             yield (

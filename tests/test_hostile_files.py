@@ -62,14 +62,14 @@ def test_the_cli_says_what_is_wrong_with_a_hostile_file(tmp_path: Path) -> None:
     [
         (
             "config.train.optimizer.weight_decay=.inf",
-            r"\$\.config\.train\.optimizer\.weight_decay: must be a finite",
+            r"\$\.config\.train\.optimizer\.weight_decay: must be a finite number",
         ),
         (
             "config.train.early_stopping_min_delta=.nan",
-            r"\$\.config\.train\.early_stopping_min_delta: must be a finite",
+            r"\$\.config\.train\.early_stopping_min_delta: must be a finite number",
         ),
-        ("config.train.optimizer.lr=.inf", r"\$\.config\.train\.optimizer\.lr: must be a finite"),
-        ("config.train.grad_clip=.inf", "null turns it off"),
+        ("config.train.optimizer.lr=.inf", r"\$\.config\.train\.optimizer\.lr: must be a finite number"),
+        ("config.train.grad_clip=.inf", "must be a finite number, found inf"),
     ],
 )
 def test_infinite_and_nan_values_are_refused_where_meaningless(override: str, message: str) -> None:
