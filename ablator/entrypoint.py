@@ -79,6 +79,11 @@ def resolve_entry(entry: str) -> EntryPoint:
         raise EntryPointError(f"entry {entry!r}: importing {module_name!r} failed: {_where(exc)}") from exc
     except Exception as exc:
         raise EntryPointError(f"entry {entry!r}: importing {module_name!r} failed: {_where(exc)}") from exc
+    except SystemExit as exc:  # a script's sys.exit() at module level would end ablator silently
+        raise EntryPointError(
+            f"entry {entry!r}: importing {module_name!r} called sys.exit({exc.code!r}){_location(exc)}; "
+            'a module ablator imports must not exit: put the script part under `if __name__ == "__main__":`'
+        ) from None
     obj: Any = module
     for i, part in enumerate(attr.split(".")):
         if not hasattr(obj, part):
@@ -92,9 +97,12 @@ def resolve_entry(entry: str) -> EntryPoint:
 
 
 def _where(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}{_location(exc)}"
+
+
+def _location(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
-    loc = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-    return f"{type(exc).__name__}: {exc}{loc}"
+    return f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
 def _entry_of(obj: Any, target: str) -> EntryPoint:
@@ -121,6 +129,13 @@ def _entry_of(obj: Any, target: str) -> EntryPoint:
             raise EntryPointError(
                 f"entry {target!r}: {name}() takes no arguments; write def {name}(config: MyConfig, ctx)"
             )
+        try:  # ablator calls it as fn(config, ctx)
+            inspect.signature(obj).bind(None, None)
+        except TypeError as exc:
+            raise EntryPointError(
+                f"entry {target!r}: ablator calls a trial function as {name}(config, ctx), which its signature "
+                f"{name}{inspect.signature(obj)} does not accept ({exc}); write def {name}(config: MyConfig, ctx)"
+            ) from None
         try:
             hints = typing.get_type_hints(obj)
         except Exception as exc:
