@@ -55,7 +55,7 @@ from ablator.tpe import outcome_value
 # broken (not one trial): the agent stops instead of restarting workers forever.
 MAX_STARTUP_FAILURES = 3
 HELLO_TIMEOUT_S = 600.0
-LOG_EVERY_S = 30.0  # a running trial's log is copied to the store this often
+LOG_EVERY_S = 10.0  # a running trial's log is copied to the store this often (when it grew)
 
 
 class AgentError(AblatorError):
@@ -154,7 +154,8 @@ class Running:
     started: float
     last_progress: float
     next_check: float
-    next_log: float = math.inf
+    next_log: float = math.inf  # when the log is next copied to the store (set when the trial starts)
+    log_mark: tuple[int, bytes] = (0, b"")  # size and tail of the last copy (an unchanged log is not copied)
     step: int | None = None
     resumed_from: tuple[int, int] | None = None
     stopping: bool = False
@@ -582,7 +583,11 @@ class Agent:
         now = time.monotonic()
         assert st.worker is not None
         run = Running(
-            held=held, started=now, last_progress=now, next_check=now + self.limits.heartbeat_seconds
+            held=held,
+            started=now,
+            last_progress=now,
+            next_check=now + self.limits.heartbeat_seconds,
+            next_log=now + LOG_EVERY_S,
         )
         if self.tpe is not None:  # the other agents' samplers see it as pending from now on
             self._journal(self.tpe.claimed, held.trial, held.epoch, held.spec.params)
@@ -859,8 +864,10 @@ class Agent:
         if run is None or w is None:
             return
         data = w.take_log() if final else w.read_log()
-        if not data:
+        mark = (len(data), data[-256:])
+        if not data or (not final and mark == run.log_mark):
             return
+        run.log_mark = mark
         held = run.held
         try:
             held.check(remote=False)  # a fenced holder writes nothing more
@@ -957,8 +964,10 @@ class Agent:
                 self._stalled(st, now)
                 continue
             if now >= run.next_log:
+                # So that a running trial's output can be watched (`ablator logs --follow`), and an
+                # agent killed outright leaves its trial's log up to the last copy.
                 run.next_log = now + LOG_EVERY_S
-                self._save_log(st, final=False)  # so that a long trial's output can be watched
+                self._save_log(st, final=False)
             if now >= run.next_check:
                 run.next_check = now + self.limits.heartbeat_seconds
                 try:

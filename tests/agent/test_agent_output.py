@@ -4,6 +4,7 @@ before the next trial's start, and no death when the reader of its pipe goes awa
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from ablator import layout
 
-from .conftest import ROOT, experiment, launch_toy, open_, results
+from .conftest import ROOT, experiment, launch_toy, open_, results, wait_for
 
 pytestmark = pytest.mark.procs
 
@@ -75,3 +76,22 @@ def test_agent_on_a_mistyped_store_leaves_no_folder(tmp_path: Path, agent_env: d
     assert done.returncode == 1 and "no experiment in nosuch" in done.stderr
     assert "ablator launch" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "nosuch").exists()
+
+
+def test_a_running_trials_log_reaches_the_store_before_the_agent_is_killed(
+    local_store: str, agents: Any, tmp_path: Path
+) -> None:
+    exp = experiment(
+        config={"steps": 2, "sleep": 0.05, "checkpoint_every": 1000, "hold_file": str(tmp_path / "never")},
+        design={"kind": "random", "trials": 1, "seed": 3, "space": {"x": {"range": [0.0, 1.0]}}},
+    )
+    launch_toy(local_store, exp)
+    agent = agents(local_store)
+    store = open_(local_store)
+    # The trial never ends by itself: its log can only come from the periodic copy.
+    wait_for("the running trial's log in the store", lambda: store.get(layout.log(0, 0)), timeout=120)
+    agent.signal(signal.SIGKILL)
+    agent.wait(30)
+    log = (store.get(layout.log(0, 0)) or b"").decode()
+    assert "trial 0 e0 | start at step 0" in log and "toy trial 0 epoch 0 step 1" in log, log
+    assert not store.exists(layout.result(0)) and not store.exists(layout.failed(0, 0))
