@@ -65,3 +65,32 @@ def test_status_waiting_for_min_memory_and_for_agents(tmp_path: Path) -> None:
     url2 = str(tmp_path / "s2")
     launch(experiment_from_dict(experiment()), url2)
     assert "none is live" in collect(open_store(url2)).waiting[0]
+
+
+def test_status_folds_agents_gone_long_ago_and_says_what_each_holds(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from ablator.status import holdings
+
+    url = str(tmp_path / "s")
+    launch(experiment_from_dict(experiment()), url)
+    store = open_store(url)
+    for n in range(3):
+        hb = records.Heartbeat(
+            agent_id=f"old-{n}", host="gone-box", pid=1, counter=1, lease_s=10, heartbeat_s=1, state="exited"
+        )
+        store.replace(layout.agent(f"old-{n}"), records.encode(hb))
+        past = time.time() - 3600  # exited an hour ago by the store's (the folder's) clock
+        os.utime(tmp_path / "s" / layout.agent(f"old-{n}"), (past, past))
+    live = records.Heartbeat(
+        agent_id="now-1", host="box", pid=2, counter=1, lease_s=600, heartbeat_s=10, held=[(0, 0), (3, 1)]
+    )
+    store.replace(layout.agent("now-1"), records.encode(live))
+    report = collect(store)
+    assert len(report.agents) == 4  # --json keeps every agent
+    text = render(report)
+    assert "agents      1 live, 3 dead or exited, 4 in all" in text
+    assert "holds trials 0, 3 (attempt 2)" in text and "old-0" not in text
+    assert "... and 3 agent(s) exited or dead more than 10 min ago (on gone-box)" in text
+    assert holdings([(5, 0)]) == "holds trial 5" and holdings([]) == "holds nothing"

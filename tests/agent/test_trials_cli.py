@@ -152,3 +152,38 @@ def test_trials_and_logs_user_errors(tmp_path: Path, agent_env: dict[str, str]) 
     assert pending.returncode == 0 and len(pending.stdout.splitlines()) == 4  # header + 3 trials
     nostart = ablator_cli("logs", url, "0", env=agent_env, timeout=120)
     assert nostart.returncode == 1 and "has not started" in nostart.stderr
+
+
+def test_status_watch_prints_report_after_report_until_ctrl_c(
+    tmp_path: Path, agent_env: dict[str, str]
+) -> None:
+    import signal
+
+    url = str(tmp_path / "s")
+    _launch(url, tmp_path, held=False)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ablator", "status", url, "--watch", "0.2"],
+        cwd=ROOT,
+        env=agent_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen: list[str] = []
+        while sum(1 for ln in seen if ln.startswith("--- ")) < 3:  # two whole reports
+            line = proc.stdout.readline()
+            assert line, "status --watch ended by itself"
+            seen.append(line)
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "".join(seen) + rest
+    assert proc.returncode == 130 and "Traceback" not in err
+    # off a terminal: each report after a timestamped separator, not redrawn in place
+    assert "every 0.2s; Ctrl-C stops" in seen[0] and "\x1b[" not in text
+    assert text.count("trials      pending 2") >= 2
