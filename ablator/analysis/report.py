@@ -8,13 +8,17 @@ twice, so that the Markdown and the HTML always say the same thing.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as _dt
 import html
 import json
 import os
+import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import polars as pl
 
@@ -24,6 +28,7 @@ from ablator.analysis.figures import FigureFile, write_figures
 from ablator.analysis.reader import DONE_STATUSES
 from ablator.analysis.results import Mode, Results, Value
 from ablator.analysis.stats import Adjust
+from ablator.errors import AnalysisError
 from ablator.pruners import Asha, parse_pruner, rung_step, rungs
 
 
@@ -320,17 +325,73 @@ def write_report(
     """Write the figures, ``report.md``, ``report.html`` and ``effects.json`` of ``res`` into
     ``out`` (created if missing). ``metric``, ``mode``, ``value`` and ``adjust`` as for
     :func:`~ablator.analysis.effects.compute_effects`."""
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _check_out(res, Path(out))
     effects = compute_effects(res, metric, mode=mode, value=value, adjust=adjust)
-    figures = write_figures(res, effects, folder)
-    blocks = build(res, effects, figures)
-    (folder / "report.md").write_text(markdown(blocks), encoding="utf-8")
-    (folder / "report.html").write_text(to_html(blocks), encoding="utf-8")
-    payload: dict[str, Any] = {"experiment": res.name, "url": res.url, "effects": effects.to_dict()}
-    # effects.to_dict() already turned NaN into null: the file is strict JSON.
-    (folder / "effects.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    return ReportFiles(folder / "report.md", folder / "report.html", folder / "effects.json", tuple(figures))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # Written into a fresh folder beside the target, then swapped in: a killed report leaves
+        # the previous one whole, and figures of an older report never linger beside new text.
+        work = folder.parent / f".{folder.name}.tmp-{secrets.token_hex(4)}"
+        work.mkdir()  # (not mkdtemp: the report folder keeps the usual permissions)
+    except OSError as exc:
+        raise AnalysisError(f"report --out {out}: cannot create the folder: {exc.strerror or exc}") from None
+    try:
+        figures = write_figures(res, effects, work)
+        blocks = build(res, effects, figures)
+        (work / "report.md").write_text(markdown(blocks), encoding="utf-8")
+        (work / "report.html").write_text(to_html(blocks), encoding="utf-8")
+        payload: dict[str, Any] = {"experiment": res.name, "url": res.url, "effects": effects.to_dict()}
+        # effects.to_dict() already turned NaN into null: the file is strict JSON.
+        (work / "effects.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        _swap_in(work, folder)
+    except OSError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise AnalysisError(f"report --out {out}: cannot write the report: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    moved = tuple(dataclasses.replace(f, path=folder / f.path.name) for f in figures)
+    return ReportFiles(folder / "report.md", folder / "report.html", folder / "effects.json", moved)
+
+
+_REPORT_MARKERS = ("report.md", "effects.json")
+
+
+def _check_out(res: Results, folder: Path) -> Path:
+    """Refuse an ``--out`` inside a local store (the report would sit among its records), a
+    file, or a folder holding other things than a report (the swap would delete them)."""
+    parsed = urlparse(res.url)
+    if parsed.scheme == "file":
+        root = Path(unquote(parsed.path)).resolve()
+        target = folder.resolve()
+        if target == root or root in target.parents:
+            raise AnalysisError(
+                f"report --out {folder}: that is inside the store {res.url}; write the report elsewhere "
+                "(without --out: ./ablator-report/<experiment name>)"
+            )
+    if folder.exists() and not folder.is_dir():
+        raise AnalysisError(
+            f"report --out {folder}: that is a file; give a folder (it is created if missing)"
+        )
+    if folder.is_dir():
+        names = {p.name for p in folder.iterdir()}
+        if names and not names & set(_REPORT_MARKERS):
+            raise AnalysisError(
+                f"report --out {folder}: the folder holds other files ({', '.join(sorted(names)[:5])}) and no "
+                "report; give an empty or new folder, or a previous report's (it is replaced as a whole)"
+            )
+    return folder
+
+
+def _swap_in(work: Path, folder: Path) -> None:
+    """Replace ``folder`` by ``work`` (two renames; the old report is deleted after)."""
+    old: Path | None = None
+    if folder.exists():
+        old = folder.parent / f".{folder.name}.old-{secrets.token_hex(4)}"
+        os.rename(folder, old)
+    os.rename(work, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["Block", "ReportFiles", "build", "markdown", "to_html", "write_report"]
