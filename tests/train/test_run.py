@@ -207,7 +207,9 @@ def test_an_exception_in_user_code_is_the_trials_failure_not_a_bug(
 
 
 @pytest.mark.procs
-def test_a_private_rerun_uses_the_recorded_trial_and_from_reads_a_private_store(tmp_path: Path) -> None:
+def test_a_private_rerun_uses_the_recorded_trial_and_from_reads_a_private_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A trial whose first attempt recorded a spec runs that spec again (its seed too), not one
     recomputed from the experiment file; ``--from`` reproduces it from the private store."""
     import msgspec
@@ -228,3 +230,16 @@ def test_a_private_rerun_uses_the_recorded_trial_and_from_reads_a_private_store(
     assert fresh.metrics != out.metrics
     again = run(from_store=tmp_path / "runs", trial=1, store=tmp_path / "repro", progress=False)
     assert again.metrics == out.metrics and again.best == out.best
+    # `ablator trials` and `ablator logs` read a private store too
+    capsys.readouterr()
+    assert main(["trials", str(tmp_path / "runs"), "--json"]) == 0
+    import json
+
+    (line,) = json.loads(capsys.readouterr().out)
+    assert (line["index"], line["state"], line["status"], line["variant"]) == (1, "done", "completed", "wide")
+    assert line["attempts"] == 1 and line["errors"] == "exception: RuntimeError: killed"
+    assert main(["logs", str(tmp_path / "runs"), "1"]) == 0
+    shown = capsys.readouterr().out
+    assert (
+        "attempt 1 (epoch 0) by run-earlier: failed (exception)" in shown and "attempt 2 (epoch 1)" in shown
+    )
