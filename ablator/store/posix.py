@@ -62,8 +62,22 @@ TRANSIENT_ERRNOS = frozenset(
 def os_error(op: str, key: str, url: str, exc: OSError) -> StoreError:
     """The StoreError for ``exc`` raised by ``op`` on ``key``: :class:`StoreUnavailable` when
     the errno says the server did not answer (:data:`TRANSIENT_ERRNOS`)."""
+    if exc.errno in DISK_FULL_ERRNOS:
+        return StoreError(f"{op} {key!r} in {url}: {disk_full(exc)}")
     cls = StoreUnavailable if exc.errno in TRANSIENT_ERRNOS else StoreError
     return cls(f"{op} {key!r} in {url}: {exc}")
+
+
+#: errno values of a full disk or an exhausted quota
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full(exc: OSError) -> str:
+    """What to say about a full disk (ENOSPC) or quota (EDQUOT)."""
+    return (
+        f"the disk is full ({exc.strerror or exc}); free space there (`ablator gc STORE` deletes checkpoints "
+        "no attempt can resume from) or use a store on another disk"
+    )
 
 
 def _fsync_dir(path: str) -> None:
@@ -116,9 +130,7 @@ class PosixStore(Store):
                 f"{op} {key!r} in {self.url}: the store folder is not writable by this process "
                 f"({exc.strerror}: {exc.filename}). Fix its permissions or mount, or open the store read-only"
             )
-        if exc.errno == errno.ENOSPC:
-            return StoreError(f"{op} {key!r} in {self.url}: no space left on the device ({exc.filename})")
-        return os_error(op, key, self.url, exc)
+        return os_error(op, key, self.url, exc)  # a full disk included (DISK_FULL_ERRNOS)
 
     def _write_temp(self, directory: str, data: bytes, durable: bool) -> str:
         tmp = os.path.join(directory, f"{_TMP_PREFIX}{secrets.token_hex(8)}")

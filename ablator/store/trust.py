@@ -29,6 +29,7 @@ import msgspec
 from ablator import layout, records
 from ablator.errors import StoreError, UntrustedStoreError
 from ablator.store.base import TMP_PREFIX, Capabilities, Store
+from ablator.store.posix import DISK_FULL_ERRNOS, disk_full
 
 MOUNTINFO = "/proc/self/mountinfo"
 
@@ -209,13 +210,23 @@ def _probe_hard_links(root: str) -> tuple[bool | None, str | None]:
     try:
         fd = os.open(src, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise StoreError(f"store {root}: {disk_full(exc)}") from None
         return None, f"the root is not writable here ({exc.strerror}); writes will fail"
     try:
-        os.write(fd, b"ablator link probe")
-        os.close(fd)
+        try:
+            os.write(fd, b"ablator link probe")
+        except OSError as exc:
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise StoreError(f"store {root}: {disk_full(exc)}") from None
+            raise StoreError(f"store {root}: cannot write a probe file: {exc}") from None
+        finally:
+            os.close(fd)
         try:
             os.link(src, dst)
         except OSError as exc:
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise StoreError(f"store {root}: {disk_full(exc)}") from None
             if exc.errno in (errno.EACCES, errno.EROFS):
                 return None, f"the root is not writable here ({exc.strerror}); writes will fail"
             return False, f"link(2) failed: {exc.strerror or exc}"
