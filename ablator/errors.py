@@ -77,6 +77,21 @@ class AnalysisError(AblatorError):
     """A store cannot be analysed as asked (no experiment in it, an unknown metric or factor)."""
 
 
+def extra_hint(extra: str, packages: Sequence[str]) -> str:
+    """The one install hint for a missing optional dependency, named by its extra.
+
+    The name ``ablator`` on the package index belongs to another project, so the hint never names the
+    index's ``ablator``: it installs the extra from the checkout, or the packages directly.
+
+    >>> extra_hint("serve", ["starlette", "uvicorn"])
+    "python -m pip install -e '.[serve]' from the ablator checkout (or python -m pip install starlette uvicorn)"
+    """
+    direct = " ".join(f"'{p}'" if any(c in p for c in "<>=!~ ") else p for p in packages)
+    return (
+        f"python -m pip install -e '.[{extra}]' from the ablator checkout (or python -m pip install {direct})"
+    )
+
+
 __all__ = [
     "AblatorError",
     "AnalysisError",
@@ -91,4 +106,5 @@ __all__ = [
     "StoreUnavailable",
     "TrialFailed",
     "UntrustedStoreError",
+    "extra_hint",
 ]

@@ -30,7 +30,7 @@ The chosen point is recorded in the claim (``TrialSpec.overrides`` and ``TrialSp
 the sampler's own coordinates) and in ``design/points/<point>`` (every repeat of a point runs the
 same config).
 
-Requires ``optuna`` (``pip install "ablator[tpe]"``).
+Requires ``optuna``: the ``tpe`` extra (``python -m pip install -e '.[tpe]'`` from the ablator checkout).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from ablator import layout, records
-from ablator.errors import AblatorError
+from ablator.errors import AblatorError, extra_hint
 from ablator.space import Choice, Range, Space
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def _import_optuna() -> Any:
         import optuna
     except ImportError:
         raise AblatorError(
-            'design kind "tpe" needs optuna, which is not installed: pip install "ablator[tpe]"'
+            f'design kind "tpe" needs optuna, which is not installed: {extra_hint("tpe", ["optuna>=3.5"])}'
         ) from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna

@@ -2,7 +2,7 @@
 the agent's exit to the engine's restart decision, and the wheel that carries ablator to nodes.
 
 **How ablator gets to a node.** The name ``ablator`` on the Python package index belongs to
-another project, so no node ever runs ``pip install ablator``. Slurm nodes run the submitting
+another project, so no node ever installs ablator from the index by name. Slurm nodes run the submitting
 Python (a virtual environment on the cluster's shared file system); Kubernetes pods and SkyPilot
 VMs ``pip install`` a wheel built here from the very ablator that renders the artifact
 (:func:`build_wheel`), shipped inside the artifact (a ConfigMap) or uploaded by SkyPilot

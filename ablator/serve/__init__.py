@@ -6,7 +6,7 @@ http://127.0.0.1:8050/
 Progress, agents, the trial table, learning curves, effects and one page per trial, refreshed
 every few seconds from :mod:`ablator.analysis` (see ``docs/dashboard.md``). The server never writes
 to the store: it opens it read-only, and analysis snapshots go to the local cache folder. Needs
-the ``serve`` extra (``pip install 'ablator[serve]'``: Starlette and uvicorn); the chart library
+the ``serve`` extra (``python -m pip install -e '.[serve]'`` from the ablator checkout: Starlette and uvicorn); the chart library
 (Chart.js, MIT) ships inside the package, so the page works offline.
 """
 

@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 import msgspec
 
-from ablator.errors import AblatorError
+from ablator.errors import AblatorError, extra_hint
 from ablator.serve.trial import trial_detail
 from ablator.serve.view import NotReady, StoreView
 
@@ -37,7 +37,8 @@ try:
     from starlette.types import ASGIApp, Receive, Scope, Send
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise AblatorError(
-        f"ablator serve needs the 'serve' extra ({exc.name} is missing): pip install 'ablator[serve]'"
+        f"ablator serve needs the 'serve' extra ({exc.name} is missing): "
+        + extra_hint("serve", ["starlette>=0.40", "uvicorn>=0.30"])
     ) from None
 
 STATIC = Path(__file__).resolve().parent / "static"

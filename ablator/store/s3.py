@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ablator.errors import StoreError, StoreUnavailable
+from ablator.errors import StoreError, StoreUnavailable, extra_hint
 from ablator.store.base import Capabilities, Entry, Store, check_key, folder_prefix
 
 T = TypeVar("T")
@@ -70,7 +70,7 @@ def _import_s3fs() -> Any:
         import s3fs
     except ImportError as exc:
         raise StoreError(
-            "s3:// stores need s3fs 2025.7 or newer: pip install 'ablator[s3]' (or pip install 's3fs>=2025.7')"
+            f"s3:// stores need s3fs 2025.7 or newer: {extra_hint('s3', ['s3fs>=2025.7'])}"
         ) from exc
     parts = []
     for piece in str(getattr(s3fs, "__version__", "0")).split(".")[:2]:
@@ -81,7 +81,7 @@ def _import_s3fs() -> Any:
         # atomic for every record size.
         raise StoreError(
             f"s3fs {s3fs.__version__} is too old: ablator needs 2025.7 or newer, whose mode='create' sends "
-            "If-None-Match on every upload path. pip install -U 'ablator[s3]' (or pip install 's3fs>=2025.7')"
+            f"If-None-Match on every upload path: {extra_hint('s3', ['s3fs>=2025.7'])}"
         )
     return s3fs
 
@@ -317,7 +317,7 @@ class S3Store(Store):
 
             raise StoreError(
                 f"{self.url}: botocore {botocore.__version__} cannot send If-None-Match (conditional PUT), "
-                "which create-if-absent needs: pip install -U 'ablator[s3]' 'aiobotocore>=2.15'"
+                f"which create-if-absent needs: {extra_hint('s3', ['s3fs>=2025.7', 'aiobotocore>=2.15'])}"
             )
 
     def _missing_bucket(self, op: str, key: str, fs: Any) -> StoreError:

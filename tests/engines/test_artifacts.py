@@ -136,7 +136,9 @@ def test_the_skypilot_task_loads_with_skypilots_own_loader(tmp_path: Path) -> No
     assert Path(local).read_bytes() == build_wheel().data and remote.endswith(Path(local).name)
     assert f"pip install --quiet --disable-pip-version-check '{remote}[s3]'" in task["setup"]
     assert task["secrets"] == {"AWS_ACCESS_KEY_ID": None}
-    sky = pytest.importorskip("sky", reason="skypilot is not installed (pip install 'ablator[sky]')")
+    sky = pytest.importorskip(
+        "sky", reason="skypilot is not installed (python -m pip install -e '.[sky]' in the checkout)"
+    )
     from sky.utils import common_utils, schemas
 
     common_utils.validate_schema(task, schemas.get_task_schema(), "invalid task YAML: ")
