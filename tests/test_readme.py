@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ablator import cli
+from ablator.analysis.cli import default_out
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -194,7 +196,12 @@ def test_the_readme_test_command_is_what_ci_runs() -> None:
 
 def test_the_first_command_is_run_sh_and_its_commands_parse() -> None:
     first = shell_commands(bash_blocks(README)[0])
-    assert first == [["bash", "examples/digits/run.sh"]]
+    # a virtual environment first, then run.sh installs into it: one line does it all
+    assert first == [
+        ["python", "-m", "venv", ".venv"],
+        [".", ".venv/bin/activate"],
+        ["bash", "examples/digits/run.sh"],
+    ]
     assert RUN_SH.is_file()
     variables = run_sh_defaults()
     assert {"STORE", "REPORT"} <= set(variables)
@@ -207,6 +214,9 @@ def test_the_first_command_is_run_sh_and_its_commands_parse() -> None:
     # the README says where run.sh puts the store and the report
     assert f"{variables['REPORT']}/report.html" in README
     assert variables["STORE"] in README
+    # ... and its report folder is the one `report` picks without --out, so the two never disagree
+    experiment = yaml.safe_load((ROOT / "examples" / "digits" / "experiment.yaml").read_text())
+    assert Path(variables["REPORT"]) == default_out(experiment["name"])
 
 
 def test_the_pip_extras_that_readme_run_sh_and_ci_install_exist() -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install ablator and run the digits ablation study end to end on a local store:
+# Install ablator (into the active Python: make a virtual environment first, README) and run the digits ablation study end to end on a local store:
 # launch the experiment, run two local agents until every trial is done, write the report.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -10,7 +10,8 @@ python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[examples]"
 
 STORE="${STORE:-ablator-runs/digits}"
-REPORT="${REPORT:-ablator-report/digits}"
+# where `ablator report` writes without --out: ablator-report/<experiment name> (digits-ablation)
+REPORT="${REPORT:-ablator-report/digits-ablation}"
 python -m ablator launch examples/digits/experiment.yaml --store "$STORE"
 # Two agents on this machine (on the CPU here; without --cpu each would take its own GPU). They share
 # nothing but the store.
