@@ -24,6 +24,8 @@ def _env(port: int) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": "y",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        # the test S3 server (another test's fixture) may have set this one, which wins over the above
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
     }
 
 
