@@ -297,3 +297,24 @@ def test_an_entry_left_out_of_the_snapshot_is_refused(tmp_path: Path) -> None:
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert "'ignoredmod' is ignoredmod.py, which the snapshot leaves out" in out.stderr
     assert not store.exists()
+
+
+@pytest.mark.procs
+def test_an_agent_exits_after_a_trial_folder_is_deleted_mid_run(tmp_path: Path, agents: Any) -> None:
+    import shutil
+
+    from .conftest import wait_for
+
+    store = tmp_path / "store"
+    exp = experiment(
+        config={"steps": 12, "sleep": 0.3, "checkpoint_every": 2},
+        design={"kind": "random", "trials": 2, "space": {"x": {"range": [0.0, 1.0]}}},
+    )
+    launch_toy(str(store), exp)
+    agent = agents(str(store))
+    metrics = store / layout.metrics_dir(0)
+    wait_for("trial 0's first metric chunk", lambda: metrics.is_dir() and any(metrics.iterdir()))
+    shutil.rmtree(store / layout.trial_dir(0))  # an operator's mistake while the trial runs
+    assert agent.wait(120) == 0, agent.output()  # not a hang
+    st = open_store(store)
+    assert st.get(layout.result(1)) is not None
