@@ -239,6 +239,9 @@ class Agent:
                 f"no experiment in {args.store} ({exc}): create it first with "
                 f"`python -m ablator launch EXPERIMENT_FILE --store {args.store}`"
             ) from None
+        endpoint = getattr(probe, "endpoint", None)  # a remote store: say what is contacted first
+        if endpoint is not None:
+            self.console.info(f"reading {probe.url} (S3 endpoint {endpoint})")
         self._read_spec(probe)
         with contextlib.suppress(Exception):
             probe.close()

@@ -290,8 +290,13 @@ class S3Store(Store):
                 self._contacted = True
             return self._fs
 
+    @property
+    def endpoint(self) -> str:
+        """The endpoint this store talks to, as the user would name it (read from the options
+        and the environment: nothing is contacted)."""
+        return self._endpoint(None)
+
     def _endpoint(self, fs: Any) -> str:
-        """The endpoint this store talks to, as the user would name it."""
         endpoint = (
             self._options.get("endpoint_url")
             or getattr(fs, "endpoint_url", None)

@@ -4,6 +4,9 @@ after a minute of retries that look like a hang)."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from testkit import ablator_cli, child_env
@@ -47,3 +50,20 @@ def test_cli_on_an_unreachable_endpoint_says_so() -> None:
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert f"cannot reach the S3 endpoint http://127.0.0.1:{port}" in out.stderr
     assert "after 6 attempts" not in out.stderr  # not the retry loop of a store that was reachable
+
+
+@pytest.mark.procs
+def test_agent_says_which_endpoint_it_tries_and_fails_on_first_contact(tmp_path: Path) -> None:
+    port = _closed_port()
+    env = child_env(ABLATOR_CACHE_DIR=str(tmp_path / "cache"), **_env(port))
+    out = subprocess.run(
+        [sys.executable, "-m", "ablator.agent", "s3://nobucket/exp", "--cpu"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"reading s3://nobucket/exp (S3 endpoint http://127.0.0.1:{port})" in out.stderr
+    assert f"cannot reach the S3 endpoint http://127.0.0.1:{port} (bucket 'nobucket')" in out.stderr
