@@ -14,6 +14,7 @@ import math
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
@@ -104,10 +105,8 @@ def running_trials(
     metric = metric_spec.get("name") if isinstance(metric_spec, dict) else None
     ablation = (exp.get("design") or {}).get("kind") == "ablation"
     median = int(statistics.median(finished_steps)) if finished_steps else None
-    out: list[RunningTrial] = []
-    for st in states:
-        if st.status != "running":
-            continue
+
+    def one(st: TrialState) -> RunningTrial:
         data = read_trial(store, st.index, Context(ablation=ablation))
         row = data.row
         line = RunningTrial(
@@ -143,8 +142,12 @@ def running_trials(
                 line.rate = (tail[-1].step - tail[0].step) / (tail[-1].time - tail[0].time)
             if line.rate and line.total is not None:
                 line.eta_s = max(0.0, (line.total - line.step) / line.rate)
-        out.append(line)
-    return out
+        return line
+
+    running = [st for st in states if st.status == "running"]
+    # One trial's reads are a few round trips on S3: the running trials in parallel.
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(running)))) as pool:
+        return list(pool.map(one, running))
 
 
 def trial_lines(store: Store, *, url: str | None = None) -> list[TrialLine]:
