@@ -92,6 +92,24 @@ def extra_hint(extra: str, packages: Sequence[str]) -> str:
     )
 
 
+MAX_MESSAGE_CHARS = 10_000
+"""An exception's message kept in a failure record (its head and tail): a message can be huge."""
+
+
+def exception_text(exc: BaseException) -> str:
+    """``"Type: message"`` for any exception, even one whose ``str()`` raises or runs to
+    megabytes (the user's code decides both): a failure record must always be writable."""
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception as inner:  # a broken __str__ is the user's; the failure still counts
+        text = f"<the exception's str() raised {type(inner).__name__}>"
+    if len(text) > MAX_MESSAGE_CHARS:
+        half = MAX_MESSAGE_CHARS // 2
+        text = f"{text[:half]} [... {len(text) - 2 * half} characters cut ...] {text[-half:]}"
+    return f"{name}: {text}" if text else name
+
+
 __all__ = [
     "AblatorError",
     "AnalysisError",
@@ -106,5 +124,6 @@ __all__ = [
     "StoreUnavailable",
     "TrialFailed",
     "UntrustedStoreError",
+    "exception_text",
     "extra_hint",
 ]

@@ -38,7 +38,7 @@ import msgspec
 
 from ablator.agent import protocol as P
 from ablator.engines.environment import trial_environment
-from ablator.errors import LeaseLost
+from ablator.errors import LeaseLost, exception_text
 from ablator.records import Environment
 
 # --- the child -------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ class _Child:
 
                 reply = P.Errored(
                     kind="exception",
-                    message=f"{type(exc).__name__}: {exc}",
+                    message=exception_text(exc),
                     traceback=traceback.format_exc(),
                     step=step_box[0],
                     device=device_trouble(exc) if run.device != "cpu" else "",

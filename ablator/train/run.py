@@ -35,7 +35,7 @@ from typing import Any
 import msgspec
 
 from ablator import layout, lineage, records
-from ablator.errors import AblatorError, ExperimentMismatch, LeaseLost, TrialFailed
+from ablator.errors import AblatorError, ExperimentMismatch, LeaseLost, TrialFailed, exception_text
 from ablator.pruners import pruner_of
 from ablator.spec import checked_experiment, decode_spec
 from ablator.store import open_store
@@ -251,7 +251,7 @@ def _raise_trial_failed(exc: BaseException, index: int, url: str, key: str) -> N
         raise exc
     traceback.print_exception(exc, file=sys.stderr)
     raise TrialFailed(
-        f"trial {index} raised {type(exc).__name__}: {exc} (traceback above; recorded in {url}/{key})"
+        f"trial {index} raised {exception_text(exc)} (traceback above; recorded in {url}/{key})"
     ) from exc
 
 
@@ -364,7 +364,7 @@ def _write_failure(store: Store, index: int, epoch: int, exc: BaseException) -> 
         epoch=epoch,
         agent_id=_agent_id(),
         kind=kind,
-        message=f"{type(exc).__name__}: {exc}",
+        message=exception_text(exc),
         traceback="".join(traceback.format_exception(exc)),
     )
     with contextlib.suppress(Exception):  # the original error matters more than this record
@@ -462,9 +462,7 @@ def _run_launched(
                 raise
             except BaseException as exc:
                 with contextlib.suppress(LeaseLost):
-                    held.fail(
-                        "exception", f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc))
-                    )
+                    held.fail("exception", exception_text(exc), "".join(traceback.format_exception(exc)))
                 _raise_trial_failed(exc, index, store.url, layout.failed(index, held.epoch))
         if outcome.status == "stopped":
             held.release("interrupted", outcome.checkpoint_step)

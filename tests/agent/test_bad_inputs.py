@@ -318,3 +318,30 @@ def test_an_agent_exits_after_a_trial_folder_is_deleted_mid_run(tmp_path: Path, 
     assert agent.wait(120) == 0, agent.output()  # not a hang
     st = open_store(store)
     assert st.get(layout.result(1)) is not None
+
+
+@pytest.mark.procs
+@pytest.mark.parametrize("how", ["unprintable", "huge"])
+def test_exceptions_that_are_hard_to_print_are_recorded_as_the_trials_failure(
+    tmp_path: Path, agents: Any, how: str
+) -> None:
+    from ablator import records
+
+    store = str(tmp_path / "store")
+    exp = experiment(
+        entry="tests.agent.weirdtoy:trial",
+        config={"how": how},
+        design={"kind": "random", "trials": 1, "space": {"x": {"range": [0.0, 1.0]}}},
+        limits={"max_attempts": 1},
+    )
+    launch_toy(store, exp)
+    assert agents(store).wait(120) == 0
+    data = open_store(store).get(layout.failed(0, 0))
+    assert data is not None
+    failure = records.decode(data, records.Failure)
+    assert failure.kind == "exception"  # the trial's failure, not a worker crash
+    if how == "unprintable":
+        assert failure.message == "Unprintable: <the exception's str() raised RuntimeError>"
+    else:
+        assert failure.message.startswith("ValueError: xxx") and "characters cut" in failure.message
+        assert len(failure.message) < 11_000
