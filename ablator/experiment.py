@@ -182,7 +182,13 @@ def _schema_problems(exp: Experiment) -> list[str]:
                     "runs all its repeats"
                 )
     out += config_problems(d.pruner, d.kind, d.allow_pruning)
-    lim = exp.limits
+    out += _limits_problems(exp.limits)
+    out += _resources_problems(exp.resources)
+    return out
+
+
+def _limits_problems(lim: Limits) -> list[str]:
+    out: list[str] = []
     seconds = {
         "lease_seconds": lim.lease_seconds,
         "heartbeat_seconds": lim.heartbeat_seconds,
@@ -200,9 +206,13 @@ def _schema_problems(exp: Experiment) -> list[str]:
         out.append(f"$.limits.max_attempts: must be >= 1, found {lim.max_attempts}")
     if lim.max_takeovers < 0:
         out.append(f"$.limits.max_takeovers: must be >= 0, found {lim.max_takeovers}")
-    if exp.resources.min_gpu_memory_mb < 0:
-        out.append(f"$.resources.min_gpu_memory_mb: must be >= 0, found {exp.resources.min_gpu_memory_mb}")
     return out
+
+
+def _resources_problems(res: Resources) -> list[str]:
+    if res.min_gpu_memory_mb < 0:
+        return [f"$.resources.min_gpu_memory_mb: must be >= 0, found {res.min_gpu_memory_mb}"]
+    return []
 
 
 def experiment_from_dict(data: dict[str, Any], *, source: str | None = None) -> Experiment:
@@ -211,9 +221,25 @@ def experiment_from_dict(data: dict[str, Any], *, source: str | None = None) -> 
     exp, problems = check_data(data, Experiment)
     if exp is not None:
         problems = _schema_problems(exp)
+    else:
+        problems += _section_problems(data, problems)
     if problems:
         raise ConfigError(problems, source=source)
     return typing.cast(Experiment, exp)
+
+
+def _section_problems(data: dict[str, Any], known: list[str]) -> list[str]:
+    """The rules of ``limits`` and ``resources`` when the whole experiment did not convert: a
+    type error elsewhere (say in ``design``) must not hide them (the list stays complete)."""
+    out: list[str] = []
+    for key, type_, rules in (
+        ("limits", Limits, _limits_problems),
+        ("resources", Resources, _resources_problems),
+    ):
+        section, _ = check_data(data.get(key) or {}, type_, path=f"$.{key}")
+        if section is not None:
+            out += [p for p in rules(section) if p not in known]
+    return out
 
 
 def _set_experiment_override(data: dict[str, Any], segments: list[str], value: Any) -> None:
@@ -295,8 +321,10 @@ def load_validated(
         if entry is not None:
             more += _type_problems(checked, entry)
         problems.extend(p for p in more if _section(p) not in replaced)
-    elif entry is not None and isinstance(data.get("config"), dict):  # the design is broken
-        problems.extend(check_data(data["config"], entry.config_type, path="$.config")[1])
+    else:  # the design is broken
+        if entry is not None and isinstance(data.get("config"), dict):
+            problems.extend(check_data(data["config"], entry.config_type, path="$.config")[1])
+        problems.extend(_section_problems(data, problems))
     if problems:
         raise ConfigError(_dedupe(problems), source=f"{src} (with --set overrides)" if overrides else src)
     # No problems: the entry matched the pattern and resolved (else its problem is listed).

@@ -96,3 +96,32 @@ def test_agent_numbers_out_of_range_are_refused(flag: tuple[str, str], tmp_path:
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"argument {flag[0]}:" in out.stderr and flag[1] in out.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_type_error_in_design_does_not_hide_the_problems_in_limits(tmp_path: Path) -> None:
+    from ablator.experiment import experiment_from_dict, load_experiment
+
+    data = {
+        "name": "x",
+        "entry": "m:f",
+        "metric": {"name": "score", "mode": "max"},
+        "design": {"kind": "random", "trials": "many", "space": {"x": {"range": [0.0, 1.0]}}},
+        "limits": {"max_attempts": 0, "lease_seconds": -1},
+        "resources": {"min_gpu_memory_mb": -5},
+    }
+    expected = (
+        "$.design.trials: expected int or null",
+        "$.limits.max_attempts: must be >= 1, found 0",
+        "$.limits.lease_seconds: must be a positive number, found -1",
+        "$.resources.min_gpu_memory_mb: must be >= 0, found -5",
+    )
+    with pytest.raises(ConfigError) as api:
+        experiment_from_dict(data)
+    path = tmp_path / "exp.json"
+    path.write_text(__import__("json").dumps(data))
+    with pytest.raises(ConfigError) as from_file:
+        load_experiment(path)
+    for exc in (api.value, from_file.value):
+        text = "\n".join(exc.problems)
+        for problem in expected:
+            assert problem in text, (problem, text)
