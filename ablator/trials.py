@@ -320,6 +320,31 @@ def _header(index: int, ep: int, recs: dict[str, dict[int, Any]], has_result: bo
     )
 
 
+def _no_log(ep: int, recs: dict[str, dict[int, Any]], has_result: bool, newest: int) -> str:
+    """What an attempt without a stored log means. The agent stores a log only when the worker
+    wrote something (an empty one is never saved), so an attempt that ran and ended without a
+    log printed nothing."""
+    ran = ep in recs["attempt"]
+    ended = ep in recs["failed"] or ep in recs["release"] or ep < newest or has_result
+    if ran and ended:
+        return "(the trial wrote nothing to stdout/stderr)"
+    if ran:
+        return "(the trial has written nothing to stdout/stderr yet)"
+    if ended:
+        return "(no log: this attempt ended before its trial started)"
+    return "(no log yet: this attempt has not started its trial)"
+
+
+def _budget(store: Store) -> int | None:
+    """The experiment's number of trials (extensions included), when the store records it."""
+    from ablator.lease import read_budget
+
+    spec = _spec(store)
+    if spec is None or spec.budget is None:
+        return None
+    return read_budget(store, spec.budget)
+
+
 def _print_failure(fail: records.Failure, log: str, out: Any) -> None:
     """The failure record's message, and its traceback unless the log already shows it (the
     worker prints a trial's traceback to its stderr, which is the log)."""
@@ -336,6 +361,12 @@ def show_logs(store: Store, index: int, *, attempt: int | None = None, out: Any 
     recs, has_result, logs = _records(store, index)
     epochs = sorted(set().union(*(set(v) for v in recs.values())) | logs)
     if not epochs:
+        budget = _budget(store)
+        if budget is not None and not 0 <= index < budget:
+            raise AblatorError(
+                f"{store.url} has no trial {index}: the experiment has trials 0..{budget - 1} "
+                f"(see `ablator trials {store.url}`)"
+            )
         raise AblatorError(
             f"trial {index} of {store.url} has not started: no claim, attempt or log "
             f"(see `ablator trials {store.url}`)"
@@ -355,7 +386,7 @@ def show_logs(store: Store, index: int, *, attempt: int | None = None, out: Any 
         if text:
             out.write(text if text.endswith("\n") else text + "\n")
         else:
-            print("(no log stored for this attempt)", file=out)
+            print(_no_log(ep, recs, has_result, newest), file=out)
         fail = recs["failed"].get(ep)
         if fail is not None:
             _print_failure(fail, text, out)
@@ -373,14 +404,22 @@ def follow(store: Store, index: int, *, interval: float = FOLLOW_INTERVAL_S, out
     out = out or sys.stdout
     limits = limits_of(_spec(store))
     printed: dict[int, int] = {}
-    announced: set[int] = set()
+    headers: dict[int, str] = {}
     errors_shown: set[int] = set()
     while True:
-        recs, _, logs = _records(store, index)
-        for ep in sorted(set().union(*(set(v) for v in recs.values())) | logs):
-            if ep not in announced:
-                print(f"== trial {index} attempt {ep + 1} (epoch {ep}) ==", file=out)
-                announced.add(ep)
+        # Judged before this pass reads the records, so the pass that ends the loop prints
+        # everything the terminal state was reached with (the last log bytes, the outcome).
+        # Never "orphaned" here: a follower waits for a takeover rather than judging holders.
+        state = read_trial(store, index, judge=lambda *_: False, limits=limits)
+        recs, has_result, logs = _records(store, index)
+        epochs = sorted(set().union(*(set(v) for v in recs.values())) | logs)
+        for ep in epochs:
+            # the plain command's header (holder, host, outcome); printed again after the
+            # attempt's log when its outcome changes (it ends, or it is taken over)
+            header = _header(index, ep, recs, has_result, epochs[-1])
+            if ep not in headers:
+                print(header, file=out)
+                headers[ep] = header
             data = (store.get(layout.log(index, ep)) or b"") if ep in logs else b""
             start = printed.get(ep, 0)
             if len(data) > start:
@@ -390,9 +429,10 @@ def follow(store: Store, index: int, *, interval: float = FOLLOW_INTERVAL_S, out
             if fail is not None and ep not in errors_shown:
                 _print_failure(fail, data.decode("utf-8", "replace"), out)
                 errors_shown.add(ep)
+            if headers[ep] != header:  # after its log: how the attempt ended
+                print(header, file=out)
+                headers[ep] = header
         out.flush()
-        # Never "orphaned" here: a follower waits for a takeover rather than judging holders.
-        state = read_trial(store, index, judge=lambda *_: False, limits=limits)
         if state.status in TERMINAL:
             print(f"== trial {index} is {state.status} ==", file=out)
             out.flush()
