@@ -408,7 +408,20 @@ def curves_figure(res: Results, effects: Effects, factor: Factor) -> Figure | No
     ax.set_title(title, fontsize=10)
     note = _bounds_note(bounds)
     if note:
-        ax.text(0.99, 0.01, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.35")
+        # Under the axes (right-aligned, below the "step" label), never inside them: there the
+        # legend ("best" place) and the curves could cover it. The layout makes room for it.
+        ax.annotate(
+            note,
+            xy=(1.0, 0.0),
+            xycoords=("axes fraction", ax.xaxis.label),
+            xytext=(0, -2),
+            textcoords="offset points",
+            ha="right",
+            va="top",
+            fontsize=7,
+            color="0.35",
+            annotation_clip=False,
+        )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return fig

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
@@ -158,7 +159,18 @@ def test_bounded_metric_bands_are_clipped_and_the_figure_says_so(tmp_path: Path)
     # Unclipped, mean + std of the last step would pass 1.
     last = np.array([0.96, 0.999, 1.0])
     assert last.mean() + last.std(ddof=1) > 1.0
-    assert any("bands clipped to [0, 1]" in t.get_text() for t in ax.texts)
+    notes = [t for t in ax.texts if "bands clipped to [0, 1]" in t.get_text()]
+    assert len(notes) == 1
+    # the note sits below the axes and their "step" label, inside the figure: it can collide
+    # with neither the legend nor the curves
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    note = notes[0].get_window_extent(renderer)
+    legend = ax.get_legend()
+    assert legend is not None and not note.overlaps(legend.get_window_extent(renderer))
+    assert note.y1 <= ax.get_window_extent(renderer).y0
+    assert note.y1 <= ax.xaxis.label.get_window_extent(renderer).y0
+    assert note.y0 >= 0 and note.x0 >= 0 and note.x1 <= fig.bbox.x1
 
 
 def test_declared_bounds_and_a_percent_accuracy(tmp_path: Path) -> None:
