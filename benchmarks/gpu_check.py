@@ -17,17 +17,20 @@ Rows:
    this process holds the rest) is not claimed: the agent says why and ``status`` explains
    with the agents' own numbers; freed, the same agent claims it.
 5. **packing** -- k processes each training the small MLP on one GPU for a fixed time
-   (k = 1, 2, 4, 8): aggregate steps per second against k = 1; then trials per GPU-hour of an
+   (k = 1, 2, 4, 8; the same 8 processes serve every k, round by round): aggregate steps per
+   second against k = 1; then trials per GPU-hour of an
    agent with ``--slots-per-gpu auto`` against one with one slot per GPU (target >= 3x).
 
-``--dry`` runs every row on the CPU with tiny sizes (rows that need a GPU run their CPU analog:
-``--cpu --slots 2``, a CPU-only agent refusing a ``gpu: required`` experiment, k = 1, 2), so that
+``--dry`` runs every row on the CPU with tiny sizes (the ResNet at 1/8 of its width; rows that
+need a GPU run their CPU analog: ``--cpu --slots 2``, a CPU-only agent refusing a
+``gpu: required`` experiment, k = 1, 2), so that
 ``tests/gpu/test_gpu_check.py`` keeps this script working where there is no GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -87,7 +90,9 @@ def check_overhead(dry: bool, device: str) -> None:
     cases = (
         [
             T.Case("dry-mlp", "mlp", device, 16, "none", threads=1),
-            T.Case("dry-resnet18-bf16", "resnet18", device, 2, "bf16"),
+            # the ResNet-18 layout at 1/8 of its width: the same code path (convolutions,
+            # batch norm, bf16 autocast) at ~1/64 of the CPU cost
+            T.Case("dry-resnet18-bf16", "resnet18", device, 2, "bf16", width=8),
         ]
         if dry
         else [T.CASES["cuda-mlp"], T.CASES["cuda-resnet18"]]
@@ -119,7 +124,8 @@ def check_overhead(dry: bool, device: str) -> None:
             parts.append(
                 f"{name} {1e3 * ms:.3f} ms/step" + ("" if name == "plain" else f" (x{ms / base:.2f})")
             )
-        row(f"overhead {case.name}", ", ".join(parts[1:]), f"{parts[0]}; {T.describe(case)}")
+        narrow = f", width {case.width} of 64" if case.model == "resnet18" and case.width != 64 else ""
+        row(f"overhead {case.name}", ", ".join(parts[1:]), f"{parts[0]}; {T.describe(case)}{narrow}")
 
 
 def _once(
@@ -403,16 +409,18 @@ def train_child(device: str, seconds: float, width: int) -> int:
     if dev.type == "cuda":
         torch.cuda.synchronize()
     print("READY", flush=True)
-    sys.stdin.readline()  # start together
-    n = 0
-    t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        for _ in range(10):
-            step()
-        n += 10
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    print(n, flush=True)
+    # One round per "go" line (the parent starts the k processes of a round together), so one
+    # set of processes serves every k: starting an interpreter and torch costs more than a round.
+    while sys.stdin.readline().strip() == "go":
+        n = 0
+        t_end = time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            for _ in range(10):
+                step()
+            n += 10
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        print(n, flush=True)
     return 0
 
 
@@ -420,25 +428,40 @@ def check_packing(dry: bool, device: str, tmp: Path) -> None:
     ks = (1, 2) if dry else (1, 2, 4, 8)
     seconds = 0.5 if dry else 15.0
     rates: dict[int, float] = {}
-    for k in ks:
-        procs = [
-            subprocess.Popen(
-                [sys.executable, __file__, "--child", "train", device, str(seconds), "256"],
-                env=child_env(),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(k)
-        ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--child", "train", device, str(seconds), "256"],
+            env=child_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(max(ks))
+    ]
+    try:
         for p in procs:
             assert p.stdout is not None and p.stdout.readline().strip() == "READY"
+        for k in ks:  # round k: the first k processes train at once, the others wait
+            for p in procs[:k]:
+                assert p.stdin is not None
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            total = 0
+            for p in procs[:k]:
+                assert p.stdout is not None
+                total += int(p.stdout.readline().strip() or "0")
+            rates[k] = total / seconds
+    finally:
         for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        total = sum(int((p.communicate(timeout=300)[0] or "0").strip().splitlines()[-1]) for p in procs)
-        rates[k] = total / seconds
+            with contextlib.suppress(OSError):
+                assert p.stdin is not None
+                p.stdin.close()  # EOF ends the child
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
     shown = ", ".join(f"k={k} x{rates[k] / rates[1]:.2f}" for k in ks)
     row("packing, k processes", shown, f"aggregate MLP steps/s vs one process ({rates[1]:.0f}/s), {device}")
     if dry:

@@ -81,14 +81,15 @@ class BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.short(x))
 
 
-def resnet18(n_classes: int = 10) -> nn.Module:
-    """ResNet-18 (11M parameters) for 32x32 inputs."""
-    layers: list[nn.Module] = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
-    cin = 64
-    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+def resnet18(n_classes: int = 10, width: int = 64) -> nn.Module:
+    """ResNet-18 (11M parameters at ``width`` 64, its stem's channels) for 32x32 inputs."""
+    layers: list[nn.Module] = [nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+    cin = width
+    for mult, stride in ((1, 1), (2, 2), (4, 2), (8, 2)):
+        cout = width * mult
         layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
         cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, n_classes)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, n_classes)]
     return nn.Sequential(*layers)
 
 
@@ -100,6 +101,7 @@ class Case:
     batch: int
     amp: Literal["none", "bf16"]
     threads: int | None = None
+    width: int = 64  # the ResNet's stem width (64: ResNet-18 itself; gpu_check --dry uses less)
 
     def data(self, n_batches: int) -> TensorDataset:
         g = torch.Generator().manual_seed(SEED)
@@ -108,7 +110,7 @@ class Case:
         return TensorDataset(torch.randn(shape, generator=g), torch.randint(0, 10, (n,), generator=g))
 
     def make_model(self) -> nn.Module:
-        return mlp() if self.model == "mlp" else resnet18()
+        return mlp() if self.model == "mlp" else resnet18(width=self.width)
 
 
 CASES = {
