@@ -150,6 +150,75 @@ def _store_for(engine: str, store: str) -> str:
     return store
 
 
+#: File systems that one machine's folders share with others (network and cluster file systems).
+SHARED_FILE_SYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ceph",
+        "cephfs",
+        "glusterfs",
+        "fuse.glusterfs",
+        "fuse.cephfs",
+        "fuse.sshfs",
+        "panfs",
+        "wekafs",
+        "orangefs",
+        "pvfs2",
+        "9p",
+        "fuse.juicefs",
+        "fuse.s3fs",
+        "afs",
+        "virtiofs",
+    }
+)
+#: Folders that are this machine's own on any cluster, whatever file system holds them.
+NODE_LOCAL_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/scratch/local")
+
+
+def file_system_of(path: str, mounts: str = "/proc/mounts") -> str | None:
+    """The type of the file system that holds ``path`` (its longest mount point in ``mounts``),
+    or None where the mount table cannot be read (not Linux)."""
+    try:
+        table = Path(mounts).read_text()
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best, kind = "", None
+    for line in table.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, parts[2]
+    return kind
+
+
+def shared_folder_note(store: str, *, mounts: str = "/proc/mounts") -> str | None:
+    """A note when a Slurm job's folder store does not look shared with the nodes (a node-local
+    folder such as /tmp, or a local file system), else None. Only a note: the submitting machine
+    cannot see the nodes' mounts, and a site may share a folder in ways no mount table shows."""
+    real = os.path.realpath(store)
+    local = next((f for f in NODE_LOCAL_FOLDERS if real == f or real.startswith(f + "/")), None)
+    kind = file_system_of(real, mounts)
+    if local is None and (kind is None or kind in SHARED_FILE_SYSTEMS):
+        return None
+    why = f"{local} is each machine's own" if local else f"it is on a local {kind} file system here"
+    return (
+        f"ablator submit: note: every node must see the store folder {store} at that same path, and "
+        f"{why}; launch into a folder on the cluster's shared file system (NFS, Lustre, GPFS, ...) or "
+        "an object store (s3://...) unless your nodes mount this one there"
+    )
+
+
 def _check_folder_store(store: str) -> None:
     """A Slurm job's folder store is on the shared file system this machine sees too: refuse a
     folder that holds no launched experiment now, rather than in every array task later. (Object
@@ -161,6 +230,9 @@ def _check_folder_store(store: str) -> None:
         raise ConfigError(
             f"no experiment in {store}: launch it first (python -m ablator launch EXP --store {store} --code .)"
         )
+    note = shared_folder_note(store)
+    if note:
+        print(note, file=sys.stderr)
     spec = records.decode_json(experiment.read_bytes(), records.ExperimentSpec, str(experiment))
     if spec.code_sha256 is None:
         print(

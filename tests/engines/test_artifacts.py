@@ -26,6 +26,7 @@ import testkit
 import yaml
 
 from ablator.cli import main
+from ablator.engines import submit
 from ablator.engines.common import (
     DRAINED_EXIT,
     build_wheel,
@@ -349,3 +350,30 @@ def test_the_wheel_installs_and_the_node_check_accepts_it(tmp_path: Path) -> Non
         text=True,
     )
     assert version.stdout.strip() == wheel.filename.split("-")[1], version.stdout + version.stderr
+
+
+def test_a_slurm_store_that_does_not_look_shared_gets_a_note(tmp_path: Path) -> None:
+    store = tmp_path / "digits"  # pytest's tmp_path: /tmp on this machine, each node's own
+    launch_study(str(store), 2, {})
+    out = cli("slurm", str(store), "--agents", "2")
+    assert out.returncode == 0, out.stderr
+    if os.path.realpath(store).startswith("/tmp/"):
+        assert f"every node must see the store folder {store} at that same path" in out.stderr
+        assert "/tmp is each machine's own" in out.stderr
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "/dev/sda1 / ext4 rw 0 0\n"
+        "tmpfs /tmp tmpfs rw 0 0\n"
+        "nas:/export /shared nfs4 rw 0 0\n"
+        "mds@tcp:/lus /lus/my\\040lab lustre rw 0 0\n"
+    )
+    assert submit.file_system_of("/shared/studies/digits", str(mounts)) == "nfs4"
+    assert submit.file_system_of("/lus/my lab/x", str(mounts)) == "lustre"
+    assert submit.file_system_of("/sharedness", str(mounts)) == "ext4"
+    assert submit.shared_folder_note("/shared/studies/digits", mounts=str(mounts)) is None
+    assert submit.shared_folder_note("/lus/my lab/digits", mounts=str(mounts)) is None
+    home = submit.shared_folder_note("/home/me/runs/digits", mounts=str(mounts))
+    assert home is not None and "on a local ext4 file system here" in home
+    assert "s3://" in home and "same path" in home
+    tmp = submit.shared_folder_note("/tmp/runs/digits", mounts=str(mounts))
+    assert tmp is not None and "/tmp is each machine's own" in tmp
