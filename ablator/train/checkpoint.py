@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -61,10 +62,24 @@ def deserialize(
     try:
         obj = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad bytes
-        raise CheckpointError(f"checkpoint {key!r} cannot be loaded with weights_only=True: {exc}") from exc
+        raise CheckpointError(
+            f"checkpoint {key!r} cannot be loaded with weights_only=True: {_torch_reason(exc)}"
+        ) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {key!r} is not an ablator checkpoint (no format marker)")
     return obj
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """The part of torch's load error that says what was refused, without its terminal colours
+    and without its advice to load with ``weights_only=False`` (ablator never does: that would
+    run code from the store)."""
+    text = _ANSI.sub("", str(exc))
+    m = re.search(r"WeightsUnpickler error: (.*?)(?: Please use `torch\.serialization|\n|$)", text)
+    return m.group(1).strip() if m else text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def header(spec: TrialSpec, trial: int, epoch: int, step: int, kind: str) -> dict[str, Any]:

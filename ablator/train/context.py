@@ -31,6 +31,7 @@ from __future__ import annotations
 import difflib
 import math
 import operator
+import pickle
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -38,7 +39,7 @@ from typing import Any
 import torch
 
 from ablator.config import TrainConfig
-from ablator.errors import AblatorError, CheckpointError
+from ablator.errors import AblatorError, CheckpointError, exception_text
 from ablator.pruners import Pruning
 from ablator.records import TrialSpec
 from ablator.store.base import Store
@@ -181,15 +182,20 @@ class TrialContext:
             "bad_evals": self._bad_evals,
             "pruning": self._pruning.state() if self._pruning is not None else None,
         }
-        data = serialize(payload)
+        hint = (
+            f"ctx.save_checkpoint(step={step}): the state holds something a checkpoint cannot hold. A "
+            "checkpoint may hold only tensors, numbers, strings, None, lists, tuples and dicts "
+            "(state_dict() values are fine; convert numpy arrays with torch.from_numpy). Details: "
+        )
+        try:
+            data = serialize(payload)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:  # e.g. a lambda, a local class
+            raise CheckpointError(hint + exception_text(exc)) from exc
         if not self._validated:  # fail now, not at resume time, on state that cannot be loaded back
             try:
                 deserialize(data, f"ctx.save_checkpoint(step={step})")
             except CheckpointError as exc:
-                raise CheckpointError(
-                    f"{exc}. A checkpoint may hold only tensors, numbers, strings, None, lists, tuples and dicts "
-                    "(state_dict() values are fine; convert numpy arrays with torch.from_numpy)"
-                ) from exc
+                raise CheckpointError(hint + str(exc)) from exc
             self._validated = True
         self._last_ckpt_step = step
         return self._ckpt.save(step, data, best_step=self._best_step)

@@ -17,6 +17,10 @@ from ablator.store import open_store
 from ablator.train import NoFence, Outcome, TrialContext, execute_trial
 
 
+class Opaque:
+    """Picklable, but not a type weights_only=True loads."""
+
+
 def _run(fn: Any, metric: tuple[str, str] = ("val_accuracy", "max")) -> Outcome:
     store = open_store(f"memory://report-{uuid.uuid4().hex}")
     spec = T.spec_for(T.tiny_config(batch_size=8, epochs=1))
@@ -86,3 +90,29 @@ def test_a_metric_never_reported_fails_the_trial_with_the_names_it_did_report() 
         return {}
 
     assert _run(evaluates_later).status == "completed"
+
+
+def test_a_checkpoint_that_cannot_hold_the_state_says_so_first() -> None:
+    from ablator.errors import CheckpointError
+
+    def trial(config: T.TinyConfig, ctx: TrialContext) -> dict[str, float]:
+        ctx.report(1, {"val_accuracy": 0.5})
+        ctx.save_checkpoint({"thing": Opaque()}, 1)
+        return {}
+
+    with pytest.raises(CheckpointError) as info:
+        _run(trial)
+    text = str(info.value)
+    local = type("Local", (), {})  # cannot even be pickled
+
+    def unpicklable(config: T.TinyConfig, ctx: TrialContext) -> dict[str, float]:
+        ctx.save_checkpoint({"thing": local()}, 1)
+        return {}
+
+    with pytest.raises(CheckpointError, match=r"^ctx.save_checkpoint\(step=1\): the state holds something"):
+        _run(unpicklable)
+    assert text.startswith("ctx.save_checkpoint(step=1): the state holds something a checkpoint cannot hold")
+    assert "Unsupported global" in text and "Opaque" in text
+    assert (
+        "\x1b[" not in text and "weights_only=False" not in text and "weights_only` set to `False" not in text
+    )
