@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ablator import layout, records
-from ablator.errors import ExperimentTampered
+from ablator.errors import ConfigError, ExperimentTampered
 
 if TYPE_CHECKING:
     from ablator.experiment import Experiment
@@ -34,13 +34,33 @@ def checked_experiment(spec: records.ExperimentSpec, source: str) -> Experiment:
     from ablator import experiment as X
 
     verify_hash(spec, source)
-    return X.experiment_from_dict(spec.experiment, source=source)
+    try:
+        return X.experiment_from_dict(spec.experiment, source=source)
+    except ConfigError as exc:
+        # The hash matches: launch wrote this file, and this ablator refuses it (a rule added since)
+        launched_by = f"ablator {spec.ablator_version}" if spec.ablator_version else "an older ablator"
+        raise ConfigError(
+            [
+                *exc.problems,
+                f"(the experiment was launched by {launched_by} and is never rewritten: run its agents and "
+                "commands with that version, or launch a corrected experiment into a new store)",
+            ],
+            source=source,
+        ) from None
 
 
 def verify_hash(spec: records.ExperimentSpec, source: str) -> None:
     """Raise :class:`ExperimentTampered` when ``spec.experiment`` no longer matches its hash."""
     from ablator import experiment as X
 
+    # ``budget`` is launch's plan, outside the hashed experiment: a hand edit can only be caught
+    # by its range
+    if spec.budget is not None and not 1 <= spec.budget <= X.MAX_TRIALS:
+        raise ExperimentTampered(
+            f"{source}: `budget` is {spec.budget}, outside 1..{X.MAX_TRIALS:,} (launch never writes that: the "
+            "file was edited); restore it as launched. To change the number of trials of a launched "
+            "experiment use `ablator launch EXP --store URL --extend N` (or -N to take back an extension)"
+        )
     # hashed as stored (parsing first would turn a default's int into a float and change it)
     actual = X.data_hash(spec.experiment)
     if actual != spec.experiment_hash:

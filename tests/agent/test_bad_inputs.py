@@ -345,3 +345,33 @@ def test_exceptions_that_are_hard_to_print_are_recorded_as_the_trials_failure(
     else:
         assert failure.message.startswith("ValueError: xxx") and "characters cut" in failure.message
         assert len(failure.message) < 11_000
+
+
+@pytest.mark.procs
+def test_an_edited_budget_in_experiment_json_is_refused_naming_the_file(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    launch_toy(str(store), experiment())
+
+    def change(data: dict[str, Any]) -> None:
+        data["budget"] = -5
+
+    _edit_stored(store, change)
+    out = ablator_cli("analyze", str(store), env=child_env())
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"{layout.EXPERIMENT}: `budget` is -5" in out.stderr and "--extend N" in out.stderr
+
+
+def test_a_stored_experiment_this_ablator_refuses_names_the_version_that_launched_it() -> None:
+    from ablator import records
+    from ablator.experiment import data_hash
+    from ablator.spec import checked_experiment
+
+    exp = experiment(design={"kind": "random", "trials": 20_000_000, "space": {"x": {"range": [0.0, 1.0]}}})
+    spec = records.ExperimentSpec(
+        name="toy", experiment=exp, experiment_hash=data_hash(exp), ablator_version="0.9"
+    )
+    with pytest.raises(
+        ConfigError, match=r"launched by ablator 0\.9 and is never rewritten: run its agents"
+    ) as info:
+        checked_experiment(spec, "s/experiment.json")
+    assert "$.design.trials: at most 10,000,000" in str(info.value) and "s/experiment.json" in str(info.value)
