@@ -275,6 +275,22 @@ class MetricRow(msgspec.Struct, kw_only=True, frozen=True, array_like=True):
     time: float = 0.0  # seconds since the attempt started
 
 
+def warmup_s(first: MetricRow, last: MetricRow, start_step: int) -> float | None:
+    """The warm-up inside an attempt's first metric row, or None when two rows cannot pace it.
+
+    A row's ``time`` counts from its attempt's start, before data and model are built, so the
+    first row holds the warm-up (imports, data loading, model building: a worker's first trial
+    pays most of it) plus the steps from ``start_step`` (0, or the checkpoint step it resumed
+    from) up to that row. Those steps are taken away at the attempt's own pace, measured from
+    ``first`` to ``last``. The report's training time and the agent's "completed" line both use
+    this one estimate: training is the attempt's duration minus it.
+    """
+    if last.step <= first.step:
+        return None
+    pace = (last.time - first.time) / (last.step - first.step)
+    return min(first.time, max(0.0, first.time - (first.step - start_step) * pace))
+
+
 class MetricsChunk(Record, frozen=True, kw_only=True):
     """``trials/<i>/metrics/e<epoch>-s<last step>.msgpack``: rows, never rewritten."""
 

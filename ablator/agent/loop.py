@@ -58,6 +58,14 @@ HELLO_TIMEOUT_S = 600.0
 LOG_EVERY_S = 10.0  # a running trial's log is copied to the store this often (when it grew)
 
 
+def timing(msg: P.Finished) -> str:
+    """A finished attempt's time as the report counts it: training (its duration minus the
+    warm-up of :func:`ablator.records.warmup_s`), then the warm-up, when two rows paced it."""
+    if msg.setup_s is None:
+        return f"{msg.duration_s:.1f} s"
+    return f"{max(0.0, msg.duration_s - msg.setup_s):.1f} s training, +{msg.setup_s:.1f} s warm-up"
+
+
 class AgentError(AblatorError):
     """The agent cannot run this experiment here (broken entry point, no usable device, ...)."""
 
@@ -854,7 +862,7 @@ class Agent:
             metric = self.exp.metric.name
             value = msg.best.get(metric, msg.metrics.get(metric))
             shown = f" {metric}={value:.4g}" if value is not None else ""
-            self.console.info(f"trial {held.trial} {msg.status}{shown} ({msg.duration_s:.1f} s)", ahead=True)
+            self.console.info(f"trial {held.trial} {msg.status}{shown} ({timing(msg)})", ahead=True)
             if msg.peak_gpu_mb:
                 self._record_usage(st, held, msg.peak_gpu_mb, sharing)
         else:

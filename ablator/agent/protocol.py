@@ -106,6 +106,7 @@ class Finished(msgspec.Struct, tag="finished", kw_only=True, frozen=True):
     best_step: int | None = None
     steps: int = 0
     duration_s: float = 0.0
+    setup_s: float | None = None  # the warm-up inside duration_s, when two metric rows pace it
     resumed_from: tuple[int, int] | None = None
     message: str = ""
     peak_gpu_mb: int | None = None  # peak GPU memory of the attempt (a GPU trial's only)

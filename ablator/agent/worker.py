@@ -342,6 +342,7 @@ def _outcome_message(outcome: Any) -> Any:
         best_step=getattr(outcome, "best_step", None),
         steps=int(getattr(outcome, "steps", 0) or 0),
         duration_s=float(getattr(outcome, "duration_s", 0.0) or 0.0),
+        setup_s=None if getattr(outcome, "setup_s", None) is None else float(outcome.setup_s),
         resumed_from=resumed_from,
         message=str(getattr(outcome, "message", "") or ""),
     )

@@ -256,10 +256,7 @@ def attempt_times(
 ) -> tuple[float, float | None]:
     """(training seconds, warm-up seconds) of the attempts on a result's lineage.
 
-    Each row's ``time`` counts from its attempt's start, before data and model are built, so
-    an attempt's first row holds its warm-up (imports, data loading, model building: a worker's
-    first trial pays most of it) plus the steps up to that row. The warm-up is estimated per
-    attempt by taking those steps away at the attempt's own pace (its later rows). Training
+    Each attempt's warm-up is :func:`ablator.records.warmup_s` of its first and last rows. Training
     seconds are each attempt's last row (the result's attempt: the result's ``duration_s``)
     minus its warm-up. Warm-up is None when no attempt has two rows to pace it by."""
     total = 0.0
@@ -270,10 +267,8 @@ def attempt_times(
         part = [r for r in rows if r.step > floor and (bound is None or r.step <= bound)]
         last = k == len(segments) - 1
         end = last_duration if last else (part[-1].time if part else 0.0)
-        warm = None
-        if len(part) >= 2 and part[-1].step > part[0].step:
-            pace = (part[-1].time - part[0].time) / (part[-1].step - part[0].step)
-            warm = min(part[0].time, max(0.0, part[0].time - (part[0].step - start) * pace))
+        warm = records.warmup_s(part[0], part[-1], start) if part else None
+        if warm is not None:
             setup = (setup or 0.0) + warm
         total += max(0.0, end - (warm or 0.0))
         if bound is not None:

@@ -280,6 +280,7 @@ class TrialContext:
             best_step=self._best_step,
             steps=max(self._rows.last_step, 0),
             duration_s=time.monotonic() - t_start,
+            setup_s=self._rows.warmup_s(),
             resumed_from=self.resumed_from,
             message=self.message,
             checkpoint_step=self._ckpt.last_step,

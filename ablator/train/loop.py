@@ -367,6 +367,7 @@ def train(
         best_step=state.best_step,
         steps=state.step,
         duration_s=time.monotonic() - t_start,
+        setup_s=rows.warmup_s(),
         resumed_from=resumed_from,
         message=state.message,
         checkpoint_step=ckpt.last_step,

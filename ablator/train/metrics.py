@@ -49,6 +49,10 @@ class MetricWriter:
         self.rows: list[records.MetricRow] = []
         self.flushed_step = start_step  # rows must come after what is already (or resumed) in the store
         self.last_step = start_step
+        # the attempt's first and last rows, for its warm-up estimate (rows are flushed away)
+        self._start = max(start_step, 0)
+        self._first: records.MetricRow | None = None
+        self._latest: records.MetricRow | None = None
         self._last_flush = time.monotonic()
         self.chunks = 0
 
@@ -63,8 +67,18 @@ class MetricWriter:
                 "when it is not None, `state, start = loaded` and report steps start + 1, start + 2, ..."
             )
         vals = {str(k): float(v) for k, v in values.items()}
-        self.rows.append(records.MetricRow(step=step, values=vals, time=time.monotonic() - self.origin))
+        row = records.MetricRow(step=step, values=vals, time=time.monotonic() - self.origin)
+        self.rows.append(row)
+        if self._first is None:
+            self._first = row
+        self._latest = row
         self.last_step = max(self.last_step, step)
+
+    def warmup_s(self) -> float | None:
+        """This attempt's warm-up (:func:`ablator.records.warmup_s`), None before two rows."""
+        if self._first is None or self._latest is None:
+            return None
+        return records.warmup_s(self._first, self._latest, self._start)
 
     def due(self) -> bool:
         """Whether a chunk should be written now (full, or old enough)."""

@@ -26,6 +26,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     best_step: int | None = None
     steps: int = 0
     duration_s: float = 0.0
+    setup_s: float | None = None  # the warm-up inside duration_s (records.warmup_s), if known
     resumed_from: tuple[int, int] | None = None
     message: str = ""
     checkpoint_step: int | None = None  # the newest checkpoint this attempt wrote
