@@ -333,6 +333,19 @@ class S3Store(Store):
         )
         where = f" at {endpoint}" if endpoint else ""
         what = f"{op} {key!r} in {self.url}" if key else f"{op} {self.url}"
+        # A server that is not S3 at all (a web server, the wrong port) answers HeadBucket with a
+        # plain 404 too; one more S3 request tells the two apart, and the message says both.
+        try:
+            fs.call_s3("list_buckets")
+        except PermissionError:
+            pass  # an S3 AccessDenied: it is S3
+        except Exception as exc:
+            return StoreError(
+                f"{what}: bucket {self.bucket!r} was not found{where}, and that endpoint did not answer an S3 "
+                f"ListBuckets request either ({type(exc).__name__}: {exc}): is it an S3 endpoint? Check "
+                "endpoint_url / AWS_ENDPOINT_URL (scheme, host and port); if it is S3, create the bucket "
+                f"first (`aws s3 mb s3://{self.bucket}`)"
+            )
         return StoreError(
             f"{what}: bucket {self.bucket!r} does not exist{where}. Create it first, e.g. "
             f"`aws s3 mb s3://{self.bucket}` (add --endpoint-url for an S3-compatible server), then retry"
