@@ -4,6 +4,7 @@ handles SIGTERM and SIGINT to ``<out_dir>/<trial>-<epoch>.txt`` before it sleeps
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -22,6 +23,18 @@ time.sleep(600)
 class SpawnConfig(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
     out_dir: str = ""
     x: float = 0.0
+
+
+def forks(config: SpawnConfig, ctx: Any) -> dict[str, float]:
+    """Forks a copy of the worker that lingers (no exec), then finishes normally."""
+    pid = os.fork()
+    if pid == 0:  # the child: a copy of the worker process, with its pipes to the agent
+        with open(f"{config.out_dir}/forked-{os.getpid()}.txt", "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(600)
+        os._exit(0)
+    ctx.report(1, {"score": config.x})
+    return {"score": config.x}
 
 
 def trial(config: SpawnConfig, ctx: Any) -> dict[str, float]:

@@ -20,7 +20,7 @@ from ablator import layout
 from ablator.errors import ConfigError, ExperimentTampered
 from ablator.store import open_store
 
-from .conftest import experiment, launch_toy, status_json
+from .conftest import experiment, launch_toy, results, status_json
 
 
 def _write_yaml(path: Path, exp: dict[str, Any]) -> Path:
@@ -375,3 +375,24 @@ def test_a_stored_experiment_this_ablator_refuses_names_the_version_that_launche
     ) as info:
         checked_experiment(spec, "s/experiment.json")
     assert "$.design.trials: at most 10,000,000" in str(info.value) and "s/experiment.json" in str(info.value)
+
+
+@pytest.mark.procs
+def test_a_forked_copy_of_the_worker_does_not_outlive_it(tmp_path: Path, agents: Any) -> None:
+    from .conftest import wait_for
+
+    out_dir = tmp_path / "forked"
+    out_dir.mkdir()
+    exp = experiment(
+        entry="tests.agent.spawntoy:forks",
+        config={"out_dir": str(out_dir)},
+        design={"kind": "random", "trials": 2, "space": {"x": {"range": [0.0, 1.0]}}},
+    )
+    store = str(tmp_path / "store")
+    launch_toy(store, exp)
+    agent = agents(store)
+    assert agent.wait(120) == 0, agent.output()  # the lingering copies hold its pipes: no hang
+    pids = [int(p.read_text()) for p in out_dir.glob("forked-*.txt")]
+    assert len(pids) == 2
+    wait_for("the forked copies to be gone", lambda: not any(_alive(pid) for pid in pids), timeout=30)
+    assert {r.status for r in results(open_store(store)).values()} == {"completed"}
