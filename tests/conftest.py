@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import platform
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -126,7 +127,19 @@ def s3_faults(s3_server: S3Server) -> Iterator[tuple[Faults, str]]:
 # stays true as tests are added.
 
 PROCESS_FIXTURES = frozenset(
-    {"agents", "agent_env", "subprocess_env", "backend_env", "child_env", "serve_env", "servers", "cli_env"}
+    {
+        "agents",
+        "agent_env",
+        "subprocess_env",
+        "backend_env",
+        "child_env",
+        "serve_env",
+        "servers",
+        "cli_env",
+        # tests/engines/test_slurm.py: a Slurm cluster (slurmctld, slurmd) and jobs on it
+        "slurm_cluster",
+        "time_limited",
+    }
 )
 _SPAWN_EVENTS = frozenset(
     {"subprocess.Popen", "os.posix_spawn", "os.fork", "os.forkpty", "os.spawn", "os.exec"}
@@ -142,6 +155,10 @@ def _on_audit(event: str, args: tuple[object, ...]) -> None:
             _unmarked_spawners.setdefault(item.nodeid, event)
 
 
+# Every attempt records platform.platform(), whose first call in a process runs `uname -p` (the
+# processor) and caches it: asked here, before the hook, so that no in-process trial test is
+# blamed for a spawn that belongs to whichever of them happens to run first.
+platform.platform()
 sys.addaudithook(_on_audit)  # audit hooks cannot be removed; this one only reads a list
 
 

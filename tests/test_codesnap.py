@@ -27,6 +27,7 @@ def _tree(root: Path, files: dict[str, str]) -> None:
         p.write_text(text)
 
 
+@pytest.mark.procs  # snapshot_code asks git whether the folder is in a repository
 def test_snapshot_respects_gitignore_without_git(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _tree(
@@ -148,6 +149,7 @@ def _store_with(tmp_path: Path, data: bytes, sha: str | None = None) -> tuple[St
     return store, sha
 
 
+@pytest.mark.procs  # the snapshot asks git whether the folder is in a repository
 def test_ensure_code_unpacks_once_and_imports(tmp_path: Path) -> None:
     src = tmp_path / "src"
     _tree(src, {"snapmod_ok/__init__.py": "VALUE = 'from the snapshot'\n", "run.sh": "#!/bin/sh\n"})
@@ -180,6 +182,7 @@ def test_ensure_code_unpacks_once_and_imports(tmp_path: Path) -> None:
         sys.modules.pop("snapmod_ok", None)
 
 
+@pytest.mark.procs  # the snapshot asks git whether the folder is in a repository
 def test_hash_mismatch_is_refused(tmp_path: Path) -> None:
     good = snapshot_code(_mk(tmp_path / "a", {"m.py": "X = 1\n"}))
     evil = snapshot_code(_mk(tmp_path / "b", {"m.py": "X = 'replaced'\n"}))

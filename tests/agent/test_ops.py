@@ -39,6 +39,7 @@ def test_launch_is_create_once(tmp_path: Path) -> None:
         launch(experiment_from_dict(experiment()), url, extend=0)
 
 
+@pytest.mark.procs  # --code snapshots the folder, which runs git
 def test_launch_with_code_and_a_different_snapshot_is_refused(tmp_path: Path) -> None:
     url = str(tmp_path / "s")
     code = tmp_path / "code"
@@ -57,6 +58,7 @@ def test_launch_with_code_and_a_different_snapshot_is_refused(tmp_path: Path) ->
     assert ext.extension == 0 and ext.spec.code_sha256 == res.spec.code_sha256
 
 
+@pytest.mark.procs  # --code snapshots the folder, which runs git
 def test_stores_and_reports_inside_the_code_folder_are_not_code(tmp_path: Path) -> None:
     code = tmp_path / "project"
     code.mkdir()

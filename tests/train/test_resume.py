@@ -220,6 +220,7 @@ def test_outcome_json_round_trip() -> None:
     assert json.loads(msgspec.json.encode(o))["resumed_from"] == [0, 2]
 
 
+@pytest.mark.procs  # DataLoader workers are forked processes
 def test_resume_with_loader_workers_is_bit_identical(tmp_path: Path) -> None:
     """Worker processes draw the augmentation noise: their seeds come from the epoch's generator,
     so re-reading the consumed batches reproduces the stream."""
