@@ -128,7 +128,11 @@ class TrialContext:
         experiment metric counts as an evaluation for best tracking and early stopping, and is
         where the experiment's pruner decides (then :attr:`should_stop` turns True)."""
         step = _checked_step(step)
-        values = {str(k): float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+        if not isinstance(metrics, Mapping):
+            raise AblatorError(
+                f"ctx.report(step={step}, ...): metrics must be a dict of name -> number, found {type(metrics).__name__}"
+            )
+        values = {str(k): _metric_value(k, v, f"ctx.report(step={step})") for k, v in metrics.items()}
         self._check_metric_name(values)
         self._rows.add(step, values)
         self._latest.update(values)
@@ -290,6 +294,24 @@ class TrialContext:
 MAX_STEP = 2**53
 """The largest step ``ctx.report`` takes: steps are stored and plotted as float64 too, which
 holds every whole number up to 2**53 exactly."""
+
+
+def _metric_value(name: Any, value: Any, where: str) -> float:
+    """``value`` as a float: a number, a 0-d (or one-element) tensor or numpy scalar; anything
+    else is an :class:`AblatorError` naming the metric, not a bare ``ValueError``."""
+    try:
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise AblatorError(
+                    f"{where}: metric {str(name)!r} is a tensor of {value.numel()} values; report one number "
+                    "(e.g. .mean())"
+                )
+            return float(value.detach().item())
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise AblatorError(
+            f"{where}: metric {str(name)!r} must be a number (or a one-value tensor), found {type(value).__name__}"
+        ) from None
 
 
 def _checked_step(step: Any) -> int:

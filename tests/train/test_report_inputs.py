@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import trainlib as T
 from testkit import put_claim
 
@@ -116,3 +117,28 @@ def test_a_checkpoint_that_cannot_hold_the_state_says_so_first() -> None:
     assert (
         "\x1b[" not in text and "weights_only=False" not in text and "weights_only` set to `False" not in text
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("high", r"metric 'val_accuracy' must be a number \(or a one-value tensor\), found str"),
+        (torch.ones(3), r"metric 'val_accuracy' is a tensor of 3 values; report one number"),
+        (object(), "found object"),
+    ],
+)
+def test_metric_values_that_are_not_numbers_are_named(value: Any, message: str) -> None:
+    def trial(config: T.TinyConfig, ctx: TrialContext) -> dict[str, float]:
+        ctx.report(1, {"val_accuracy": value})
+        return {}
+
+    with pytest.raises(AblatorError, match=message):
+        _run(trial)
+
+
+def test_numpy_and_one_value_tensors_are_numbers() -> None:
+    def trial(config: T.TinyConfig, ctx: TrialContext) -> dict[str, float]:
+        ctx.report(1, {"val_accuracy": np.float32(0.25), "loss": torch.tensor([0.5], requires_grad=True)})
+        return {}
+
+    assert _run(trial).best["val_accuracy"] == 0.25
