@@ -396,3 +396,40 @@ def test_a_forked_copy_of_the_worker_does_not_outlive_it(tmp_path: Path, agents:
     assert len(pids) == 2
     wait_for("the forked copies to be gone", lambda: not any(_alive(pid) for pid in pids), timeout=30)
     assert {r.status for r in results(open_store(store)).values()} == {"completed"}
+
+
+@pytest.mark.procs
+@pytest.mark.parametrize("after", [0.3, 0.9, 1.5])
+def test_a_launch_killed_midway_can_be_run_again(tmp_path: Path, after: float) -> None:
+    import time
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "killmod.py").write_text(MODULE)
+    for i in range(200):  # some bulk, so that the kill can land inside the upload
+        (code / f"data_{i}.py").write_text(f"X = {'1' * 2000}\n")
+    exp_file = _write_yaml(tmp_path / "exp.yaml", experiment(entry="killmod:trial", config={}))
+    store = tmp_path / "store"
+    args = [
+        sys.executable,
+        "-m",
+        "ablator",
+        "launch",
+        str(exp_file),
+        "--store",
+        str(store),
+        "--code",
+        str(code),
+    ]
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    time.sleep(after)
+    proc.kill()  # SIGKILL wherever it is: reading the code, uploading, creating experiment.json
+    proc.wait(30)
+    again = ablator_cli("launch", str(exp_file), "--store", str(store), "--code", str(code), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "launched experiment" in again.stdout or "nothing to do" in again.stdout
+    spec = json.loads((store / layout.EXPERIMENT).read_text())
+    zips = list((store / "code").glob("*.zip"))
+    assert [z.stem for z in zips] == [spec["code_sha256"]]  # one complete snapshot, the one pinned
