@@ -74,6 +74,12 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--grace-seconds", type=seconds, default=30.0, help="time to checkpoint and release on SIGTERM"
     )
+    p.add_argument(
+        "--store-timeout",
+        type=positive_seconds,
+        default=600.0,
+        help="seconds the store may not answer (transient errors, retried with back-off) before the agent gives up",
+    )
     p.add_argument("--fresh-worker", action="store_true", help="a new worker process for every trial")
     p.add_argument("--force", action="store_true", help="trust a store that failed the trust checks")
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")

@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import math
 import os
+import random
 import select
 import signal
 import sys
@@ -46,7 +47,7 @@ from ablator.agent.devices import Slot, plan_slots
 from ablator.agent.packing import Packer
 from ablator.agent.slots import GpuSlots
 from ablator.agent.worker import Worker
-from ablator.errors import AblatorError, ConfigError, LeaseLost, StoreError
+from ablator.errors import AblatorError, ConfigError, LeaseLost, StoreError, StoreUnavailable
 from ablator.spec import checked_experiment, decode_spec
 from ablator.store.base import Store
 from ablator.tpe import outcome_value
@@ -64,6 +65,16 @@ def timing(msg: P.Finished) -> str:
     if msg.setup_s is None:
         return f"{msg.duration_s:.1f} s"
     return f"{max(0.0, msg.duration_s - msg.setup_s):.1f} s training, +{msg.setup_s:.1f} s warm-up"
+
+
+@dataclass
+class _Deferred:
+    """A write for a trial this agent still holds that the store did not take (StoreUnavailable):
+    ``write()`` is tried again at ``next_try`` until it succeeds or the lease is lost."""
+
+    what: str
+    write: Callable[[], None]
+    next_try: float
 
 
 class AgentError(AblatorError):
@@ -206,6 +217,11 @@ class Agent:
         self.drain_deadline = math.inf
         self.signals = 0
         self.fatal: str | None = None
+        # The store did not answer (StoreUnavailable): since when, and the writes that wait for
+        # it (results, failures, releases of trials still held), retried with back-off.
+        self._store_down_since: float | None = None
+        self._store_tries = 0
+        self._deferred: list[_Deferred] = []
         self.store: Store | None = None
         self._summaries: ThreadPoolExecutor | None = None  # writes trial summaries (see _summarize)
         self.membership: Any = None
@@ -458,11 +474,18 @@ class Agent:
             if self.stop_reason is not None:  # a signal while starting: nothing was claimed
                 self.console.info(f"{self.stop_reason} while starting; exiting")
                 return self.exit_code
-            if self.membership.store.exists(layout.STOP):
+            try:
+                stopped = self.membership.store.exists(layout.STOP)
+            except StoreUnavailable:
+                stopped = False  # not known yet: every heartbeat reads it again
+            if stopped:
                 self.console.info(f"the experiment in {self.store_url} was stopped (ablator stop); exiting")
                 self._shutdown_workers(kill=False)
                 return 0
-            self.membership.start()
+            self._start_membership()
+            if self.stop_reason is not None or self.fatal:
+                self.console.info(f"{self.stop_reason or self.fatal}; exiting before any claim")
+                return 1 if self.fatal else self.exit_code
             self._describe()
             return self._loop()
         finally:
@@ -488,6 +511,7 @@ class Agent:
         tick = min(0.1, hb / 4)
         idle_backoff = min(max(hb / 4, 0.05), 1.0)
         next_claim = 0.0
+        next_watch = 0.0
         next_done_check = 0.0
         next_status = 0.0
         draining = False
@@ -496,6 +520,7 @@ class Agent:
             self._pump(tick if not self._free_slots() or time.monotonic() < next_claim else 0.0)
             now = time.monotonic()
             self._supervise(now)
+            self._retry_deferred(now)
             if not draining:
                 self._tend_gpus()
             if self.fatal and not draining:
@@ -520,9 +545,22 @@ class Agent:
                 self._show_status()
             limit_hit = max_trials is not None and self.counts.started >= max_trials
             if not limit_hit and now >= next_claim and self._free_slots():
-                self._fill()
-                if self._free_slots():  # nothing (more) to claim now: do not spin on the store
-                    next_claim = now + idle_backoff
+                try:
+                    self._fill()
+                except StoreUnavailable as exc:
+                    next_claim = self._store_trouble(exc, "claiming")
+                else:
+                    self._store_answers()
+                    if self._free_slots():  # nothing (more) to claim now: do not spin on the store
+                        next_claim = now + idle_backoff
+            if not self._free_slots() and now >= next_watch:
+                # Every slot busy: keep watching the others (cheap), so that an orphan is taken
+                # the moment a slot frees, not a lease of watching later.
+                next_watch = now + hb
+                try:
+                    self.claimer.watch()
+                except StoreUnavailable as exc:
+                    next_watch = self._store_trouble(exc, "watching the other agents")
             if self._busy():
                 continue
             if limit_hit:
@@ -530,7 +568,13 @@ class Agent:
                 break
             if now >= next_done_check:
                 next_done_check = now + max(idle_backoff, min(hb, 2.0))
-                if self.claimer.done():
+                try:
+                    done = self.claimer.done()
+                except StoreUnavailable as exc:
+                    next_done_check = self._store_trouble(exc, "checking whether the experiment is done")
+                    continue
+                self._store_answers()
+                if done:
                     if not self.args.watch:
                         self.console.info(f"experiment {self.exp.name!r} is done; exiting")
                         break
@@ -538,8 +582,70 @@ class Agent:
         self._show_status()
         return self.exit_code
 
+    def _start_membership(self) -> None:
+        """The first heartbeat (nothing may be claimed before it is written), retried with
+        back-off while the store does not answer, until a signal or ``--store-timeout``."""
+        while True:
+            try:
+                self.membership.start()
+                self._store_answers()
+                return
+            except StoreUnavailable as exc:
+                wake = self._store_trouble(exc, "writing the first heartbeat")
+            while time.monotonic() < wake:
+                if self.stop_reason is not None or self.fatal:
+                    return
+                time.sleep(min(0.1, max(0.0, wake - time.monotonic())))
+
     def _busy(self) -> bool:
-        return any(st.run is not None for st in self.slots)
+        return any(st.run is not None for st in self.slots) or bool(self._deferred)
+
+    # -- a store that does not answer -------------------------------------------------------------
+
+    def _store_trouble(self, exc: StoreUnavailable, doing: str) -> float:
+        """The store did not answer while ``doing``: note it, and return when to try again
+        (exponential back-off with jitter). A store silent for ``--store-timeout`` ends the
+        agent (its trials are taken over after their lease)."""
+        now = time.monotonic()
+        if self._store_down_since is None:
+            self._store_down_since = now
+            self._store_tries = 0
+            self.console.warn(f"the store did not answer ({doing}): {exc}; retrying with back-off")
+        self._store_tries += 1
+        down = now - self._store_down_since
+        limit = self.args.store_timeout
+        if down > limit and not self.fatal:
+            self.fatal = (
+                f"the store {self.store_url} has not answered for {down:.0f} s (--store-timeout {limit:g} s); "
+                f"last error: {exc}. Trials this agent held are taken over by other agents after their lease"
+            )
+        delay = min(30.0, 0.2 * 2 ** min(self._store_tries, 8))
+        return now + random.uniform(delay / 2, delay)
+
+    def _store_answers(self) -> None:
+        if self._store_down_since is not None:
+            down = time.monotonic() - self._store_down_since
+            self.console.info(f"the store answers again (after {down:.1f} s)")
+            self._store_down_since = None
+
+    def _defer(self, what: str, write: Callable[[], None], exc: StoreUnavailable) -> None:
+        """Keep a write the store did not take, to try again until it succeeds or the lease is lost."""
+        self._deferred.append(_Deferred(what, write, self._store_trouble(exc, what)))
+
+    def _retry_deferred(self, now: float) -> None:
+        for d in list(self._deferred):
+            if now < d.next_try:
+                continue
+            try:
+                d.write()
+            except StoreUnavailable as exc:
+                d.next_try = self._store_trouble(exc, d.what)
+                continue
+            except LeaseLost as exc:
+                self.counts.lost += 1
+                self.console.warn(f"{d.what}: not written, the lease was lost meanwhile ({exc})")
+            self._deferred.remove(d)
+            self._store_answers()
 
     def _free_slots(self) -> list[SlotState]:
         return [st for st in self.slots if st.run is None and st.worker is not None and st.worker.ready]
@@ -697,11 +803,18 @@ class Agent:
         elif isinstance(msg, P.Stopped):
             self._save_log(st)
             reason = self.stop_reason or "stopped"
-            try:
-                held.release(reason, msg.step)
+            step = msg.step
+
+            def write_release() -> None:
+                held.release(reason, step)
                 self.counts.released += 1
-                at = f" at step {msg.step}" if msg.step is not None else ""
+                at = f" at step {step}" if step is not None else ""
                 self.console.info(f"trial {held.trial} checkpointed{at} and released ({reason})")
+
+            try:
+                write_release()
+            except StoreUnavailable as exc:
+                self._defer(f"trial {held.trial}'s release", write_release, exc)
             except LeaseLost as exc:
                 self._lost(st, str(exc), kill=False)
                 return
@@ -814,39 +927,57 @@ class Agent:
         run = st.run
         assert run is not None
         held = run.held
-        try:
+
+        def write_failure() -> None:
             held.fail(kind, message, tb, step)
+            self.counts.failed += 1
+            first = message.splitlines()[0] if message else ""
+            self.console.warn(f"trial {held.trial} attempt {held.epoch + 1} failed ({kind}): {first}")
+
+        try:
+            write_failure()
+        except StoreUnavailable as exc:
+            self._defer(f"trial {held.trial}'s failure record", write_failure, exc)
         except LeaseLost as exc:
             self.console.warn(f"trial {held.trial}: {kind} ({message}), but the lease was lost: {exc}")
             self.counts.lost += 1
-            return
-        self.counts.failed += 1
-        self.console.warn(
-            f"trial {held.trial} attempt {held.epoch + 1} failed ({kind}): {message.splitlines()[0] if message else ''}"
-        )
 
     def _finished(self, st: SlotState, held: Any, msg: P.Finished, objective: Any, sharing: Any) -> None:
         """Write a finished trial's result and say so (the console holds other lines back)."""
         if self._may_claim():
             # The slot is free: its worker starts the next trial while we write this one's
             # result (a durable write, the slowest step of a short trial).
-            self._fill([st])
+            try:
+                self._fill([st])
+            except StoreUnavailable as exc:
+                self._store_trouble(exc, "claiming")
         try:
-            won = held.finish(
-                status=msg.status,
-                metrics=msg.metrics,
-                best=msg.best,
-                best_step=msg.best_step,
-                steps=msg.steps,
-                duration_s=msg.duration_s,
-                message=msg.message,
+            self._write_result(st, held, msg, objective, sharing)
+        except StoreUnavailable as exc:
+            # Still held (the heartbeat lists it): the result is written when the store answers,
+            # unless the lease runs out first (then another holder redoes the attempt).
+            self._defer(
+                f"trial {held.trial}'s result",
+                lambda: self._write_result(st, held, msg, objective, sharing),
+                exc,
             )
         except LeaseLost as exc:
             self.counts.lost += 1
             self.console.warn(
                 f"trial {held.trial} epoch {held.epoch}: finished, but the lease was lost ({exc})"
             )
-            return
+
+    def _write_result(self, st: SlotState, held: Any, msg: P.Finished, objective: Any, sharing: Any) -> None:
+        """Create a finished trial's result and report it (raises StoreUnavailable, LeaseLost)."""
+        won = held.finish(
+            status=msg.status,
+            metrics=msg.metrics,
+            best=msg.best,
+            best_step=msg.best_step,
+            steps=msg.steps,
+            duration_s=msg.duration_s,
+            message=msg.message,
+        )
         if won:
             self.counts.done += 1
             self._summarize(held.trial)

@@ -180,7 +180,15 @@ class _Child:
 
         if init.code_dir:
             activate(init.code_dir)
-        store = open_store(init.store_url, force=init.force)
+        from ablator.store.retry import RetryingStore
+
+        # The store may be away for a while (a soft NFS mount timing out, S3 throttling): a
+        # worker's writes and fence checks retry until its lease deadline, and only then is the
+        # attempt fenced -- never failed for a transient error.
+        store = RetryingStore(
+            open_store(init.store_url, force=init.force),
+            keep_trying=lambda: self.fence is not None and time.monotonic() < self.fence.valid_until,
+        )
         from ablator import experiment as X
 
         exp = X.experiment_from_dict(init.experiment, source=f"{init.store_url} experiment.json")
@@ -247,8 +255,13 @@ class _Child:
         except LeaseLost as exc:
             reply: Any = P.Fenced(message=str(exc))
         except BaseException as exc:
+            unavailable = _store_unavailable(exc)
             if fence.lost is not None:
                 reply = P.Fenced(message=fence.lost)
+            elif unavailable is not None:
+                # Retried until the lease deadline: the attempt is fenced (another holder resumes
+                # it after the lease), never failed for a store that did not answer.
+                reply = P.Fenced(message=f"the store did not answer before the lease ran out: {unavailable}")
             else:
                 from ablator.agent.devices import device_trouble
 
@@ -321,6 +334,20 @@ class _PeakMemory:
             return int(torch.cuda.max_memory_reserved() // 2**20) + self.CONTEXT_MB
         except Exception:
             return None
+
+
+def _store_unavailable(exc: BaseException) -> BaseException | None:
+    """The StoreUnavailable in ``exc``'s chain of causes (a trainer may wrap it), or None."""
+    from ablator.errors import StoreUnavailable
+
+    cur: BaseException | None = exc
+    for _ in range(16):
+        if cur is None:
+            return None
+        if isinstance(cur, StoreUnavailable):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def _is_ablator_error(exc: BaseException) -> bool:

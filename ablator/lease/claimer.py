@@ -350,6 +350,10 @@ class Claimer:
                 return resolved
             if self.membership.stop_requested or self.membership.state != "running":
                 return None
+            if not self.membership.renewing:
+                # Heartbeats fail: a new claim could not be renewed in the world's eyes, and
+                # would be fenced and taken over (often by ourselves). Claim again once they pass.
+                return None
             self._maybe_scan()
             held = self._claim_ready(new_spec, can_run)
             if held is None:
@@ -561,7 +565,8 @@ class Claimer:
         elif st.status == "pending" and i < self._budget and i not in self._declined and i not in self._free:
             bisect.insort(self._free, i)
 
-    def _claim_ready(self, new_spec: NewSpec, can_run: CanRun | None) -> Held | None:
+    def _recheck_due(self) -> None:
+        """Read again the trials whose re-check is due (released, orphaned, hinted, watched)."""
         now = self.clock()
         due = [t for t, at in self._check_at.items() if at <= now and t not in self._terminal]
         if due:
@@ -572,6 +577,18 @@ class Claimer:
                         self.store, t, judge=self._judge, limits=self.limits, forgiven=forgiven.get(t, -1)
                     )
                 )
+
+    def watch(self) -> None:
+        """Keep watching while every slot is busy (an agent calls this about once a heartbeat
+        interval): the liveness scan and the due re-checks run as if claiming, so that timers
+        start on time and an orphan is already known -- and taken first -- when a slot frees.
+        Costs what a scan costs (a listing and a few reads per heartbeat interval)."""
+        with self._lock:
+            self._maybe_scan()
+            self._recheck_due()
+
+    def _claim_ready(self, new_spec: NewSpec, can_run: CanRun | None) -> Held | None:
+        self._recheck_due()
         while self._ready:
             i = min(self._ready, key=lambda k: (self._ready[k].kind, k))
             ready = self._ready.pop(i)
@@ -596,6 +613,33 @@ class Claimer:
                 return c.spec, False
         return new_spec(i), True
 
+    def _takeovers_by_others(self, i: int, top: int) -> int:
+        """Takeovers of trial ``i`` up to epoch ``top`` in which the holder changed. An agent that
+        fenced itself (its heartbeats failed) and took its own trial back did not lose a host to
+        the trial: such self-takeovers never count against ``max_takeovers``. Read only when the
+        count of all takeovers reaches the limit (rare)."""
+        entries = self.store.list(layout.trial_dir(i))
+        names = {layout.basename(e.key) for e in entries}
+        holders: dict[int, str | None] = {}
+        for ep in range(top + 1):
+            key = layout.claim(i, ep)
+            if layout.basename(key) in names:
+                data = self.store.get(key)
+                c = None if data is None else records.try_decode(data, records.Claim, key)
+                holders[ep] = None if c is None else c.agent_id
+        n = 0
+        forgiven = self._forgiven.get(i, -1)
+        for ep in range(max(1, forgiven + 2), top + 1):
+            prev = ep - 1
+            ended = any(
+                n_ in names
+                for n_ in (layout.basename(layout.failed(i, prev)), layout.basename(layout.release(i, prev)))
+            )
+            if ep in holders and prev in holders and not ended:
+                same = holders[ep] is not None and holders[ep] == holders[prev]
+                n += 0 if same else 1
+        return n
+
     def _take(self, st: TrialState, new_spec: NewSpec, can_run: CanRun | None) -> Held | None:
         """Takeover of a released, orphaned or retryable trial: create ``claim.e<epoch + 1>``;
         exactly one agent wins."""
@@ -604,7 +648,11 @@ class Claimer:
         spec, embed = self._spec_for(st, new_spec)
         if can_run is not None and not can_run(spec):
             return None
-        lost = st.status == "orphaned" and st.takeovers >= self.limits.max_takeovers
+        lost = (
+            st.status == "orphaned"
+            and st.takeovers >= self.limits.max_takeovers
+            and self._takeovers_by_others(i, st.epoch) >= self.limits.max_takeovers
+        )
         claim = records.Claim(
             trial=i,
             epoch=e,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ablator import __version__, layout, records
-from ablator.errors import StoreError
+from ablator.errors import StoreError, StoreUnavailable
 from ablator.lease import identity
 from ablator.lease.limits import Clock, LeaseLimits, default_clock
 from ablator.store.base import Store
@@ -118,6 +118,7 @@ class Membership:
         self._next_beat = math.inf
         self._stop_seen = False
         self._last_error: BaseException | None = None
+        self._renewing = True
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -127,7 +128,9 @@ class Membership:
         if self._started:
             return
         if not self.beat():
-            raise StoreError(
+            # A store that did not answer for now says so (the caller may wait and try again).
+            cls = StoreUnavailable if isinstance(self._last_error, StoreUnavailable) else StoreError
+            raise cls(
                 f"agent {self.agent_id}: cannot write its first heartbeat {self.key!r} to {self.store.url}"
                 f" ({self._last_error}); nothing may be claimed before other agents can see this one"
             )
@@ -179,6 +182,12 @@ class Membership:
     def stop_requested(self) -> bool:
         """The operator's stop record (``control/stop.msgpack``) was seen (read every heartbeat)."""
         return self._stop_seen
+
+    @property
+    def renewing(self) -> bool:
+        """Whether the last heartbeat write succeeded. While it fails, nothing new may be
+        claimed: a claim the world cannot see renewed would be fenced, then taken over."""
+        return self._renewing
 
     @property
     def state(self) -> str:
@@ -298,9 +307,11 @@ class Membership:
             self.store.replace(self.key, records.encode(hb))
         except Exception as exc:  # any failure: keep trying; fencing protects the trials
             self._last_error = exc
+            self._renewing = False
             log.warning("agent %s: heartbeat to %s failed: %s", self.agent_id, self.store.url, exc)
             return False
         end = self.clock()
+        self._renewing = True
         with self._lock:
             for k in snapshot:
                 h = self._held.get(k)

@@ -114,6 +114,7 @@ class TrialContext:
         self._last_ckpt_step: int | None = None if loaded is None else loaded.step
         self.status: str | None = None  # "early_stopped" / "diverged" / "pruned" once decided
         self.message = ""
+        self._finished = False
 
     # -- the contract ---------------------------------------------------------------------------
     @property
@@ -122,6 +123,13 @@ class TrialContext:
         metric diverged, the experiment's pruner pruned the trial (it ends ``pruned``), or the
         agent asked this trial to stop (drain, operator stop)."""
         return self.status is not None or bool(getattr(self._fence, "should_stop", False))
+
+    def finished(self) -> None:
+        """Say that the trial ran to its end. A trial function that returns while a stop was
+        requested (:attr:`should_stop` by a drain or an operator's stop) is released -- the next
+        holder resumes it from its newest checkpoint, or from scratch -- unless it said so: a
+        trial cut short must never be recorded as completed with partial metrics."""
+        self._finished = True
 
     def report(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Record ``metrics`` (numbers or 0-d tensors) at ``step``. A report that carries the
@@ -270,11 +278,10 @@ class TrialContext:
         self._writer.drain()
         status = self.status
         if status is None:
-            status = (
-                "stopped"
-                if getattr(self._fence, "should_stop", False) and self._ckpt.last_step
-                else "completed"
-            )
+            # Returning while a stop was requested is a preemption, checkpointed or not (a
+            # release), unless the trial said it finished.
+            stop = getattr(self._fence, "should_stop", False)
+            status = "stopped" if stop and not self._finished else "completed"
         if self._pruning is not None and status in ("completed", "early_stopped"):
             self._pruning.finished()  # the median rule learns from finished curves
         return Outcome(
