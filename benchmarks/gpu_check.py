@@ -215,12 +215,12 @@ def check_resume(dry: bool, device: str, tmp: Path) -> None:
     steps, every = (12, 4) if dry else (600, 200)
     kill_at = every * 2
 
-    def run(store: Path, epoch: int, kill: bool) -> subprocess.CompletedProcess[str]:
+    def start(store: Path, epoch: int, kill: bool) -> subprocess.Popen[str]:
         env = child_env()
         env["GPU_CHECK_STORE"] = str(store)
         if kill:
             env["GPU_CHECK_KILL_AT"] = str(kill_at)
-        return subprocess.run(
+        return subprocess.Popen(
             [
                 sys.executable,
                 __file__,
@@ -233,15 +233,21 @@ def check_resume(dry: bool, device: str, tmp: Path) -> None:
                 str(every),
             ],
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=300,
         )
 
-    whole = run(tmp / "whole", 0, False)
+    def finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+        out, err = proc.communicate(timeout=300)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    # The uninterrupted run and the run that is killed use separate stores: they run at once
+    # (deterministic algorithms make each one's rows independent of the other's timing).
+    whole_proc, killed_proc = start(tmp / "whole", 0, False), start(tmp / "killed", 0, True)
+    whole, killed = finish(whole_proc), finish(killed_proc)
     assert whole.returncode == 0, whole.stderr
-    killed = run(tmp / "killed", 0, True)
-    resumed = run(tmp / "killed", 1, False)
+    resumed = finish(start(tmp / "killed", 1, False))
     ok_kill = killed.returncode == -signal.SIGKILL
     assert resumed.returncode == 0, resumed.stderr
     info = json.loads(resumed.stdout.strip().splitlines()[-1])
