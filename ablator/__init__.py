@@ -34,7 +34,7 @@ _LAZY = {
     "TrialContext": "ablator.train",
     "launch": "ablator.ops",
     "open_store": "ablator.store",
-    "run": "ablator.train.run",
+    "run": "ablator.agent.run",
 }
 
 

@@ -29,7 +29,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "stop": ("ablator.ops", "ask every agent to release or finish its trials and exit"),
     "retry": ("ablator.ops", "make failed trials retryable again"),
     "gc": ("ablator.ops", "delete checkpoints no longer needed (keeps best and last per trial)"),
-    "run": ("ablator.train.run", "run one trial in this process (the prototype path)"),
+    "run": ("ablator.agent.run", "run one trial in this process (the prototype path)"),
     "analyze": ("ablator.analysis.cli", "print the effects table of a store"),
     "report": ("ablator.analysis.cli", "write figures, report.md and report.html for a store"),
     "submit": ("ablator.engines.submit", "start agents on Slurm, Kubernetes or SkyPilot (docs/engines.md)"),
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
 
     p = add("agent")
-    from ablator.agent_args import add_agent_arguments
+    from ablator.agent.options import add_agent_arguments
 
     add_agent_arguments(p)
 

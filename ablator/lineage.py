@@ -5,7 +5,8 @@ checkpoints canonical only up to step ``s``: whatever ``p`` wrote later (a zombi
 noticed the takeover) is off the lineage. An attempt that started from scratch has no ancestors.
 
 ``segments(store, trial, e)`` -> ``[(epoch, upto_step), ...]`` from the oldest ancestor to ``e``
-itself, whose bound is None (unbounded).
+itself, whose bound is None (unbounded). ``chain(store, trial, e)`` is the same lineage as a
+result records it: ``[(epoch, resumed_from_step), ...]``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,10 @@ from __future__ import annotations
 from ablator import layout, records
 from ablator.store.base import Store
 
-Segment = tuple[int, "int | None"]
-
 
 def read_attempt(store: Store, trial: int, epoch: int) -> records.Attempt | None:
-    key = layout.attempt(trial, epoch)
-    data = store.get(key)
-    return None if data is None else records.try_decode(data, records.Attempt, key)
+    """Attempt ``epoch`` of ``trial``; None when absent or corrupt (warned)."""
+    return records.read(store, layout.attempt(trial, epoch), records.Attempt)
 
 
 def segments(store: Store, trial: int, epoch: int) -> list[tuple[int, int | None]]:
@@ -39,6 +37,13 @@ def segments(store: Store, trial: int, epoch: int) -> list[tuple[int, int | None
         current = parent
     out.reverse()
     return out
+
+
+def chain(store: Store, trial: int, epoch: int) -> list[tuple[int, int | None]]:
+    """The lineage of attempt ``epoch`` as ``Result.lineage`` records it: ``(epoch, the step it
+    resumed from)`` from the first attempt (None: from scratch) to ``epoch``."""
+    segs = segments(store, trial, epoch)
+    return [(segs[0][0], None)] + [(segs[k][0], segs[k - 1][1]) for k in range(1, len(segs))]
 
 
 def parent_epoch(store: Store, trial: int, epoch: int) -> int | None:
@@ -84,10 +89,7 @@ def canonical_rows(store: Store, trial: int, epoch: int) -> list[records.MetricR
         parsed = layout.parse_epoch_step(layout.basename(e.key))
         if parsed is None or parsed[0] not in bounds:
             continue
-        data = store.get(e.key)
-        if data is None:
-            continue
-        chunk = records.try_decode(data, records.MetricsChunk, e.key)
+        chunk = records.read(store, e.key, records.MetricsChunk)
         if chunk is not None:
             by_epoch[parsed[0]].extend(chunk.rows)
     rows: list[records.MetricRow] = []

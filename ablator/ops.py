@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import argparse
 
     from ablator.experiment import Experiment
+    from ablator.lease import LeaseLimits, TrialState
     from ablator.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -364,19 +365,18 @@ def cli_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def _limits(spec: records.ExperimentSpec) -> Any:
-    from ablator import experiment as X
+def _limits(spec: records.ExperimentSpec) -> LeaseLimits:
     from ablator.lease import LeaseLimits
 
-    exp = X.experiment_from_dict(spec.experiment, source=layout.EXPERIMENT)
-    return LeaseLimits.from_limits(exp.limits)
+    return LeaseLimits.from_mapping(spec.experiment.get("limits"), source=layout.EXPERIMENT)
 
 
-def _states(
+def trial_states(
     store: Store, spec: records.ExperimentSpec, trials: Sequence[int] | None = None
-) -> dict[int, Any]:
-    """Each trial's state from its records (running claims count as running: nobody's liveness
-    is judged here)."""
+) -> dict[int, TrialState]:
+    """Each trial's state from its records, as ``retry --failed`` and ``gc`` see it (the one
+    classifier of :mod:`ablator.lease.state`; open claims count as running: nobody's liveness
+    is judged here). ``trials``: only these (default: every trial folder)."""
     from ablator.lease import group_by_trial, read_forgiven, read_trial
 
     limits = _limits(spec)
@@ -388,9 +388,10 @@ def _states(
             store,
             i,
             grouped.get(i, []),
-            judge=lambda *_: False,
+            judge=None,
             limits=limits,
             forgiven=forgiven.get(i, -1),
+            validate_result=True,
         )
         for i in wanted
     }
@@ -410,7 +411,7 @@ def retry_failed(
     spec = _read_experiment(st)
     if spec is None:
         raise AblatorError(f"no experiment in {st.url}")
-    states = _states(st, spec, trials)
+    states = trial_states(st, spec, trials)
     if trials is not None:
         unknown = [t for t in trials if states[t].status == "pending"]
         if unknown:
@@ -471,7 +472,7 @@ def gc(store: str | os.PathLike[str] | Store, *, dry_run: bool = False) -> GcRep
     spec = _read_experiment(st)
     if spec is None:
         raise AblatorError(f"no experiment in {st.url}")
-    states = _states(st, spec)
+    states = trial_states(st, spec)
     budget = read_budget(st, spec.budget or 0) if spec.budget is not None else None
     open_trials = sorted(i for i, s in states.items() if s.status not in TERMINAL)
     missing = [] if budget is None else [i for i in range(budget) if i not in states]
@@ -489,12 +490,11 @@ def gc(store: str | os.PathLike[str] | Store, *, dry_run: bool = False) -> GcRep
             continue
         by_key = {e.key: e for e in entries}
         keep: set[str] = set()
-        if s.status == "done":
-            data = st.get(layout.result(i))
-            res = None if data is None else records.try_decode(data, records.Result, layout.result(i))
-            if res is None:
-                report.kept.extend(by_key)  # an unreadable result: keep everything, decide nothing
-                continue
+        if s.status == "needs_repair":
+            report.kept.extend(by_key)  # an unreadable result: keep everything, decide nothing
+            continue
+        res = s.result  # decoded by read_trial(validate_result=True) when done
+        if s.status == "done" and res is not None:
             bounds = dict(lineage.segments(st, i, res.epoch))
             canonical: list[tuple[int, int, str]] = []
             for key in by_key:
@@ -503,7 +503,10 @@ def gc(store: str | os.PathLike[str] | Store, *, dry_run: bool = False) -> GcRep
                     keep.add(key)
                     continue
                 ep, step = parsed
-                if ep in bounds and (bounds[ep] is None or step <= bounds[ep]):  # type: ignore[operator]
+                if ep not in bounds:
+                    continue
+                bound = bounds[ep]
+                if bound is None or step <= bound:
                     canonical.append((step, ep, key))
             if canonical:
                 keep.add(max(canonical)[2])
@@ -541,7 +544,7 @@ def _still_final(
     from ablator.lease import TERMINAL, read_forgiven, read_trial
 
     forgiven = read_forgiven(st, retries)
-    now = read_trial(st, i, judge=lambda *_: False, limits=_limits(spec), forgiven=forgiven.get(i, -1))
+    now = read_trial(st, i, judge=None, limits=_limits(spec), forgiven=forgiven.get(i, -1))
     return now.status in TERMINAL and now.status == judged.status and now.epoch == judged.epoch
 
 
@@ -571,4 +574,5 @@ __all__ = [
     "resume",
     "retry_failed",
     "stop",
+    "trial_states",
 ]

@@ -38,13 +38,16 @@ from __future__ import annotations
 import difflib
 import math
 import statistics
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 from ablator import layout, records
 from ablator.errors import ConfigError
 from ablator.store.base import Store
+
+if TYPE_CHECKING:
+    from ablator.train.outcome import Fence
 
 Mode = Literal["min", "max"]
 
@@ -230,7 +233,14 @@ class Pruning:
     ``fence``: anything with ``check()`` (raises when this attempt may no longer write)."""
 
     def __init__(
-        self, cfg: PrunerConfig, store: Store, trial: int, *, metric: str, mode: Mode, fence: Any = None
+        self,
+        cfg: PrunerConfig,
+        store: Store,
+        trial: int,
+        *,
+        metric: str,
+        mode: Mode,
+        fence: Fence | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -379,7 +389,7 @@ def make_pruning(
     trial: int,
     *,
     metric: tuple[str, str] | None,
-    fence: Any = None,
+    fence: Fence | None = None,
     smoke: bool = False,
 ) -> Pruning | None:
     """The pruner of one attempt, or None (no pruner, a smoke run, or no metric to judge by)."""

@@ -254,7 +254,10 @@ class Release(Record, frozen=True, kw_only=True):
     step: int | None = None  # the last checkpointed step, if any
 
 
-FailureKind = Literal["exception", "stalled", "crashed", "lost", "config", "checkpoint"]
+#: Why an attempt failed: its code raised (``exception``; ``checkpoint``: its checkpoint could
+#: not be written or read), its worker died (``crashed``) or went silent (``stalled``), or the
+#: trial was taken over ``max_takeovers`` times (``lost``: it kills every holder).
+FailureKind = Literal["exception", "stalled", "crashed", "lost", "checkpoint"]
 
 
 class Failure(Record, frozen=True, kw_only=True):
@@ -317,6 +320,60 @@ class Result(Record, frozen=True, kw_only=True):
     duration_s: float = 0.0
     lineage: list[tuple[int, int | None]] = []
     message: str = ""
+
+    @classmethod
+    def of(
+        cls,
+        outcome: Outcome,
+        *,
+        trial: int,
+        epoch: int,
+        agent_id: str,
+        lineage: list[tuple[int, int | None]],
+    ) -> Result:
+        """The result record of a finished attempt. A stopped one has no result (it is
+        released): ValueError."""
+        status = outcome.status
+        if status == "stopped":
+            raise ValueError(f"trial {trial} epoch {epoch} stopped: it is released, not finished")
+        return cls(
+            trial=trial,
+            epoch=epoch,
+            agent_id=agent_id,
+            status=status,
+            metrics=outcome.metrics,
+            best=outcome.best,
+            best_step=outcome.best_step,
+            steps=outcome.steps,
+            duration_s=outcome.duration_s,
+            lineage=lineage,
+            message=outcome.message,
+        )
+
+
+OutcomeStatus = ResultStatus | Literal["stopped"]
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """The end of one attempt, as the trainer returns it (``ablator.train.execute_trial``), a
+    worker sends it to its agent, and :meth:`Result.of` records it. Not stored itself.
+
+    ``status``: a :data:`ResultStatus` (the caller writes the result), or ``"stopped"``: the
+    fence asked the trial to stop; it checkpointed ``checkpoint_step`` and the caller writes a
+    release instead. ``metrics`` are the final values of every metric, ``best`` the row of the
+    best evaluation (at ``best_step``) of the experiment metric.
+    """
+
+    status: OutcomeStatus
+    metrics: dict[str, float] = {}
+    best: dict[str, float] = {}
+    best_step: int | None = None
+    steps: int = 0
+    duration_s: float = 0.0
+    setup_s: float | None = None  # the warm-up inside duration_s (warmup_s), if known
+    resumed_from: tuple[int, int] | None = None
+    message: str = ""
+    checkpoint_step: int | None = None  # the newest checkpoint this attempt wrote
 
 
 class Usage(Record, frozen=True, kw_only=True):

@@ -26,15 +26,23 @@ import msgspec
 from ablator import layout, records
 from ablator.agent.devices import gpu_fits, gpus_out_of_service, memory_summary
 from ablator.errors import AblatorError, ExperimentTampered, StoreError
-from ablator.lease import LeaseLimits, TrialState, group_by_trial, read_budget, read_forgiven, read_trial
-from ablator.spec import decode_spec, verify_hash
+from ablator.lease import (
+    TRIAL_STATUSES,
+    LeaseLimits,
+    TrialState,
+    group_by_trial,
+    read_budget,
+    read_forgiven,
+    read_trial,
+)
+from ablator.spec import read_spec, verify_hash
 from ablator.store import Capabilities, Store, open_store
 from ablator.trials import RunningTrial, running_trials
 
 #: Slack for the store clock's resolution (S3 LastModified has whole seconds).
 CLOCK_SLACK_S = 1.0
-#: State names in the order they are printed.
-STATES = ("pending", "running", "done", "failed", "retryable", "released", "orphaned", "needs_repair")
+#: State names in the order they are printed (the one vocabulary of ``ablator.lease.state``).
+STATES = TRIAL_STATUSES
 
 
 class AgentStatus(msgspec.Struct, kw_only=True):
@@ -107,10 +115,8 @@ def _store_now(store: Store, url: str) -> tuple[float | None, str]:
 def limits_of(spec: records.ExperimentSpec | None) -> LeaseLimits:
     """The experiment's lease limits (the defaults where it has none or they do not parse)."""
     if spec is not None:
-        lim = spec.experiment.get("limits")
-        if isinstance(lim, dict):
-            with contextlib.suppress(AblatorError, TypeError, ValueError):
-                return LeaseLimits.from_limits(_Obj(lim))
+        with contextlib.suppress(AblatorError):
+            return LeaseLimits.from_mapping(spec.experiment.get("limits"), source=layout.EXPERIMENT)
     return LeaseLimits()
 
 
@@ -148,16 +154,15 @@ def collect_trials(store: Store, *, url: str | None = None) -> tuple[StatusRepor
 
 
 def _collect(store: Store, url: str, problems: list[str]) -> tuple[StatusReport, list[TrialState]]:
-    raw = store.get(layout.EXPERIMENT)
     spec: records.ExperimentSpec | None = None
-    if raw is not None:
-        try:
-            spec = decode_spec(raw, layout.EXPERIMENT)
+    try:
+        spec = read_spec(store, verify=False)
+        if spec is not None:
             verify_hash(spec, layout.EXPERIMENT)
-        except ExperimentTampered as exc:
-            problems.append(str(exc))  # status still reports the trials; every other reader refuses
-        except AblatorError as exc:
-            problems.append(str(exc))
+    except ExperimentTampered as exc:
+        problems.append(str(exc))  # status still reports the trials; every other reader refuses
+    except AblatorError as exc:
+        problems.append(str(exc))
     limits = limits_of(spec)
     base, why = _base_budget(spec)
     if why:
@@ -173,8 +178,7 @@ def _collect(store: Store, url: str, problems: list[str]) -> tuple[StatusReport,
         agent_id = layout.parse_agent(e.key)
         if agent_id is None:
             continue
-        data = store.get(e.key)
-        hb = None if data is None else records.try_decode(data, records.Heartbeat, e.key)
+        hb = records.read(store, e.key, records.Heartbeat)
         age = None if now is None or e.mtime is None else max(0.0, now - e.mtime)
         if hb is None:
             agents[agent_id] = AgentStatus(
@@ -234,7 +238,7 @@ def _collect(store: Store, url: str, problems: list[str]) -> tuple[StatusReport,
     with ThreadPoolExecutor(max_workers=16) as pool:
         states = list(pool.map(one, sorted(grouped)))
 
-    counts = dict.fromkeys(STATES, 0)
+    counts: dict[str, int] = dict.fromkeys(STATES, 0)
     for st in states:
         counts[st.status] += 1
         for p in st.problems:
@@ -339,13 +343,6 @@ def _explain(
                 f"agents run different {name} versions: {shown}; results may not be comparable across them"
             )
     return waiting, warnings_
-
-
-class _Obj:
-    """Attribute access over the ``limits`` mapping of experiment.json."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.__dict__.update(data)
 
 
 def _fmt_age(age: float | None) -> str:

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 def cli_agent(args: argparse.Namespace) -> int:
     """``python -m ablator agent STORE ...``: run an agent with parsed arguments."""
     from ablator.agent.loop import run_agent
+    from ablator.agent.options import AgentOptions
 
-    return run_agent(args)
+    return run_agent(AgentOptions.from_args(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

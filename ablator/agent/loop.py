@@ -21,7 +21,6 @@ the new fence deadline to the workers, which stop writing on their own when the 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
@@ -44,11 +43,13 @@ from ablator import layout, records
 from ablator.agent import devices as D
 from ablator.agent import protocol as P
 from ablator.agent.devices import Slot, plan_slots
+from ablator.agent.options import AgentOptions
 from ablator.agent.packing import Packer
 from ablator.agent.slots import GpuSlots
 from ablator.agent.worker import Worker
-from ablator.errors import AblatorError, ConfigError, LeaseLost, StoreError, StoreUnavailable
-from ablator.spec import checked_experiment, decode_spec
+from ablator.errors import AblatorError, LeaseLost, StoreError, StoreUnavailable
+from ablator.lease import Claimer, Held, LeaseLimits, Membership
+from ablator.spec import read_spec
 from ablator.store.base import Store
 from ablator.tpe import outcome_value
 
@@ -59,12 +60,12 @@ HELLO_TIMEOUT_S = 600.0
 LOG_EVERY_S = 10.0  # a running trial's log is copied to the store this often (when it grew)
 
 
-def timing(msg: P.Finished) -> str:
+def timing(out: records.Outcome) -> str:
     """A finished attempt's time as the report counts it: training (its duration minus the
     warm-up of :func:`ablator.records.warmup_s`), then the warm-up, when two rows paced it."""
-    if msg.setup_s is None:
-        return f"{msg.duration_s:.1f} s"
-    return f"{max(0.0, msg.duration_s - msg.setup_s):.1f} s training, +{msg.setup_s:.1f} s warm-up"
+    if out.setup_s is None:
+        return f"{out.duration_s:.1f} s"
+    return f"{max(0.0, out.duration_s - out.setup_s):.1f} s training, +{out.setup_s:.1f} s warm-up"
 
 
 @dataclass
@@ -169,7 +170,7 @@ class Console:
 class Running:
     """A trial this agent holds and one of its workers runs."""
 
-    held: Any  # lease.Held
+    held: Held
     started: float
     last_progress: float
     next_check: float
@@ -206,9 +207,9 @@ class Counts:
 class Agent:
     """One agent process. ``run()`` returns the exit status."""
 
-    def __init__(self, args: argparse.Namespace, *, stream: IO[str] | None = None) -> None:
-        self.args = args
-        self.console = Console(stream or sys.stderr, quiet=bool(getattr(args, "quiet", False)))
+    def __init__(self, options: AgentOptions, *, stream: IO[str] | None = None) -> None:
+        self.options = options
+        self.console = Console(stream or sys.stderr, quiet=options.quiet)
         self.slots: list[SlotState] = []
         self.counts = Counts()
         self.lock = threading.RLock()  # the slot table: the heartbeat thread reads it to renew workers
@@ -224,8 +225,8 @@ class Agent:
         self._deferred: list[_Deferred] = []
         self.store: Store | None = None
         self._summaries: ThreadPoolExecutor | None = None  # writes trial summaries (see _summarize)
-        self.membership: Any = None
-        self.claimer: Any = None
+        self.membership: Membership | None = None
+        self.claimer: Claimer | None = None
         self.log_dir = Path(tempfile.mkdtemp(prefix="ablator-agent-"))
         self.t_start = time.monotonic()
         self._next_progress = 0.0  # when the next progress lines are due (not on a terminal)
@@ -236,26 +237,23 @@ class Agent:
     # -- set-up -----------------------------------------------------------------------------
 
     def _read_spec(self, store: Store) -> records.ExperimentSpec:
-        data = store.get(layout.EXPERIMENT)
-        if data is None:
+        spec = read_spec(store)  # verified against its hash: refuses a hand-edited one
+        if spec is None:
             raise AgentError(
                 f"no experiment in {store.url}: create it first with "
-                f"`python -m ablator launch EXPERIMENT_FILE --store {self.args.store}`"
+                f"`python -m ablator launch EXPERIMENT_FILE --store {self.options.store}`"
             )
-        spec = decode_spec(data, f"{store.url}/{layout.EXPERIMENT}")
-        checked_experiment(spec, f"{store.url}/{layout.EXPERIMENT}")  # refuses a hand-edited one
         return spec
 
     def setup(self) -> None:
         from ablator import experiment as X
-        from ablator.lease import Claimer, LeaseLimits, Membership
         from ablator.store import open_store, self_test
 
-        args = self.args
+        args = self.options
         # Look before opening for writes: a writable local store is created when absent, and a
         # mistyped path must not leave an empty folder behind.
         try:
-            probe = open_store(args.store, read_only=True, force=bool(args.force))
+            probe = open_store(args.store, read_only=True, force=args.force)
         except StoreError as exc:
             if "no such folder" not in str(exc):
                 raise
@@ -269,7 +267,7 @@ class Agent:
         self._read_spec(probe)
         with contextlib.suppress(Exception):
             probe.close()
-        store = self.store = open_store(args.store, force=bool(args.force))
+        store = self.store = open_store(args.store, force=args.force)
         spec = self.spec = self._read_spec(store)
         self_test(store)  # two racing creates on a scratch key: refuses a store that lets both win
         for note in store.capabilities().notes:  # SMB/9p/FUSE caveats, a forced store, fault injection
@@ -292,7 +290,7 @@ class Agent:
         per_gpu, auto = D.parse_slots_per_gpu(args.slots_per_gpu)
         devices, _driver, notes = ([], None, []) if args.cpu else D.discover_devices()
         slots, more = plan_slots(
-            cpu=bool(args.cpu),
+            cpu=args.cpu,
             gpus_arg=args.gpus,
             slots=args.slots,
             slots_per_gpu=per_gpu,
@@ -322,7 +320,7 @@ class Agent:
         # Workers import torch and the user's code in parallel with our own validation below.
         self.init_msg = P.Init(
             store_url=args.store,
-            force=bool(args.force),
+            force=args.force,
             entry=exp.entry,
             code_dir=self.code_dir,
             experiment=spec.experiment,
@@ -391,8 +389,8 @@ class Agent:
 
     def _start_worker(self, st: SlotState) -> None:
         env = st.slot.env()
-        if getattr(self.args, "threads", None):
-            env["ABLATOR_THREADS"] = str(self.args.threads)
+        if self.options.threads:
+            env["ABLATOR_THREADS"] = str(self.options.threads)
         st.worker = Worker(st.slot.id, self.init_msg, env, self.log_dir)
 
     def _wait_for_workers(self) -> None:
@@ -495,18 +493,27 @@ class Agent:
 
     @property
     def store_url(self) -> str:
-        return self.store.url if self.store is not None else str(self.args.store)
+        return self.store.url if self.store is not None else str(self.options.store)
+
+    @property
+    def _lease(self) -> tuple[Membership, Claimer]:
+        """The membership and the claimer (:meth:`setup` made them)."""
+        if self.membership is None or self.claimer is None:
+            raise AgentError("the agent is not set up (no membership and claimer yet)")
+        return self.membership, self.claimer
 
     def _describe(self) -> None:
+        membership, claimer = self._lease
         slots = D.describe_slots([st.slot for st in self.slots], auto=self.gpu.packer is not None)
         kind = self.exp.design.kind
         self.console.info(
-            f"agent {self.membership.agent_id}: experiment {self.exp.name!r} ({kind}, budget "
-            f"{self.claimer.budget(refresh=False)}) in {self.store_url}; slots: {slots}; lease "
+            f"agent {membership.agent_id}: experiment {self.exp.name!r} ({kind}, budget "
+            f"{claimer.budget(refresh=False)}) in {self.store_url}; slots: {slots}; lease "
             f"{self.limits.lease_seconds:g} s, heartbeat {self.limits.heartbeat_seconds:g} s"
         )
 
     def _loop(self) -> int:
+        membership, claimer = self._lease
         hb = self.limits.heartbeat_seconds
         tick = min(0.1, hb / 4)
         idle_backoff = min(max(hb / 4, 0.05), 1.0)
@@ -515,7 +522,7 @@ class Agent:
         next_done_check = 0.0
         next_status = 0.0
         draining = False
-        max_trials = self.args.max_trials
+        max_trials = self.options.max_trials
         while True:
             self._pump(tick if not self._free_slots() or time.monotonic() < next_claim else 0.0)
             now = time.monotonic()
@@ -528,7 +535,7 @@ class Agent:
                 self._begin_drain("agent error")
                 self.exit_code = 1
                 draining = True
-            if not draining and self.stop_reason is None and self.membership.stop_requested:
+            if not draining and self.stop_reason is None and membership.stop_requested:
                 self.stop_reason = "stopped by the operator (ablator stop)"
             if not draining and self.stop_reason is not None:
                 self._begin_drain(self.stop_reason)
@@ -558,7 +565,7 @@ class Agent:
                 # the moment a slot frees, not a lease of watching later.
                 next_watch = now + hb
                 try:
-                    self.claimer.watch()
+                    claimer.watch()
                 except StoreUnavailable as exc:
                     next_watch = self._store_trouble(exc, "watching the other agents")
             if self._busy():
@@ -569,13 +576,13 @@ class Agent:
             if now >= next_done_check:
                 next_done_check = now + max(idle_backoff, min(hb, 2.0))
                 try:
-                    done = self.claimer.done()
+                    done = claimer.done()
                 except StoreUnavailable as exc:
                     next_done_check = self._store_trouble(exc, "checking whether the experiment is done")
                     continue
                 self._store_answers()
                 if done:
-                    if not self.args.watch:
+                    if not self.options.watch:
                         self.console.info(f"experiment {self.exp.name!r} is done; exiting")
                         break
                     next_done_check = now + max(hb, 2.0)
@@ -587,7 +594,7 @@ class Agent:
         back-off while the store does not answer, until a signal or ``--store-timeout``."""
         while True:
             try:
-                self.membership.start()
+                self._lease[0].start()
                 self._store_answers()
                 return
             except StoreUnavailable as exc:
@@ -613,7 +620,7 @@ class Agent:
             self.console.warn(f"the store did not answer ({doing}): {exc}; retrying with back-off")
         self._store_tries += 1
         down = now - self._store_down_since
-        limit = self.args.store_timeout
+        limit = self.options.store_timeout
         if down > limit and not self.fatal:
             self.fatal = (
                 f"the store {self.store_url} has not answered for {down:.0f} s (--store-timeout {limit:g} s); "
@@ -663,17 +670,17 @@ class Agent:
         return msgspec.structs.replace(spec, params=params)
 
     def _may_claim(self) -> bool:
-        limit = self.args.max_trials
+        limit = self.options.max_trials
         return (
             self.stop_reason is None
             and not self.fatal
-            and not self.membership.stop_requested
+            and not self._lease[0].stop_requested
             and (limit is None or self.counts.started < limit)
         )
 
     def _fill(self, only: list[SlotState] | None = None) -> None:
         """Claim a trial for each free slot (of ``only``), until the claimer has nothing."""
-        max_trials = self.args.max_trials
+        max_trials = self.options.max_trials
         free = self._free_slots()
         for st in free if only is None else [s for s in only if s in free]:
             slot = st.slot
@@ -682,7 +689,7 @@ class Agent:
                 return self.gpu.can_run(slot, spec)  # device, health and the memory rule
 
             self.suggested.clear()
-            held = self.claimer.claim_next(self._new_spec, can_run)
+            held = self._lease[1].claim_next(self._new_spec, can_run)
             if self.tpe is not None:
                 for index in self.suggested:
                     if held is None or held.trial != index:
@@ -696,7 +703,7 @@ class Agent:
     def _device(self, st: SlotState) -> str:
         return self.gpu.device_for(st.slot, self.exp.resources.gpu)
 
-    def _start_trial(self, st: SlotState, held: Any) -> None:
+    def _start_trial(self, st: SlotState, held: Held) -> None:
         now = time.monotonic()
         assert st.worker is not None
         run = Running(
@@ -786,9 +793,10 @@ class Agent:
             self.gpu.on_trial_ok(st.slot)
             self.gpu.on_peak(st.slot, msg.peak_gpu_mb)
             sharing = self._sharing(st)
-            objective = outcome_value(msg.status, msg.metrics, msg.best, self.exp.metric.name)
+            out = msg.outcome
+            objective = outcome_value(out.status, out.metrics, out.best, self.exp.metric.name)
             if self.tpe is not None:  # learn it before the next suggestion (the claim below)
-                self.tpe.finished(held.trial, objective, pruned=msg.status == "pruned")
+                self.tpe.finished(held.trial, objective, pruned=out.status == "pruned")
             self._end(st)
             self.console.hold()  # this trial's outcome is printed before the next one's start
             try:
@@ -838,7 +846,7 @@ class Agent:
         dev = st.slot.device
         return sum(1 for o in self.slots if o.run is not None and dev is not None and o.slot.device == dev)
 
-    def _device_error(self, st: SlotState, message: str, held: Any) -> None:
+    def _device_error(self, st: SlotState, message: str, held: Held | None) -> None:
         """A device error on ``st``'s device: its worker is replaced (and its device checked
         again); repeated ones take the device out of service."""
         where = st.slot.label
@@ -875,7 +883,7 @@ class Agent:
             self._lost(st, str(exc), kill=False)
         return True
 
-    def _record_usage(self, st: SlotState, held: Any, peak_mb: int, sharing: int) -> None:
+    def _record_usage(self, st: SlotState, held: Held, peak_mb: int, sharing: int) -> None:
         """The attempt's GPU use, once (records.Usage): what packing measured."""
         gpu = st.slot.gpu
         rec = records.Usage(
@@ -923,7 +931,9 @@ class Agent:
                 f"(resources.gpu: required): {'; '.join(self.gpu.out_of_service())}"
             )
 
-    def _fail(self, st: SlotState, kind: str, message: str, tb: str, step: int | None) -> None:
+    def _fail(
+        self, st: SlotState, kind: records.FailureKind, message: str, tb: str, step: int | None
+    ) -> None:
         run = st.run
         assert run is not None
         held = run.held
@@ -942,7 +952,7 @@ class Agent:
             self.console.warn(f"trial {held.trial}: {kind} ({message}), but the lease was lost: {exc}")
             self.counts.lost += 1
 
-    def _finished(self, st: SlotState, held: Any, msg: P.Finished, objective: Any, sharing: Any) -> None:
+    def _finished(self, st: SlotState, held: Held, msg: P.Finished, objective: Any, sharing: Any) -> None:
         """Write a finished trial's result and say so (the console holds other lines back)."""
         if self._may_claim():
             # The slot is free: its worker starts the next trial while we write this one's
@@ -967,17 +977,10 @@ class Agent:
                 f"trial {held.trial} epoch {held.epoch}: finished, but the lease was lost ({exc})"
             )
 
-    def _write_result(self, st: SlotState, held: Any, msg: P.Finished, objective: Any, sharing: Any) -> None:
+    def _write_result(self, st: SlotState, held: Held, msg: P.Finished, objective: Any, sharing: Any) -> None:
         """Create a finished trial's result and report it (raises StoreUnavailable, LeaseLost)."""
-        won = held.finish(
-            status=msg.status,
-            metrics=msg.metrics,
-            best=msg.best,
-            best_step=msg.best_step,
-            steps=msg.steps,
-            duration_s=msg.duration_s,
-            message=msg.message,
-        )
+        out = msg.outcome
+        won = held.finish(out)
         if won:
             self.counts.done += 1
             self._summarize(held.trial)
@@ -988,12 +991,12 @@ class Agent:
                     held.epoch,
                     held.spec.params,
                     objective,
-                    pruned=msg.status == "pruned",
+                    pruned=out.status == "pruned",
                 )
             metric = self.exp.metric.name
-            value = msg.best.get(metric, msg.metrics.get(metric))
+            value = out.best.get(metric, out.metrics.get(metric))
             shown = f" {metric}={value:.4g}" if value is not None else ""
-            self.console.info(f"trial {held.trial} {msg.status}{shown} ({timing(msg)})", ahead=True)
+            self.console.info(f"trial {held.trial} {out.status}{shown} ({timing(out)})", ahead=True)
             if msg.peak_gpu_mb:
                 self._record_usage(st, held, msg.peak_gpu_mb, sharing)
         else:
@@ -1034,7 +1037,7 @@ class Agent:
         with self.lock:
             st.run = None
         st.trials_run += 1
-        if self.args.fresh_worker and st.worker is not None and not self.stop_reason:
+        if self.options.fresh_worker and st.worker is not None and not self.stop_reason:
             self._retire(st)
             self._start_worker(st)
 
@@ -1161,7 +1164,7 @@ class Agent:
     # -- draining and exit ----------------------------------------------------------------------------
 
     def _begin_drain(self, reason: str) -> None:
-        grace = float(self.args.grace_seconds)
+        grace = float(self.options.grace_seconds)
         # Keep a margin to write the releases of trials that did not stop in time.
         self.drain_deadline = time.monotonic() + max(0.0, grace - min(2.0, grace * 0.2))
         if self.membership is not None:
@@ -1264,7 +1267,7 @@ class Agent:
         """Not on a terminal (a pipe, a batch job's log): every ``--progress-seconds`` one line
         per running trial, ``trial 3 step 120/? score=0.81 (4.2 steps/s)``, where a terminal
         shows the live status line instead."""
-        every = float(getattr(self.args, "progress_seconds", 30.0) or 0.0)
+        every = self.options.progress_seconds
         if self.console.live or every <= 0:
             return
         now = time.monotonic()
@@ -1295,7 +1298,7 @@ class Agent:
         elapsed = max(time.monotonic() - self.t_start, 1e-9)
         rate = c.done / elapsed
         budget = self.claimer.budget(refresh=False)
-        final = len(getattr(self.claimer, "_terminal", ()))  # known-final trials (display only)
+        final = self.claimer.known_final()
         eta = ""
         if rate > 0 and budget > final:
             left = (budget - final) / rate
@@ -1306,11 +1309,6 @@ class Agent:
         )
 
 
-def run_agent(args: argparse.Namespace, *, stream: IO[str] | None = None) -> int:
-    """Run an agent with parsed ``args`` (see :mod:`ablator.agent_args`); returns its exit
-    status."""
-    if args.slots is not None and args.slots < 1:
-        raise ConfigError(f"--slots {args.slots}: must be at least 1")
-    if args.grace_seconds < 0:
-        raise ConfigError(f"--grace-seconds {args.grace_seconds}: must be >= 0")
-    return Agent(args, stream=stream).run()
+def run_agent(options: AgentOptions, *, stream: IO[str] | None = None) -> int:
+    """Run an agent with ``options`` (checked when they were built); returns its exit status."""
+    return Agent(options, stream=stream).run()

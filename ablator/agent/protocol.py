@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from ablator.records import Environment, TrialSpec
+from ablator.records import Environment, Outcome, TrialSpec
 
 _HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024  # a corrupt length must not make us allocate gigabytes
@@ -98,17 +98,10 @@ class Resumed(msgspec.Struct, tag="resumed", kw_only=True, frozen=True):
 
 
 class Finished(msgspec.Struct, tag="finished", kw_only=True, frozen=True):
-    """The trial ended with a result (completed, early_stopped, diverged, pruned)."""
+    """The trial ended with a result (completed, early_stopped, diverged, pruned): the trainer's
+    :class:`~ablator.records.Outcome`, which the agent records as it is."""
 
-    status: str
-    metrics: dict[str, float] = {}
-    best: dict[str, float] = {}
-    best_step: int | None = None
-    steps: int = 0
-    duration_s: float = 0.0
-    setup_s: float | None = None  # the warm-up inside duration_s, when two metric rows pace it
-    resumed_from: tuple[int, int] | None = None
-    message: str = ""
+    outcome: Outcome
     peak_gpu_mb: int | None = None  # peak GPU memory of the attempt (a GPU trial's only)
 
 

@@ -12,7 +12,8 @@ each trial. The parent holds the lease. The child writes only what ``execute_tri
 * the parent renews a monotonic deadline after every successful heartbeat (same host, so the
   same ``CLOCK_MONOTONIC``); past it the parent is paused, partitioned or dead and the child stops
   writing (self-fencing: ``docs/protocol.md``);
-* a later epoch's claim or a result for the trial in the store fences it too;
+* a later epoch's claim or a result for the trial in the store fences it too
+  (:class:`ablator.lease.AttemptFence`);
 * the parent kills the child outright when its own ``Held.check()`` reports the lease lost.
 """
 
@@ -39,6 +40,7 @@ import msgspec
 from ablator.agent import protocol as P
 from ablator.engines.environment import trial_environment
 from ablator.errors import LeaseLost, exception_text
+from ablator.lease.fence import AttemptFence
 from ablator.records import Environment
 
 # --- the child -------------------------------------------------------------------------------
@@ -55,44 +57,8 @@ def _die_with_parent() -> None:
         pass
 
 
-class WorkerFence:
-    """The child's fence for one trial. ``check()`` raises LeaseLost when the trial is no longer
-    this attempt's to write; ``should_stop`` asks the trainer to checkpoint and return."""
-
-    def __init__(self, store: Any, trial: int, epoch: int, valid_until: float) -> None:
-        self.store = store
-        self.trial = trial
-        self.epoch = epoch
-        self.valid_until = valid_until
-        self.stop_requested = threading.Event()
-        self.lost: str | None = None
-
-    @property
-    def should_stop(self) -> bool:
-        return self.stop_requested.is_set()
-
-    def check(self) -> None:
-        from ablator import layout
-
-        if self.lost is not None:
-            raise LeaseLost(self.lost)
-        if time.monotonic() > self.valid_until:
-            self.lost = (
-                f"trial {self.trial} epoch {self.epoch}: the agent has not renewed its lease in time "
-                "(paused or cut off from the store); stopped writing"
-            )
-            raise LeaseLost(self.lost)
-        if self.store.exists(layout.claim(self.trial, self.epoch + 1)):
-            self.lost = f"trial {self.trial} epoch {self.epoch}: taken over (epoch {self.epoch + 1} exists)"
-            raise LeaseLost(self.lost)
-        if self.store.exists(layout.result(self.trial)):
-            self.lost = f"trial {self.trial} epoch {self.epoch}: a result already exists"
-            raise LeaseLost(self.lost)
-
-
 def environment(git_commit: str | None) -> Environment:
     """What an attempt records about where it ran: train's environment plus the GPU driver."""
-    import msgspec
 
     from ablator.train import collect_environment
 
@@ -121,7 +87,7 @@ class _Child:
         self.fd_out = fd_out
         self.out_lock = threading.Lock()
         self.runs: queue.Queue[P.Run | P.Quit] = queue.Queue()
-        self.fence: WorkerFence | None = None
+        self.fence: AttemptFence | None = None
         self.valid_until = 0.0
         self.pending_stop = False
 
@@ -145,7 +111,7 @@ class _Child:
             elif isinstance(msg, P.StopTrial):
                 self.pending_stop = True
                 if self.fence is not None:
-                    self.fence.stop_requested.set()
+                    self.fence.request_stop()
             elif isinstance(msg, P.Run | P.Quit):
                 self.runs.put(msg)
 
@@ -212,9 +178,11 @@ class _Child:
         from ablator.pruners import pruner_of
         from ablator.train import execute_trial
 
-        fence = WorkerFence(ctx["store"], run.trial, run.epoch, max(run.valid_until, self.valid_until))
+        fence = AttemptFence(
+            ctx["store"], run.trial, run.epoch, valid_until=max(run.valid_until, self.valid_until)
+        )
         if self.pending_stop:  # a stop that raced with this Run
-            fence.stop_requested.set()
+            fence.request_stop()
         self.fence = fence
         last = [0.0]
         step_box: list[int | None] = [None]
@@ -275,9 +243,10 @@ class _Child:
                 )
                 traceback.print_exc()
         else:
-            reply = _outcome_message(outcome)
-            if isinstance(reply, P.Finished):
-                reply = msgspec.structs.replace(reply, peak_gpu_mb=gpu.peak_mb())
+            if outcome.status == "stopped":
+                reply = P.Stopped(step=outcome.checkpoint_step)
+            else:
+                reply = P.Finished(outcome=outcome, peak_gpu_mb=gpu.peak_mb())
         finally:
             self.fence = None
             self.pending_stop = False
@@ -354,25 +323,6 @@ def _is_ablator_error(exc: BaseException) -> bool:
     from ablator.errors import AblatorError
 
     return isinstance(exc, AblatorError)
-
-
-def _outcome_message(outcome: Any) -> Any:
-    status = str(getattr(outcome, "status", "completed"))
-    resumed = getattr(outcome, "resumed_from", None)
-    resumed_from = (int(resumed[0]), int(resumed[1])) if resumed is not None else None
-    if status == "stopped":
-        return P.Stopped(step=getattr(outcome, "checkpoint_step", None))
-    return P.Finished(
-        status=status,
-        metrics={k: float(v) for k, v in (getattr(outcome, "metrics", None) or {}).items()},
-        best={k: float(v) for k, v in (getattr(outcome, "best", None) or {}).items()},
-        best_step=getattr(outcome, "best_step", None),
-        steps=int(getattr(outcome, "steps", 0) or 0),
-        duration_s=float(getattr(outcome, "duration_s", 0.0) or 0.0),
-        setup_s=None if getattr(outcome, "setup_s", None) is None else float(outcome.setup_s),
-        resumed_from=resumed_from,
-        message=str(getattr(outcome, "message", "") or ""),
-    )
 
 
 def _not_now(signum: int, frame: object) -> None:

@@ -2,10 +2,11 @@
 
 Everything here is read-only and tolerant: a corrupt record is skipped with a
 :class:`~ablator.records.CorruptRecordWarning` naming its key, and the trial keeps whatever the
-other records say. The trial's state follows the order in ``docs/protocol.md`` (Trial state) (a valid result -> done; else the
-highest epoch's failure, release or claim). Whether a claim's holder is still alive is not judged
-here (that needs heartbeats observed over a lease: ``ablator status``): a claimed trial without a
-later failure or release is "running".
+other records say. The trial's state is :func:`ablator.lease.state.classify`'s, the one the
+claimer, ``ablator status`` and the operations use (``docs/protocol.md``, Trial state); a done
+trial shows its result's status (completed, early_stopped, ...) instead of "done". Whether a
+claim's holder is still alive is not judged here (that needs heartbeats observed over a lease:
+``ablator status``): a claimed trial without a later failure or release is "running".
 """
 
 from __future__ import annotations
@@ -13,25 +14,29 @@ from __future__ import annotations
 import builtins
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, get_args
 
 from ablator import layout, lineage, records
 from ablator.errors import StoreError
+from ablator.lease.state import TrialStatus, classify, scan
 from ablator.store.base import Entry, Store
 
 #: Result statuses: the trial is done (its result is immutable).
-DONE_STATUSES: tuple[str, ...] = ("completed", "early_stopped", "diverged", "pruned")
-#: Every status a trial row can have, done ones first.
-STATUSES: tuple[str, ...] = (
-    *DONE_STATUSES,
+DONE_STATUSES: tuple[str, ...] = get_args(records.ResultStatus)
+#: The states of an unfinished trial, in the order analysis shows them (the names are the
+#: trial states of :mod:`ablator.lease.state`; an analysis never judges liveness, so "orphaned"
+#: does not occur, and a done trial shows its result's status instead of "done").
+UNFINISHED_STATUSES: tuple[TrialStatus, ...] = (
     "failed",
     "needs_repair",
-    "retrying",
+    "retryable",
     "released",
     "running",
     "pending",
 )
+#: Every status a trial row can have, done ones first.
+STATUSES: tuple[str, ...] = (*DONE_STATUSES, *UNFINISHED_STATUSES)
 
 CONFIG_PREFIX = "config."
 FINAL_PREFIX = "final."
@@ -115,34 +120,18 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _decode(view: Store, key: str, type_: type[records.R]) -> records.R | None:
-    data = view.get(key)
-    return None if data is None else records.try_decode(data, type_, key)
-
-
 def read_trial(store: Store, index: int, ctx: Context) -> TrialData:
     """Read trial ``index``: one listing of its folder, then only the records it needs."""
     view = _TrialView(store, store.list(layout.trial_dir(index)))
-    kinds: dict[str, set[int]] = {"claim": set(), "attempt": set(), "release": set(), "failed": set()}
-    has_result = False
-    trial_dir = layout.trial_dir(index)
-    for e in view.list(trial_dir):
-        rel = e.key[len(trial_dir) :]
-        if "/" in rel:
-            continue  # metrics/, ckpt/, logs/: lineage reads the metrics folder itself
-        if rel == layout.basename(layout.result(index)):
-            has_result = True
-            continue
-        parsed = layout.parse_record(rel)
-        if parsed is not None:
-            kinds[parsed[0]].add(parsed[1])
+    recs = scan(index, view.list(layout.trial_dir(index))).records
+    has_result = recs.result != "absent"
 
     row: dict[str, Any] = {"index": index}
     spec = None
     # The resolved trial is in claim.e0000; where that is torn, a takeover recorded it again in
     # its own claim (the claimer embeds it when claim.e0000 is unreadable).
-    for ep in sorted(kinds["claim"]):
-        claim = _decode(view, layout.claim(index, ep), records.Claim)
+    for ep in sorted(recs.claims):
+        claim = records.read(view, layout.claim(index, ep), records.Claim)
         spec = None if claim is None else claim.spec
         if spec is not None:
             break
@@ -151,31 +140,32 @@ def read_trial(store: Store, index: int, ctx: Context) -> TrialData:
         variant = spec.variant or None
         row.update(seed=spec.seed, repeat=spec.repeat, config_hash=spec.config_hash)
         row.update({CONFIG_PREFIX + k: v for k, v in flatten(spec.config).items()})
-    if spec is None and ctx.variant_of is not None and kinds["claim"]:
+    if spec is None and ctx.variant_of is not None and recs.claims:
         variant = ctx.variant_of(index)  # the claim is corrupt (warned): the design says which variant
     if ctx.ablation and (spec is not None and variant in (None, "baseline")):
         variant = "baseline"  # '' and 'baseline' both name the ablation's baseline
     row["variant"] = variant
 
-    attempts = {e: _decode(view, layout.attempt(index, e), records.Attempt) for e in sorted(kinds["attempt"])}
-    row["attempts"] = len(kinds["attempt"])
-    row["failures"] = len(kinds["failed"])
-    # A takeover is a claim whose predecessor neither failed nor let go: its holder vanished.
-    row["takeovers"] = sum(
-        1
-        for e in kinds["claim"]
-        if e > 0 and (e - 1) not in kinds["failed"] and (e - 1) not in kinds["release"]
-    )
-    lost = False  # the newest failure is a "lost" one: final (DESIGN.md)
-    if kinds["failed"]:
-        failures = [_decode(view, layout.failed(index, e), records.Failure) for e in sorted(kinds["failed"])]
+    attempts = {
+        e: records.read(view, layout.attempt(index, e), records.Attempt) for e in sorted(recs.attempts)
+    }
+    # History columns: every attempt, failure and takeover the trial ever had (forgiven or not).
+    row["attempts"] = len(recs.attempts)
+    row["failures"] = len(recs.failures)
+    row["takeovers"] = recs.takeovers()
+    if recs.failures:
+        failed_epochs = sorted(recs.failures)
+        failures = [records.read(view, layout.failed(index, e), records.Failure) for e in failed_epochs]
         error = failure_summary([f for f in failures if f is not None])
         if error:
             row["error"] = error
         last = failures[-1]
-        lost = last is not None and last.kind == "lost"
+        if last is not None and failed_epochs[-1] == recs.top:
+            recs = replace(recs, top_failure=last.kind)  # the classifier takes the kind as a value
 
-    result = _decode(view, layout.result(index), records.Result) if has_result else None
+    result = records.read(view, layout.result(index), records.Result) if has_result else None
+    if has_result:
+        recs = replace(recs, result="corrupt" if result is None else "valid")
     data = TrialData(index, row, done=result is not None)
     if result is not None:
         epoch: int | None = result.epoch
@@ -189,11 +179,11 @@ def read_trial(store: Store, index: int, ctx: Context) -> TrialData:
         row.update({BEST_PREFIX + k: _float(v) for k, v in result.best.items()})
         data.result_nonce = result.nonce
     else:
-        epoch = _state(index, kinds, ctx, row, lost=lost)
-        if has_result:
-            # A result file that does not decode: the trial finished, but its outcome is lost.
-            # Never shown as running (nothing will rerun it): `status` calls it "needs repair".
-            row["status"] = "needs_repair"
+        # A result file that does not decode is "needs_repair": the trial finished, but its
+        # outcome is lost; never shown as running (nothing will rerun it).
+        v = classify(recs, max_attempts=ctx.max_attempts, forgiven=ctx.forgiven.get(index, -1))
+        row["status"] = v.status
+        epoch = v.epoch
     row["epoch"] = epoch
 
     att = attempts.get(epoch) if epoch is not None else None
@@ -281,26 +271,6 @@ def _float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _state(
-    index: int, kinds: dict[str, set[int]], ctx: Context, row: dict[str, Any], *, lost: bool
-) -> int | None:
-    """Set ``row["status"]`` of a trial without a result; return its newest epoch."""
-    epochs = kinds["claim"] | kinds["attempt"] | kinds["failed"] | kinds["release"]
-    if not epochs:
-        row["status"] = "pending"  # a folder without records: a copy caught mid-write
-        return None
-    newest = max(epochs)
-    if newest in kinds["failed"]:
-        forgiven = ctx.forgiven.get(index, -1)
-        counted = sum(1 for e in kinds["failed"] if e > forgiven)
-        row["status"] = "failed" if lost or counted >= ctx.max_attempts else "retrying"
-    elif newest in kinds["release"]:
-        row["status"] = "released"
-    else:
-        row["status"] = "running"
-    return newest
 
 
 def _history(data: TrialData, rows: list[records.MetricRow]) -> None:

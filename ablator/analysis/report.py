@@ -212,7 +212,7 @@ def _compute(res: Results, effects: Effects) -> list[Block]:
 
 
 def _failures(res: Results) -> list[Block]:
-    bad = res.trials.filter(pl.col("status").is_in(["failed", "retrying"]) | pl.col("error").is_not_null())
+    bad = res.trials.filter(pl.col("status").is_in(["failed", "retryable"]) | pl.col("error").is_not_null())
     if bad.height == 0:
         return []
     rows = [

@@ -191,7 +191,7 @@ class Results:
     :func:`~ablator.analysis.report.write_report` take. Build one with :func:`load`.
 
     ``trials``: one row per trial: ``index``, ``variant``, ``seed``, ``repeat``, ``status`` (a
-    result's status, or failed/retrying/released/running/pending), ``attempts``, ``failures``,
+    result's status, or failed/retryable/released/running/pending), ``attempts``, ``failures``,
     ``takeovers``, ``epoch`` (the attempt whose lineage is canonical), ``resumed_from``, ``steps``,
     ``best_step``, ``duration_s``, ``setup_s``, ``host``, ``gpu``, ``config_hash``, ``error`` (the
     newest failure), then ``final.<metric>`` and ``best.<metric>`` from the result (null until

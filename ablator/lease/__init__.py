@@ -21,6 +21,9 @@ store, through two primitives: ``create`` (create-if-absent: exactly one writer 
   trials first, then retryable failed ones, then new indexes from the frontier walk, then one gap
   sweep below the budget; and :class:`Held`, a claimed (trial, epoch): ``check()``,
   ``attempt()``, ``fail()``, ``release()``, ``finish()``.
+* :mod:`~ablator.lease.fence` -- the one supersession rule (a later claim or a result exists)
+  and :class:`AttemptFence`, the fence of a process that writes for an attempt it does not hold
+  (a worker).
 * :mod:`~ablator.lease.limits` -- :class:`LeaseLimits` and the clock leases are measured on.
 
 What a lease guarantees, and what it does not (docs/protocol.md has the long version): at most
@@ -41,13 +44,14 @@ Example (what the agent and ``ablator run`` do)::
             outcome = run_it(held.spec, fence=held)   # calls held.check() before each write
         except LeaseLost:
             continue                            # somebody else owns the trial now
-        held.finish(metrics=outcome.metrics)
+        held.finish(outcome)                   # the result record, from the trainer's Outcome
     membership.close()
 """
 
 from __future__ import annotations
 
 from ablator.lease.claimer import Claimer, ClaimStats, Held
+from ablator.lease.fence import AttemptFence, superseded
 from ablator.lease.frontier import DEFAULT_BLOCK, FRONTIER_SHARDS
 from ablator.lease.limits import LeaseLimits, default_clock
 from ablator.lease.liveness import AgentView, Liveness
@@ -55,12 +59,17 @@ from ablator.lease.membership import Membership, new_agent_id
 from ablator.lease.state import (
     TAKEABLE,
     TERMINAL,
+    TRIAL_STATUSES,
+    TrialRecords,
     TrialState,
     TrialStatus,
+    Verdict,
+    classify,
     group_by_trial,
     read_budget,
     read_forgiven,
     read_trial,
+    scan,
 )
 
 __all__ = [
@@ -68,19 +77,26 @@ __all__ = [
     "FRONTIER_SHARDS",
     "TAKEABLE",
     "TERMINAL",
+    "TRIAL_STATUSES",
     "AgentView",
+    "AttemptFence",
     "ClaimStats",
     "Claimer",
     "Held",
     "LeaseLimits",
     "Liveness",
     "Membership",
+    "TrialRecords",
     "TrialState",
     "TrialStatus",
+    "Verdict",
+    "classify",
     "default_clock",
     "group_by_trial",
     "new_agent_id",
     "read_budget",
     "read_forgiven",
     "read_trial",
+    "scan",
+    "superseded",
 ]

@@ -12,12 +12,13 @@ import math
 import random
 import secrets
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ablator import layout, records
+from ablator import layout, lineage, records
 from ablator.errors import ConfigError, LeaseLost, StoreError
 from ablator.lease import identity
+from ablator.lease.fence import superseded
 from ablator.lease.frontier import DEFAULT_BLOCK, Frontier
 from ablator.lease.limits import LeaseLimits
 from ablator.lease.liveness import Liveness
@@ -48,10 +49,11 @@ class Held:
     """A claimed (trial, epoch). Every write goes under its epoch, except the result, which is
     create-if-absent: whatever happens, at most one result exists.
 
-    ``check()`` is the fence: call it before writing (at flush and checkpoint points). It raises
-    :class:`~ablator.errors.LeaseLost` when this agent fenced itself (no renewal in time), when a
-    later epoch was claimed (a takeover) or when a result exists. ``check(remote=False)`` only
-    looks at the local flag (no store operation).
+    ``check()`` is the fence (a :class:`ablator.train.Fence`): call it before writing (at flush
+    and checkpoint points). It raises :class:`~ablator.errors.LeaseLost` when this agent fenced
+    itself (no renewal in time) or the holder was superseded
+    (:func:`~ablator.lease.fence.superseded`). ``check(remote=False)`` only looks at the local
+    flag (no store operation).
     """
 
     def __init__(self, claimer: Claimer, trial: int, epoch: int, spec: records.TrialSpec) -> None:
@@ -64,6 +66,7 @@ class Held:
         self.agent_id = self._membership.agent_id
         self._closed: str | None = None
         self._resumed_from: tuple[int, int] | None = None
+        self._stop_requested = False
 
     def __repr__(self) -> str:
         return f"Held(trial={self.trial}, epoch={self.epoch}, agent={self.agent_id!r})"
@@ -93,12 +96,19 @@ class Held:
         if reason is not None:
             raise self._lose(reason)
         if remote:
-            # Takeovers create epoch + 1 from the highest epoch, so epochs are consecutive: a
-            # later holder exists iff claim.e<epoch + 1> does.
-            if self._store.exists(layout.claim(self.trial, self.epoch + 1)):
-                raise self._lose(f"taken over (claim.e{self.epoch + 1:04d} exists)")
-            if self._store.exists(layout.result(self.trial)):
-                raise self._lose("a result already exists")
+            why = superseded(self._store, self.trial, self.epoch)
+            if why is not None:
+                raise self._lose(why)
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether a trainer writing under this claim should checkpoint and return: a stop was
+        requested here (:meth:`request_stop`) or by the operator (``ablator stop``)."""
+        return self._stop_requested or self._membership.stop_requested
+
+    def request_stop(self) -> None:
+        """Ask the trainer to checkpoint at its next chance and return (Ctrl-C)."""
+        self._stop_requested = True
 
     def attempt(
         self, resumed_from: tuple[int, int] | None = None, environment: records.Environment | None = None
@@ -153,54 +163,29 @@ class Held:
         self._store.create(layout.release(self.trial, self.epoch), records.encode(rec))
         self._close("released", released=True)
 
-    def finish(
-        self,
-        *,
-        status: records.ResultStatus = "completed",
-        metrics: Mapping[str, float] | None = None,
-        best: Mapping[str, float] | None = None,
-        best_step: int | None = None,
-        steps: int = 0,
-        duration_s: float = 0.0,
-        message: str = "",
-        lineage: Sequence[tuple[int, int | None]] | None = None,
-    ) -> bool:
-        """Create ``result.msgpack`` (durable, create-if-absent). True: this attempt's result is
-        the trial's result. False: another result was there first (this one is discarded).
-        Raises LeaseLost when this holder fenced itself (nothing is written then).
+    def finish(self, outcome: records.Outcome | None = None) -> bool:
+        """Create ``result.msgpack`` (durable, create-if-absent) from the attempt's ``outcome``
+        (default: completed, no metrics). True: this attempt's result is the trial's result.
+        False: another result was there first (this one is discarded). Raises LeaseLost when
+        this holder fenced itself (nothing is written then); ValueError for a stopped outcome
+        (that is a :meth:`release`).
 
-        ``lineage``: (epoch, resumed-from step) from the first attempt to this one; by default
-        from the attempt records (no store read when this attempt started from scratch)."""
+        The result's lineage is read from the attempt records (no store read when this attempt
+        started from scratch)."""
         self.check(remote=False)
-        if lineage is None:
-            lineage = self._lineage()
-        rec = records.Result(
-            trial=self.trial,
-            epoch=self.epoch,
-            agent_id=self.agent_id,
-            status=status,
-            metrics=dict(metrics or {}),
-            best=dict(best or {}),
-            best_step=best_step,
-            steps=steps,
-            duration_s=duration_s,
-            lineage=list(lineage),
-            message=message,
+        if outcome is None:
+            outcome = records.Outcome(status="completed")
+        resumed = outcome.resumed_from if outcome.resumed_from is not None else self._resumed_from
+        if resumed is None and self.epoch == 0:
+            chain: list[tuple[int, int | None]] = [(0, None)]
+        else:
+            chain = lineage.chain(self._store, self.trial, self.epoch)
+        rec = records.Result.of(
+            outcome, trial=self.trial, epoch=self.epoch, agent_id=self.agent_id, lineage=chain
         )
         won = self._store.create(layout.result(self.trial), records.encode(rec), durable=True)
         self._close("finished" if won else "lost: another result exists", released=False)
         return won
-
-    def _lineage(self) -> list[tuple[int, int | None]]:
-        if self._resumed_from is None and self.epoch == 0:
-            return [(0, None)]
-        from ablator import lineage
-
-        segs = lineage.segments(self._store, self.trial, self.epoch)
-        out: list[tuple[int, int | None]] = [(segs[0][0], None)]
-        for k in range(1, len(segs)):
-            out.append((segs[k][0], segs[k - 1][1]))
-        return out
 
     def _close(self, how: str, *, released: bool) -> None:
         self._closed = how
@@ -369,7 +354,7 @@ class Claimer:
         """Claim trial ``index`` if it is new or takeable (``ablator run --trial N``); None when it
         is running elsewhere, done or failed."""
         with self._lock:
-            st = self.state(index)
+            st = self._read(index, validate_result=False)  # a result, corrupt or not, is final
             if st.status == "pending":
                 return self._create_new(index, new_spec, can_run)
             if st.status in TAKEABLE or st.status == "retryable":
@@ -377,12 +362,27 @@ class Claimer:
             return None
 
     def state(self, index: int) -> TrialState:
-        """Trial ``index``'s state now (lists its folder, reads what it must)."""
+        """Trial ``index``'s state now (lists its folder, reads what it must, and decodes a
+        result: a corrupt one is ``needs_repair``, as ``ablator status`` says)."""
+        return self._read(index, validate_result=True)
+
+    def _read(self, index: int, *, validate_result: bool) -> TrialState:
         with self._lock:
             forgiven = read_forgiven(self.store, self._retry)
             return read_trial(
-                self.store, index, judge=self._judge, limits=self.limits, forgiven=forgiven.get(index, -1)
+                self.store,
+                index,
+                judge=self._judge,
+                limits=self.limits,
+                forgiven=forgiven.get(index, -1),
+                validate_result=validate_result,
             )
+
+    def known_final(self) -> int:
+        """How many trials this claimer knows to be final (done or failed for good), without a
+        store operation: a lower bound, for progress displays."""
+        with self._lock:
+            return len(self._terminal)
 
     def done(self) -> bool:
         """Every index below the budget (extensions re-read now) has a result or failed for good.
@@ -434,9 +434,7 @@ class Claimer:
         )
         stale_body = v is not None and self._body_entry.get(agent_id) != self._hb_entry.get(agent_id)
         if stale_body or self.liveness.needs_read(agent_id, hb_s / 2):
-            key = layout.agent(agent_id)
-            data = self.store.get(key)
-            hb = None if data is None else records.try_decode(data, records.Heartbeat, key)
+            hb = records.read(self.store, layout.agent(agent_id), records.Heartbeat)
             self.liveness.observe(agent_id, hb)
             self._body_entry[agent_id] = self._hb_entry.get(agent_id)
             if hb is not None:
@@ -497,8 +495,7 @@ class Claimer:
         optional.sort()
         reads = must + [(a, k, True, True) for _, _, a, k in optional[:BODY_READS_PER_SCAN]]
         for agent_id, key, counted, fine in reads:
-            data = self.store.get(key)
-            hb = None if data is None else records.try_decode(data, records.Heartbeat, key)
+            hb = records.read(self.store, key, records.Heartbeat)
             # A counter seen for the first time was there since its listing entry first was
             # (where the entry changes with every write; else it is timed from now).
             self.liveness.observe(agent_id, hb, since=self._hb_since.get(agent_id) if fine else None)
@@ -605,9 +602,7 @@ class Claimer:
         if i in self._specs:
             return self._specs[i], False
         for ep in range(0, (st.epoch or 0) + 1):
-            key = layout.claim(i, ep)
-            data = self.store.get(key)
-            c = None if data is None else records.try_decode(data, records.Claim, key)
+            c = records.read(self.store, layout.claim(i, ep), records.Claim)
             if c is not None and c.spec is not None:
                 self._specs[i] = c.spec
                 return c.spec, False

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+import msgspec
 
 from ablator.errors import ConfigError
 
@@ -32,7 +34,8 @@ def default_clock() -> Clock:
 
 @dataclass(frozen=True)
 class LeaseLimits:
-    """The numbers the protocol needs (a subset of the experiment's ``limits``).
+    """The numbers the protocol needs (a subset of the experiment's ``limits``). The defaults
+    here are the only ones: ``experiment.Limits`` takes its defaults from this class.
 
     ``lease_seconds`` must be at least 3 x ``heartbeat_seconds``: a holder fences itself after
     ``lease_seconds - 2 * heartbeat_seconds`` without a renewal, and that must leave room for at
@@ -68,21 +71,44 @@ class LeaseLimits:
 
     @classmethod
     def from_limits(
-        cls, limits: Any, *, lease_seconds: float | None = None, heartbeat_seconds: float | None = None
+        cls,
+        limits: LimitsLike,
+        *,
+        lease_seconds: float | None = None,
+        heartbeat_seconds: float | None = None,
     ) -> LeaseLimits:
-        """From an ``experiment.Limits`` (or anything with the same attributes), with the agent's
+        """From an ``experiment.Limits`` (or another LeaseLimits), with the agent's
         ``--lease-seconds`` / ``--heartbeat-seconds`` overrides."""
         return cls(
-            max_attempts=int(getattr(limits, "max_attempts", cls.max_attempts)),
-            max_takeovers=int(getattr(limits, "max_takeovers", cls.max_takeovers)),
-            lease_seconds=float(
-                lease_seconds
-                if lease_seconds is not None
-                else getattr(limits, "lease_seconds", cls.lease_seconds)
-            ),
+            max_attempts=limits.max_attempts,
+            max_takeovers=limits.max_takeovers,
+            lease_seconds=float(lease_seconds if lease_seconds is not None else limits.lease_seconds),
             heartbeat_seconds=float(
-                heartbeat_seconds
-                if heartbeat_seconds is not None
-                else getattr(limits, "heartbeat_seconds", cls.heartbeat_seconds)
+                heartbeat_seconds if heartbeat_seconds is not None else limits.heartbeat_seconds
             ),
         )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None, *, source: str = "experiment.json") -> LeaseLimits:
+        """From the ``limits`` mapping of a stored ``experiment.json`` (other keys, such as
+        ``stall_seconds``, are ignored; absent ones take the defaults above). Needs none of the
+        user's code, so that ``status``, ``retry`` and ``gc`` work from any machine."""
+        if data is not None and not isinstance(data, Mapping):
+            raise ConfigError([f"$.limits: expected a mapping, found {type(data).__name__}"], source=source)
+        try:
+            return msgspec.convert(dict(data or {}), cls)
+        except msgspec.ValidationError as exc:
+            raise ConfigError([f"$.limits: {exc}"], source=source) from exc
+
+
+class LimitsLike(Protocol):
+    """What :meth:`LeaseLimits.from_limits` reads (``experiment.Limits`` has it)."""
+
+    @property
+    def max_attempts(self) -> int: ...
+    @property
+    def max_takeovers(self) -> int: ...
+    @property
+    def lease_seconds(self) -> float: ...
+    @property
+    def heartbeat_seconds(self) -> float: ...

@@ -6,23 +6,172 @@ status``, the operations (``retry --failed``, ``gc``) and analysis.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Literal, get_args
 
 from ablator import layout, records
 from ablator.lease.limits import LeaseLimits
 from ablator.store.base import Entry, Store
 
-# --- trial state -------------------------------------------------------------------------------
+# --- the vocabulary ----------------------------------------------------------------------------
 
+#: Every state a trial can be in, in the order ``ablator status`` prints them. The one list:
+#: status, the operations and analysis use these names (analysis shows a done trial by its
+#: result's status, ``records.ResultStatus``, instead of "done").
 TrialStatus = Literal[
-    "pending", "running", "done", "needs_repair", "failed", "retryable", "released", "orphaned"
+    "pending", "running", "done", "failed", "retryable", "released", "orphaned", "needs_repair"
 ]
+TRIAL_STATUSES: tuple[TrialStatus, ...] = get_args(TrialStatus)
 #: States in which a trial may be claimed (a takeover creates ``claim.e<epoch + 1>``).
-TAKEABLE: frozenset[str] = frozenset({"released", "orphaned"})
+TAKEABLE: frozenset[TrialStatus] = frozenset({"released", "orphaned"})
 #: States that never change by themselves (``retry --failed`` can reopen "failed").
-TERMINAL: frozenset[str] = frozenset({"done", "failed", "needs_repair"})
+TERMINAL: frozenset[TrialStatus] = frozenset({"done", "failed", "needs_repair"})
+
+#: What is known of ``result.msgpack``: absent; listed but not read (claimers only need to know
+#: that one exists); read and valid; listed but unreadable or corrupt.
+ResultState = Literal["absent", "listed", "valid", "corrupt"]
+
+
+# --- the classifier: records in, one state out -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialRecords:
+    """What a trial's folder holds: the epochs of each record kind, what is known of its result,
+    and the kind of the newest claimed epoch's failure (None when that epoch did not fail, or its
+    record is unreadable). Build one from a listing with :func:`scan`."""
+
+    claims: frozenset[int] = frozenset()
+    attempts: frozenset[int] = frozenset()
+    releases: frozenset[int] = frozenset()
+    failures: frozenset[int] = frozenset()
+    result: ResultState = "absent"
+    top_failure: records.FailureKind | None = None
+
+    @property
+    def top(self) -> int | None:
+        """The highest claimed epoch (takeovers create epoch + 1, so epochs are consecutive)."""
+        return max(self.claims) if self.claims else None
+
+    @property
+    def open_epoch(self) -> int | None:
+        """The top epoch when its claim is the trial's last word (no result, and that epoch
+        neither failed nor was released): it is running or orphaned, as its holder's liveness
+        says; None otherwise."""
+        top = self.top
+        if self.result != "absent" or top is None or top in self.failures or top in self.releases:
+            return None
+        return top
+
+    def counted_failures(self, forgiven: int = -1) -> int:
+        """Failed attempts that count against ``max_attempts``: those after ``forgiven`` (the
+        highest epoch an operator's ``retry --failed`` forgave)."""
+        return sum(1 for e in self.failures if e > forgiven and e in self.claims)
+
+    def takeovers(self, forgiven: int = -1) -> int:
+        """Epochs after ``forgiven`` that started because their predecessor vanished (it neither
+        failed nor let go). ``forgiven=-1``: every takeover in the trial's history."""
+        return sum(
+            1
+            for e in self.claims
+            if e >= 1 and e - 1 > forgiven and (e - 1) not in self.failures and (e - 1) not in self.releases
+        )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What :func:`classify` says. ``epoch``: the top claimed epoch (None when pending);
+    ``failures``/``takeovers``: counted since the last forgiveness; ``failure``: the kind of the
+    top epoch's failure when the trial is ``failed`` or ``retryable`` (None when unreadable)."""
+
+    status: TrialStatus
+    epoch: int | None
+    failures: int
+    takeovers: int
+    failure: records.FailureKind | None = None
+
+
+def classify(recs: TrialRecords, *, max_attempts: int, forgiven: int = -1, orphaned: bool = False) -> Verdict:
+    """A trial's state from its records (docs/protocol.md "Trial state"); pure. ``forgiven``: the
+    highest epoch whose failure an operator's ``retry --failed`` forgave (-1: none); ``orphaned``:
+    the observer's verdict on the holder of :attr:`TrialRecords.open_epoch` (only looked at when
+    there is one; readers that do not judge liveness pass False and see "running").
+
+    Order: a result -> done (listed or valid) or needs_repair (corrupt: never treated as absent,
+    that could make a second result); no claim -> pending; the top epoch failed -> retryable when
+    an operator forgave it, failed when its kind is "lost" (a trial that killed every holder) or
+    the counted failures reached ``max_attempts``, else retryable; released -> released; else
+    orphaned or running.
+    """
+    top = recs.top
+    failures = recs.counted_failures(forgiven)
+    takeovers = recs.takeovers(forgiven)
+
+    def verdict(status: TrialStatus, failure: records.FailureKind | None = None) -> Verdict:
+        return Verdict(status=status, epoch=top, failures=failures, takeovers=takeovers, failure=failure)
+
+    if recs.result == "corrupt":
+        return verdict("needs_repair")
+    if recs.result != "absent":
+        return verdict("done")
+    if top is None:
+        return verdict("pending")
+    if top in recs.failures:
+        kind = recs.top_failure
+        if top <= forgiven:
+            return verdict("retryable", kind)
+        if kind == "lost" or failures >= max_attempts:
+            return verdict("failed", kind)
+        return verdict("retryable", kind)
+    if top in recs.releases:
+        return verdict("released")
+    return verdict("orphaned" if orphaned else "running")
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A trial's records as listed (:func:`scan`): the epochs of each kind and the entries of
+    its claims and result (their modification times matter to ``status``)."""
+
+    records: TrialRecords
+    claim_entries: Mapping[int, Entry]
+    result_entry: Entry | None
+
+
+def scan(index: int, entries: Iterable[Entry]) -> Listing:
+    """Sort the keys of trial ``index`` (a listing of its folder, or of ``trials/``) into record
+    kinds by epoch. Keys of other trials and of its sub-folders (metrics, checkpoints, logs) are
+    ignored."""
+    prefix = layout.trial_dir(index)
+    result_key = layout.result(index)
+    kinds: dict[str, set[int]] = {"claim": set(), "attempt": set(), "release": set(), "failed": set()}
+    claim_entries: dict[int, Entry] = {}
+    result_entry: Entry | None = None
+    for e in entries:
+        if not e.key.startswith(prefix) or "/" in e.key[len(prefix) :]:
+            continue  # metrics/, ckpt/, logs/ (or a stray key)
+        if e.key == result_key:
+            result_entry = e
+            continue
+        parsed = layout.parse_record(e.key[len(prefix) :])
+        if parsed is None:
+            continue
+        kind, ep = parsed
+        kinds[kind].add(ep)
+        if kind == "claim":
+            claim_entries[ep] = e
+    recs = TrialRecords(
+        claims=frozenset(kinds["claim"]),
+        attempts=frozenset(kinds["attempt"]),
+        releases=frozenset(kinds["release"]),
+        failures=frozenset(kinds["failed"]),
+        result="absent" if result_entry is None else "listed",
+    )
+    return Listing(recs, claim_entries, result_entry)
+
+
+# --- reading a trial from the store ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -30,9 +179,9 @@ class TrialState:
     """A trial's state, derived from its records only (docs/protocol.md "Trial state").
 
     ``epoch``: the highest claimed epoch (None when pending); ``holder``: that claim's agent (None
-    when unknown or corrupt); ``failures``: failed attempts not forgiven by ``retry``;
-    ``takeovers``: epochs that started because the previous holder vanished; ``problems``: corrupt
-    records, by key.
+    when unknown or corrupt, or not read); ``failures``: failed attempts not forgiven by
+    ``retry``; ``takeovers``: epochs that started because the previous holder vanished (since
+    the last forgiveness); ``problems``: corrupt records, by key.
     """
 
     index: int
@@ -56,103 +205,63 @@ def read_trial(
     index: int,
     entries: Iterable[Entry] | None = None,
     *,
-    judge: Judge,
+    judge: Judge | None,
     limits: LeaseLimits,
     forgiven: int = -1,
     validate_result: bool = False,
 ) -> TrialState:
-    """The state of trial ``index``. ``entries``: its keys (from a listing of ``trials/`` or of
-    its own folder); listed here when None. ``forgiven``: the highest epoch whose failure a
-    ``retry`` record forgave. ``validate_result``: decode ``result.msgpack`` (``status`` does;
-    claimers only need to know that one exists).
-
-    Order: a result -> done (a corrupt one -> needs_repair, never absent); else the highest epoch
-    e: ``failed.e`` -> retryable while failures < max_attempts (a "lost" failure is final), else
-    failed; ``release.e`` -> released; ``claim.e`` -> orphaned if ``judge`` says so, else running.
-    Corrupt records are reported with a :class:`~ablator.records.CorruptRecordWarning`.
+    """The state of trial ``index``: reads what :func:`classify` needs and asks it. ``entries``:
+    its keys (from a listing of ``trials/`` or of its own folder); listed here when None.
+    ``judge``: whether an open claim is orphaned (None: nobody's liveness is judged here, an
+    open claim is running). ``forgiven``: the highest epoch whose failure a ``retry`` record
+    forgave. ``validate_result``: decode ``result.msgpack`` (``status`` does; claimers only need
+    to know that one exists). Corrupt records are reported with a
+    :class:`~ablator.records.CorruptRecordWarning` and listed in ``problems``.
     """
     if entries is None:
         entries = store.list(layout.trial_dir(index))
-    prefix = layout.trial_dir(index)
-    result_key = layout.result(index)
-    claims: dict[int, Entry] = {}
-    failed: set[int] = set()
-    released: set[int] = set()
-    result_entry: Entry | None = None
-    for e in entries:
-        if not e.key.startswith(prefix) or "/" in e.key[len(prefix) :]:
-            continue  # metrics/, ckpt/, logs/ (or a stray key)
-        if e.key == result_key:
-            result_entry = e
-            continue
-        parsed = layout.parse_record(e.key[len(prefix) :])
-        if parsed is None:
-            continue
-        kind, ep = parsed
-        if kind == "claim":
-            claims[ep] = e
-        elif kind == "failed":
-            failed.add(ep)
-        elif kind == "release":
-            released.add(ep)
-
+    listing = scan(index, entries)
+    recs = listing.records
     problems: list[str] = []
-    top = max(claims) if claims else None
-    n_failures = sum(1 for x in failed if x > forgiven and x in claims)
-    takeovers = sum(
-        1 for x in claims if x >= 1 and x - 1 > forgiven and (x - 1) not in failed and (x - 1) not in released
-    )
-
-    def state(status: TrialStatus, **kw: Any) -> TrialState:
-        return TrialState(
-            index=index, status=status, epoch=top, failures=n_failures, takeovers=takeovers, **kw
-        )
-
-    if result_entry is not None:
-        if not validate_result:
-            return state("done")
-        data = store.get(result_key)
-        res = None if data is None else records.try_decode(data, records.Result, result_key)
-        if res is None:
-            # Listed but unreadable or corrupt: never "absent" (that could make a second result).
-            return state("needs_repair", problems=(result_key,))
-        return state("done", result=res)
-
-    if top is None:
-        return state("pending")
-
-    if top in failed:
-        fkey = layout.failed(index, top)
-        data = store.get(fkey)
-        failure = None if data is None else records.try_decode(data, records.Failure, fkey)
+    result: records.Result | None = None
+    if recs.result == "listed" and validate_result:
+        key = layout.result(index)
+        result = records.read(store, key, records.Result)
+        if result is None:
+            problems.append(key)  # listed but unreadable or corrupt: never "absent"
+        recs = replace(recs, result="corrupt" if result is None else "valid")
+    failure: records.Failure | None = None
+    top = recs.top
+    if recs.result == "absent" and top is not None and top in recs.failures:
+        key = layout.failed(index, top)
+        failure = records.read(store, key, records.Failure)
         if failure is None:
-            problems.append(fkey)
-        if top <= forgiven:
-            status: TrialStatus = "retryable"
-        elif failure is not None and failure.kind == "lost":
-            status = "failed"  # a trial that killed every holder: final until an operator retries it
-        elif n_failures >= limits.max_attempts:
-            status = "failed"
+            problems.append(key)
         else:
-            status = "retryable"
-        return state(status, last_failure=failure, problems=tuple(problems))
-
-    if top in released:
-        return state("released")
-
-    ckey = layout.claim(index, top)
-    data = store.get(ckey)
-    claim = None if data is None else records.try_decode(data, records.Claim, ckey)
-    holder = None
-    if claim is None:
-        problems.append(ckey)  # a corrupt claim: holder unknown, taken over after a lease
-    else:
-        holder = claim.agent_id
-    orphaned = judge(index, top, holder, claims[top])
-    return state(
-        "orphaned" if orphaned else "running",
+            recs = replace(recs, top_failure=failure.kind)
+    holder: str | None = None
+    orphaned = False
+    open_epoch = recs.open_epoch
+    if open_epoch is not None:
+        key = layout.claim(index, open_epoch)
+        claim = records.read(store, key, records.Claim)
+        if claim is None:
+            problems.append(key)  # a corrupt claim: holder unknown, taken over after a lease
+        else:
+            holder = claim.agent_id
+        if judge is not None:
+            orphaned = judge(index, open_epoch, holder, listing.claim_entries[open_epoch])
+    v = classify(recs, max_attempts=limits.max_attempts, forgiven=forgiven, orphaned=orphaned)
+    return TrialState(
+        index=index,
+        status=v.status,
+        epoch=v.epoch,
         holder=holder,
-        claim_entry=claims[top],
+        failures=v.failures,
+        takeovers=v.takeovers,
+        result=result,
+        last_failure=failure,
+        claim_entry=None if open_epoch is None else listing.claim_entries[open_epoch],
         problems=tuple(problems),
     )
 
@@ -165,8 +274,7 @@ def read_budget(store: Store, base: int, cache: dict[str, int] | None = None) ->
     for e in store.list(layout.EXTEND_DIR):
         if e.key in cache:
             continue
-        data = store.get(e.key)
-        ext = None if data is None else records.try_decode(data, records.Extension, e.key)
+        ext = records.read(store, e.key, records.Extension)
         cache[e.key] = ext.trials if ext is not None else 0
     # A negative extension is an operator's correction (``launch --extend -N``); it never takes
     # the budget below the launched one.
@@ -178,8 +286,7 @@ def read_forgiven(store: Store, cache: dict[str, records.Retry | None] | None = 
     cache = {} if cache is None else cache
     for e in store.list(layout.RETRY_DIR):
         if e.key not in cache:
-            data = store.get(e.key)
-            cache[e.key] = None if data is None else records.try_decode(data, records.Retry, e.key)
+            cache[e.key] = records.read(store, e.key, records.Retry)
     out: dict[int, int] = {}
     for rec in cache.values():
         if rec is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import abc
 import builtins
-from collections.abc import Iterator
 
 import msgspec
 
@@ -121,10 +120,6 @@ class Store(abc.ABC):
         """Remove ``key``; absent is fine."""
 
     # -- misc ------------------------------------------------------------------------------
-    def iter_keys(self, prefix: str) -> Iterator[str]:
-        for e in self.list(prefix):
-            yield e.key
-
     def capabilities(self) -> Capabilities:
         raise NotImplementedError
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from ablator.train.context import TrialContext
 from ablator.train.execute import collect_environment, execute_trial, resolve_device
-from ablator.train.outcome import NoFence, Outcome
+from ablator.train.outcome import Fence, NoFence, Outcome
 from ablator.train.progress import Progress
 from ablator.train.state import LoopState, TrainPlan
 from ablator.train.wrapper import ModelWrapper
 
 __all__ = [
+    "Fence",
     "LoopState",
     "ModelWrapper",
     "NoFence",

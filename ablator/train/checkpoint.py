@@ -26,6 +26,7 @@ from ablator import config, layout, lineage
 from ablator.errors import CheckpointError, LeaseLost
 from ablator.records import TrialSpec
 from ablator.store.base import Store
+from ablator.train.outcome import Fence
 from ablator.train.writer import StoreWriter
 
 FORMAT = "ablator-checkpoint"
@@ -165,7 +166,7 @@ class Checkpointer:
     attempt resumed from."""
 
     def __init__(
-        self, store: Store, trial: int, epoch: int, writer: StoreWriter, fence: Any, keep: int
+        self, store: Store, trial: int, epoch: int, writer: StoreWriter, fence: Fence, keep: int
     ) -> None:
         self.store = store
         self.trial = trial

@@ -46,7 +46,7 @@ from ablator.store.base import Store
 from ablator.train import seeding
 from ablator.train.checkpoint import Checkpointer, Loaded, deserialize, header, load_latest, serialize
 from ablator.train.metrics import MetricWriter
-from ablator.train.outcome import Outcome
+from ablator.train.outcome import Fence, Outcome, OutcomeStatus
 from ablator.train.progress import Progress
 from ablator.train.writer import StoreWriter
 
@@ -64,7 +64,7 @@ class TrialContext:
         store: Store,
         trial: int,
         epoch: int,
-        fence: Any,
+        fence: Fence,
         device: torch.device,
         progress: Progress,
         smoke: bool,
@@ -112,7 +112,7 @@ class TrialContext:
         if pruning is not None:
             pruning.restore(restored.get("pruning"))  # decided rungs, the curve so far
         self._last_ckpt_step: int | None = None if loaded is None else loaded.step
-        self.status: str | None = None  # "early_stopped" / "diverged" / "pruned" once decided
+        self.status: OutcomeStatus | None = None  # "early_stopped" / "diverged" / "pruned" once decided
         self.message = ""
         self._finished = False
 
@@ -122,7 +122,7 @@ class TrialContext:
         """True when the trial should save a checkpoint and return: early stopping fired, the
         metric diverged, the experiment's pruner pruned the trial (it ends ``pruned``), or the
         agent asked this trial to stop (drain, operator stop)."""
-        return self.status is not None or bool(getattr(self._fence, "should_stop", False))
+        return self.status is not None or self._fence.should_stop
 
     def finished(self) -> None:
         """Say that the trial ran to its end. A trial function that returns while a stop was
@@ -241,7 +241,7 @@ class TrialContext:
                 "experiment file or the name the trial reports"
             )
 
-    def _set_status(self, status: str, message: str) -> None:
+    def _set_status(self, status: OutcomeStatus, message: str) -> None:
         if self.status is None:
             self.status, self.message = status, message
 
@@ -266,7 +266,7 @@ class TrialContext:
             and self._best_value is None
             and self._metric[0] not in final
             and self.status is None  # a pruned, diverged or drained trial may end before its first evaluation
-            and not getattr(self._fence, "should_stop", False)
+            and not self._fence.should_stop
         ):
             reported = sorted(set(self._latest) | set(final))
             raise AblatorError(
@@ -280,12 +280,11 @@ class TrialContext:
         if status is None:
             # Returning while a stop was requested is a preemption, checkpointed or not (a
             # release), unless the trial said it finished.
-            stop = getattr(self._fence, "should_stop", False)
-            status = "stopped" if stop and not self._finished else "completed"
+            status = "stopped" if self._fence.should_stop and not self._finished else "completed"
         if self._pruning is not None and status in ("completed", "early_stopped"):
             self._pruning.finished()  # the median rule learns from finished curves
         return Outcome(
-            status=status,  # type: ignore[arg-type]
+            status=status,
             metrics=final,
             best=dict(self._best_metrics),
             best_step=self._best_step,
@@ -345,7 +344,7 @@ def run_function(
     store: Store,
     trial: int,
     epoch: int,
-    fence: Any,
+    fence: Fence,
     device: torch.device,
     progress: Progress,
     smoke: bool,

@@ -24,7 +24,7 @@ from ablator.pruners import PrunerConfig, make_pruning
 from ablator.store.base import Store
 from ablator.train.context import run_function
 from ablator.train.loop import train
-from ablator.train.outcome import Outcome
+from ablator.train.outcome import Fence, Outcome
 from ablator.train.progress import ProgressLike, make_progress
 
 
@@ -125,7 +125,7 @@ def execute_trial(
     trial: int,
     epoch: int,
     *,
-    fence: Any,
+    fence: Fence,
     device: str | torch.device | None = None,
     progress: ProgressLike = True,
     smoke: bool = False,
@@ -139,7 +139,7 @@ def execute_trial(
 
     ``entry``: what :func:`ablator.entrypoint.resolve_entry` returns (``kind``, ``obj``,
     ``config_type``). ``fence.check()`` raises :class:`~ablator.errors.LeaseLost` when the
-    attempt must stop writing; an optional ``fence.should_stop`` asks it to checkpoint and return
+    attempt must stop writing (:class:`~ablator.train.outcome.Fence`); ``fence.should_stop`` asks it to checkpoint and return
     ``status="stopped"``. ``metric``: the experiment's ``(name, "min" | "max")`` for best tracking,
     early stopping and plateau schedules. ``progress``: see :func:`~ablator.train.progress.make_progress`.
 

@@ -38,7 +38,7 @@ from ablator.store.base import Store
 from ablator.train import seeding
 from ablator.train.checkpoint import Checkpointer, header, load_latest, serialize
 from ablator.train.metrics import MetricWriter
-from ablator.train.outcome import Outcome
+from ablator.train.outcome import Fence, Outcome
 from ablator.train.progress import Progress
 from ablator.train.state import LoopState, TrainPlan
 from ablator.train.wrapper import ModelWrapper, scheduler_unit, train_config
@@ -57,7 +57,7 @@ def train(
     store: Store,
     trial: int,
     epoch: int,
-    fence: Any,
+    fence: Fence,
     device: torch.device,
     progress: Progress,
     smoke: bool,
@@ -146,7 +146,6 @@ def train(
     last_group_start = n_batches - last_group
     log_every = max(1, tc.log_every)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    should_stop = _stop_flag(fence)
     status = "completed"
 
     def evaluate(loader: Any, prefix: str) -> dict[str, float]:
@@ -254,7 +253,7 @@ def train(
                         scheduler.step()
                     finished = step >= plan.total_steps
                     is_eval = finished or step % plan.eval_every == 0
-                    stop_requested = should_stop()
+                    stop_requested = fence.should_stop
                     now = time.monotonic()
 
                     # --- log point: the one host sync of the window
@@ -473,12 +472,6 @@ def _to_host(values: Mapping[str, Any], prefix: str) -> dict[str, float]:
         stacked = torch.stack([values[k].detach().float().reshape(()) for k in tensor_names])
         synced = dict(zip(tensor_names, stacked.cpu().tolist(), strict=True))
     return {prefix + k: float(synced[k]) if k in synced else float(v) for k, v in values.items()}
-
-
-def _stop_flag(fence: Any) -> Callable[[], bool]:
-    if not hasattr(fence, "should_stop"):
-        return lambda: False
-    return lambda: bool(fence.should_stop)
 
 
 def _check_divergence(state: LoopState, tc: Any, train_loss: float, step: int) -> None:

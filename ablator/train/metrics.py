@@ -14,11 +14,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from ablator import layout, records
 from ablator.errors import AblatorError, LeaseLost
 from ablator.store.base import Store
+from ablator.train.outcome import Fence
 from ablator.train.writer import StoreWriter
 
 
@@ -31,7 +31,7 @@ class MetricWriter:
         trial: int,
         epoch: int,
         writer: StoreWriter,
-        fence: Any,
+        fence: Fence,
         *,
         start_step: int = -1,
         max_rows: int = 1000,

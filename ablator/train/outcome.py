@@ -1,42 +1,48 @@
-"""What a trial attempt returns to its caller, and the do-nothing fence for local use."""
+"""What a trial attempt returns to its caller (:class:`Outcome`), and what it checks before each
+write (:class:`Fence`; :class:`NoFence` for a store nobody else writes)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Protocol
 
-import msgspec
-
-from ablator.records import ResultStatus
-
-OutcomeStatus = ResultStatus | Literal["stopped"]
+# The attempt's end is a record-level type (workers send it, agents record it, neither imports
+# torch); the trainer's callers import it from here.
+from ablator.records import Outcome, OutcomeStatus
 
 
-class Outcome(msgspec.Struct, frozen=True, kw_only=True):
-    """The end of one attempt.
+class Fence(Protocol):
+    """What an attempt checks before each write (metric chunks, checkpoints, pruning records).
 
-    ``status``: a :data:`ablator.records.ResultStatus` (the caller writes the result), or
-    ``"stopped"``: the fence asked the trial to stop; it checkpointed ``checkpoint_step`` and the
-    caller writes a release instead. ``metrics`` are the final values of every metric, ``best``
-    the row of the best evaluation (at ``best_step``) of the experiment metric.
+    ``check()`` raises :class:`~ablator.errors.LeaseLost` when the attempt may no longer write
+    for its trial (the rule is the claim protocol's: :mod:`ablator.lease.fence`; the trainer only
+    asks). ``should_stop`` asks the trainer to checkpoint at its next chance and return
+    ``"stopped"`` (Ctrl-C, an agent's drain, an operator's stop).
     """
 
-    status: OutcomeStatus
-    metrics: dict[str, float] = {}
-    best: dict[str, float] = {}
-    best_step: int | None = None
-    steps: int = 0
-    duration_s: float = 0.0
-    setup_s: float | None = None  # the warm-up inside duration_s (records.warmup_s), if known
-    resumed_from: tuple[int, int] | None = None
-    message: str = ""
-    checkpoint_step: int | None = None  # the newest checkpoint this attempt wrote
+    def check(self) -> None: ...
+
+    @property
+    def should_stop(self) -> bool: ...
 
 
 class NoFence:
-    """A fence that never fences: for a store that nobody else writes (``ablator run`` on a
-    private store, tests). ``should_stop`` can be set to ask the trial to checkpoint and stop."""
+    """A fence that never fences: for a store that nobody else writes (tests, a throwaway
+    store). :meth:`request_stop` asks the trial to checkpoint and stop."""
 
-    should_stop: bool = False
+    def __init__(self) -> None:
+        self._stop = False
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether a stop was requested."""
+        return self._stop
+
+    def request_stop(self) -> None:
+        """Ask the trial to checkpoint at its next chance and return."""
+        self._stop = True
 
     def check(self) -> None:
         """Never raises."""
+
+
+__all__ = ["Fence", "NoFence", "Outcome", "OutcomeStatus"]

@@ -179,8 +179,8 @@ def test_corrupt_claim_and_extension_records_keep_the_numbers_right(
 
 @pytest.mark.procs
 def test_readers_scale_with_the_trials_run_not_the_budget(tmp_path: Path, agent_env: dict[str, str]) -> None:
+    from ablator.agent.run import run
     from ablator.analysis import load
-    from ablator.train.run import run
 
     budget = 10_000_000
     exp = experiment(design={"kind": "random", "trials": budget, "space": {"x": {"range": [0.0, 1.0]}}})

@@ -3,7 +3,6 @@ worker fence."""
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -13,15 +12,18 @@ import pytest
 from ablator import layout, records
 from ablator.agent import protocol as P
 from ablator.agent.devices import plan_slots
-from ablator.agent.worker import WorkerFence
 from ablator.errors import ConfigError, LeaseLost
+from ablator.lease import AttemptFence
 from ablator.records import GpuInfo
 from ablator.store import open_store
 
 
 def test_frames_survive_partial_reads_and_reject_garbage() -> None:
     spec = records.TrialSpec(index=3, config={"a": {"b": [1, 2]}}, config_hash="h", seed=9)
-    msgs = [P.Progress(step=5), P.Finished(status="completed", metrics={"m": 0.5}, resumed_from=(0, 4))]
+    msgs = [
+        P.Progress(step=5),
+        P.Finished(outcome=records.Outcome(status="completed", metrics={"m": 0.5}, resumed_from=(0, 4))),
+    ]
     data = b"".join(P.frame(m) for m in msgs)
     reader = P.FrameReader()
     out: list[P.FromWorker] = []
@@ -78,19 +80,19 @@ def test_cpu_and_gpu_slots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_worker_fence(tmp_path: Path) -> None:
     store = open_store(tmp_path / "s")
-    fence = WorkerFence(store, 2, 0, time.monotonic() + 60)
+    fence = AttemptFence(store, 2, 0, valid_until=time.monotonic() + 60)
     fence.check()
     assert not fence.should_stop
-    fence.stop_requested.set()
+    fence.request_stop()
     assert fence.should_stop
     fence.check()  # a stop request is not a lost lease
     store.create(layout.claim(2, 1), b"x")
     with pytest.raises(LeaseLost, match="taken over"):
         fence.check()
-    late = WorkerFence(store, 5, 0, time.monotonic() - 1)
+    late = AttemptFence(store, 5, 0, valid_until=time.monotonic() - 1)
     with pytest.raises(LeaseLost, match="renewed"):
         late.check()
-    done = WorkerFence(store, 6, 0, math.inf)
+    done = AttemptFence(store, 6, 0)  # no deadline: a private store's attempt
     store.create(layout.result(6), b"x")
     with pytest.raises(LeaseLost, match="result"):
         done.check()

@@ -115,7 +115,7 @@ def test_unfinished_trials_states_and_no_partial_values(tmp_path: Path) -> None:
         b.attempt(1, e)
         b.metrics(1, e, range(1, 11), lambda s: {"val_accuracy": 0.5})
         b.failed(1, e, message="CUDA out of memory\ntraceback...")
-    # 2: one failure so far: retrying
+    # 2: one failure so far: retryable
     b.claim(2, 0, b.spec_for(2, {}))
     b.attempt(2, 0)
     b.failed(2, 0)
@@ -140,10 +140,10 @@ def test_unfinished_trials_states_and_no_partial_values(tmp_path: Path) -> None:
     assert [status[i] for i in range(6)] == [
         "completed",
         "failed",
-        "retrying",
+        "retryable",
         "released",
         "running",
-        "retrying",
+        "retryable",
     ]
     assert all(status[i] == "pending" for i in range(6, 12))
     failed = res.trials.row(1, named=True)
@@ -155,7 +155,7 @@ def test_unfinished_trials_states_and_no_partial_values(tmp_path: Path) -> None:
     assert res.status_counts() == {
         "completed": 1,
         "failed": 1,
-        "retrying": 2,
+        "retryable": 2,
         "released": 1,
         "running": 1,
         "pending": 6,

@@ -50,6 +50,8 @@ def _agent(store: Any, clock: FakeClock, agent_id: str = "h-1-aaaa") -> tuple[Me
 
 
 class _Fence:
+    should_stop = False
+
     def check(self) -> None:
         pass
 
@@ -68,7 +70,7 @@ def test_records_that_must_survive_are_created_durable(tmp_path: Path) -> None:
     again = c.claim_next(spec)  # the retry of trial 0 (retryable before new trials)
     assert again is not None and (again.trial, again.epoch) == (0, 1)
     again.attempt(resumed_from=None)
-    assert again.finish(metrics={"score": 1.0})
+    assert again.finish(records.Outcome(status="completed", metrics={"score": 1.0}))
     writer = StoreWriter()
     rows = MetricWriter(store, 1, 0, writer, _Fence(), max_rows=2)
     for step in range(4):
@@ -162,7 +164,7 @@ def test_a_torn_result_needs_repair_and_is_never_absent(tmp_path: Path, how: str
     store = PosixStore(str(tmp_path))
     _, c = _agent(store, FakeClock())
     held = c.claim_next(spec)
-    assert held is not None and held.finish(metrics={"score": 1.0})
+    assert held is not None and held.finish(records.Outcome(status="completed", metrics={"score": 1.0}))
     _torn(store, layout.result(0), how)
     with pytest.warns(CorruptRecordWarning, match="result.msgpack"):
         st = read_trial(store, 0, judge=lambda *a: False, limits=LIMITS, validate_result=True)

@@ -55,7 +55,7 @@ def test_status_and_retry_see_trials_past_a_million(tmp_path: Path) -> None:
     assert held is not None and (held.trial, held.epoch) == (BIG + 1, 0)
     held.fail("exception", "boom")
     done = c.claim(BIG, spec)
-    assert done is not None and done.finish(metrics={"score": 1.0})
+    assert done is not None and done.finish(records.Outcome(status="completed", metrics={"score": 1.0}))
     report = status.collect(store, url=url)
     assert report.counts.get("done") == 1 and report.counts.get("failed") == 1, report.counts
     rec = retry_failed(store)

@@ -93,7 +93,7 @@ def main() -> int:
                 time.sleep(0.02)
                 continue
             held.attempt()
-            held.finish(metrics={"x": float(held.trial)})
+            held.finish(records.Outcome(status="completed", metrics={"x": float(held.trial)}))
             claimed.append([held.trial, held.epoch])
         emit(claimed=claimed, stats=vars(claimer.stats), ops=dict(counter.ops))
         membership.close()
@@ -125,7 +125,7 @@ def main() -> int:
                     emit(lost=[h.trial, h.epoch], reason=str(exc))
                     live.remove(h)
                     try:
-                        h.finish(metrics={"zombie": 1.0})
+                        h.finish(records.Outcome(status="completed", metrics={"zombie": 1.0}))
                         emit(finished_after_loss=[h.trial, h.epoch])
                     except LeaseLost:
                         emit(finish_refused=[h.trial, h.epoch])
@@ -152,7 +152,10 @@ def main() -> int:
                     layout.metrics(h.trial, h.epoch, 1),
                     records.encode(records.MetricsChunk(trial=h.trial, epoch=h.epoch, rows=[])),
                 )
-                emit(finished=[h.trial, h.epoch], won=h.finish(metrics={"x": 1.0}))
+                emit(
+                    finished=[h.trial, h.epoch],
+                    won=h.finish(records.Outcome(status="completed", metrics={"x": 1.0})),
+                )
             except LeaseLost as exc:
                 emit(lost=[h.trial, h.epoch], reason=str(exc))
     emit(took_all=took)

@@ -202,7 +202,7 @@ def test_finish_is_exactly_once(store: Store) -> None:
     held = c.claim_next(spec)
     assert held is not None
     held.attempt()
-    assert held.finish(metrics={"acc": 0.9}, steps=3) is True
+    assert held.finish(records.Outcome(status="completed", metrics={"acc": 0.9}, steps=3)) is True
     res = records.decode(store.read(layout.result(held.trial)), records.Result)
     assert (res.epoch, res.metrics, res.lineage) == (0, {"acc": 0.9}, [(0, None)])
     with pytest.raises(LeaseLost, match="no longer held"):

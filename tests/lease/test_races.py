@@ -28,6 +28,10 @@ def _agent(store: Any, clock: FakeClock, budget: int = 1) -> tuple[Membership, C
     return m, Claimer(store, m, budget=budget, poll_s=0.0)
 
 
+def _done(metrics: dict[str, float]) -> records.Outcome:
+    return records.Outcome(status="completed", metrics=metrics)
+
+
 def _both(fn_a: Callable[[], Any], fn_b: Callable[[], Any]) -> tuple[Any, Any]:
     out: list[Any] = [None, None]
     errors: list[BaseException] = []
@@ -106,7 +110,7 @@ def _zombie_and_successor(tmp_path: Path) -> tuple[Wrapped, Held, Held]:
 def test_zombie_and_successor_finish_together_exactly_one_result(tmp_path: Path) -> None:
     w, zombie, successor = _zombie_and_successor(tmp_path)
     _gate(w, layout.result(0))
-    a, b = _both(lambda: zombie.finish(metrics={"who": 0.0}), lambda: successor.finish(metrics={"who": 1.0}))
+    a, b = _both(lambda: zombie.finish(_done({"who": 0.0})), lambda: successor.finish(_done({"who": 1.0})))
     assert sorted([a, b]) == [False, True]
     res = records.decode(w.inner.read(layout.result(0)), records.Result)
     winner = zombie if a else successor

@@ -315,7 +315,9 @@ def test_stop_request_checkpoints_and_returns_stopped(store: Store) -> None:
 
 
 class LoseAfter:
-    """A fence that reports the lease lost after ``n`` checks."""
+    """A fence that reports the lease lost after ``n`` checks (and never asks for a stop)."""
+
+    should_stop = False
 
     def __init__(self, n: int) -> None:
         self.n = n

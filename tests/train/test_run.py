@@ -15,11 +15,11 @@ import torch
 from testkit import put_claim
 
 from ablator import layout, lease, lineage, records
+from ablator.agent.run import run
 from ablator.cli import main
 from ablator.errors import AblatorError
 from ablator.ops import launch
 from ablator.store import open_store
-from ablator.train.run import run
 
 EXPERIMENT = """
 name: tiny

@@ -29,12 +29,12 @@ def test_the_line_and_the_report_agree_on_training_and_warm_up() -> None:
     assert warm == pytest.approx(5.0)
     training, setup = attempt_times(rows, [(0, None)], 6.1)
     assert (training, setup) == (pytest.approx(1.1), pytest.approx(5.0))
-    line = timing(P.Finished(status="completed", duration_s=6.1, setup_s=warm))
+    line = timing(records.Outcome(status="completed", duration_s=6.1, setup_s=warm))
     assert line == "1.1 s training, +5.0 s warm-up"
     # one row cannot pace the warm-up: the line shows the duration alone, as the report does
     assert records.warmup_s(rows[0], rows[0], 0) is None
     assert attempt_times(rows[:1], [(0, None)], 6.1) == (pytest.approx(6.1), None)
-    assert timing(P.Finished(status="completed", duration_s=6.1)) == "6.1 s"
+    assert timing(records.Outcome(status="completed", duration_s=6.1)) == "6.1 s"
 
 
 @pytest.mark.procs  # the attempt's environment record calls platform.platform(), which runs uname
@@ -58,5 +58,5 @@ def test_a_trial_outcome_carries_the_warm_up_the_report_computes() -> None:
     rows = lineage.canonical_rows(store, 0, 0)
     training, setup = attempt_times(rows, [(0, None)], out.duration_s)
     assert setup == pytest.approx(out.setup_s)
-    line = timing(P.Finished(status=out.status, duration_s=out.duration_s, setup_s=out.setup_s))
+    line = timing(P.Finished(outcome=out).outcome)
     assert line == f"{training:.1f} s training, +{setup:.1f} s warm-up"

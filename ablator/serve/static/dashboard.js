@@ -5,10 +5,10 @@
 
 const POLL_MS = 2000;
 const STATUS_ORDER = ["completed", "early_stopped", "diverged", "pruned", "failed", "needs_repair",
-  "retrying", "released", "running", "pending"];
+  "retryable", "released", "running", "pending"];
 const STATUS_COLOR = {
   completed: "#1e9e5a", early_stopped: "#53b783", diverged: "#d24b3e", pruned: "#c98a0b",
-  failed: "#a8332a", needs_repair: "#7a1f7a", retrying: "#e0a526", released: "#e7c15a",
+  failed: "#a8332a", needs_repair: "#7a1f7a", retryable: "#e0a526", released: "#e7c15a",
   running: "#2f6fde", pending: "#cfd4dd",
 };
 const PALETTE = ["#2f6fde", "#e8663d", "#1e9e5a", "#9b59b6", "#d4a017", "#17a2b8", "#d24b3e",
@@ -483,7 +483,7 @@ async function renderTrial(r) {
       seg.style.width = (100 * ((e.end || e.start) - e.start) / (t1 - t0)) + "%";
     }
     return h("div", { class: "tl-row", dataset: { epoch: e.epoch } },
-      h("div", { class: "tl-label" }, h("b", { text: `attempt e${e.epoch}` }), e.takeover ? [" ", h("span", { class: "chip s-retrying", text: "takeover" })] : "",
+      h("div", { class: "tl-label" }, h("b", { text: `attempt e${e.epoch}` }), e.takeover ? [" ", h("span", { class: "chip s-retryable", text: "takeover" })] : "",
         h("br"), h("span", { class: "muted", text: `${e.host || "?"}${e.gpu ? " · " + e.gpu : ""} · ${e.outcome}${e.resumed_from ? ` · resumed from e${e.resumed_from[0]} step ${e.resumed_from[1]}` : ""}${e.canonical ? "" : " · off the lineage"}` })),
       h("div", { class: "tl-track" }, seg));
   }));

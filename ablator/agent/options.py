@@ -1,10 +1,72 @@
-"""The agent's command-line arguments, shared by ``python -m ablator agent`` and
-``python -m ablator.agent`` (kept apart so that building the parser imports no torch)."""
+"""The agent's options (:class:`AgentOptions`) and its command-line arguments, shared by
+``python -m ablator agent`` and ``python -m ablator.agent`` (this module imports no torch, so
+that building the parser stays cheap). The CLI builds the options; :class:`ablator.agent.loop.Agent`
+takes nothing else.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
+
+from ablator.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentOptions:
+    """How one agent runs (``docs/agent.md`` describes each option by its flag).
+
+    >>> AgentOptions(store="s3://bucket/exp", cpu=True, slots=2)        # doctest: +SKIP
+    """
+
+    store: str
+    gpus: str | None = None  # comma-separated nvidia-smi indexes or UUIDs (None: all visible)
+    cpu: bool = False
+    slots: int | None = None
+    slots_per_gpu: str = "1"  # a number, or "auto"
+    threads: int | None = None
+    max_trials: int | None = None
+    watch: bool = False
+    lease_seconds: float | None = None
+    heartbeat_seconds: float | None = None
+    grace_seconds: float = 30.0
+    progress_seconds: float = 30.0
+    store_timeout: float = 600.0  # seconds the store may not answer before the agent gives up
+    fresh_worker: bool = False
+    force: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.slots is not None and self.slots < 1:
+            problems.append(f"--slots {self.slots}: must be at least 1")
+        if self.grace_seconds < 0:
+            problems.append(f"--grace-seconds {self.grace_seconds}: must be >= 0")
+        if problems:
+            raise ConfigError(problems)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AgentOptions:
+        """From the arguments :func:`add_agent_arguments` defined."""
+        return cls(
+            store=args.store,
+            gpus=args.gpus,
+            cpu=args.cpu,
+            slots=args.slots,
+            slots_per_gpu=args.slots_per_gpu,
+            threads=args.threads,
+            max_trials=args.max_trials,
+            watch=args.watch,
+            lease_seconds=args.lease_seconds,
+            heartbeat_seconds=args.heartbeat_seconds,
+            grace_seconds=args.grace_seconds,
+            progress_seconds=args.progress_seconds,
+            store_timeout=args.store_timeout,
+            fresh_worker=args.fresh_worker,
+            force=args.force,
+            quiet=args.quiet,
+        )
 
 
 def positive_int(text: str) -> int:
@@ -80,6 +142,12 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
         default=600.0,
         help="seconds the store may not answer (transient errors, retried with back-off) before the agent gives up",
     )
+    p.add_argument(
+        "--store-timeout",
+        type=positive_seconds,
+        default=600.0,
+        help="seconds the store may not answer (transient errors, retried with back-off) before the agent gives up",
+    )
     p.add_argument("--fresh-worker", action="store_true", help="a new worker process for every trial")
     p.add_argument("--force", action="store_true", help="trust a store that failed the trust checks")
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
@@ -90,3 +158,6 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
         help="when the output is not a terminal, a progress line (step, metric, rate) per running "
         "trial this often (0: none)",
     )
+
+
+__all__ = ["AgentOptions", "add_agent_arguments", "positive_int", "positive_seconds", "seconds"]

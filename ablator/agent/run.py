@@ -15,6 +15,10 @@ Two kinds of store:
 runs a trial of another store with the exact spec recorded there (its ``claim.e0000``).
 
 Ctrl-C once: the trial checkpoints and stops (a release, so the next run resumes); twice: abort.
+
+This lives next to the agent because it claims like one; :mod:`ablator.train` runs an attempt
+against whatever :class:`~ablator.train.Fence` it is given and knows nothing of the claim
+protocol.
 """
 
 from __future__ import annotations
@@ -36,53 +40,15 @@ import msgspec
 
 from ablator import layout, lineage, records
 from ablator.errors import AblatorError, ExperimentMismatch, LeaseLost, TrialFailed, exception_text
+from ablator.lease import AttemptFence, Held
 from ablator.pruners import pruner_of
-from ablator.spec import checked_experiment, decode_spec
+from ablator.records import Outcome
+from ablator.spec import checked_experiment, read_spec
 from ablator.store import open_store
 from ablator.store.base import Store
-from ablator.train.outcome import Outcome
 from ablator.train.progress import ProgressLike
 
 DEFAULT_ROOT = "ablator-runs"
-
-
-class StoreFence:
-    """The fence of an attempt in a private store: lost once a later attempt of the trial was
-    claimed or a result exists. ``should_stop`` is set by Ctrl-C."""
-
-    def __init__(self, store: Store, trial: int, epoch: int) -> None:
-        self.store = store
-        self.trial = trial
-        self.epoch = epoch
-        self.should_stop = False
-
-    def check(self) -> None:
-        if self.store.exists(layout.claim(self.trial, self.epoch + 1)):
-            raise LeaseLost(
-                f"trial {self.trial} epoch {self.epoch}: a later run took it over (claim.e{self.epoch + 1:04d})"
-            )
-        if self.store.exists(layout.result(self.trial)):
-            raise LeaseLost(f"trial {self.trial} epoch {self.epoch}: a result exists already")
-
-
-class HeldFence:
-    """The fence of an attempt claimed through the lease protocol (a launched store)."""
-
-    def __init__(self, held: Any, membership: Any) -> None:
-        self.held = held
-        self.membership = membership
-        self.interrupted = False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.interrupted or bool(self.membership.stop_requested)
-
-    @should_stop.setter
-    def should_stop(self, value: bool) -> None:
-        self.interrupted = value
-
-    def check(self) -> None:
-        self.held.check()
 
 
 def run(
@@ -128,7 +94,7 @@ def run(
     else:
         target = open_store(store if store is not None else Path(DEFAULT_ROOT) / exp.name)
 
-    launched = target.get(layout.EXPERIMENT)
+    launched = read_spec(target)  # verified against its hash: an edited one is refused, not run
     if spec_recorded is not None:
         spec = spec_recorded
     else:
@@ -142,7 +108,7 @@ def run(
 
     _record_private_experiment(target, exp)
     epoch, spec = _claim_private(target, spec, index)
-    fence = StoreFence(target, index, epoch)
+    fence = AttemptFence(target, index, epoch)  # no heartbeat here: nobody else's lease to outlive
     with _ctrl_c_stops(fence):
         try:
             outcome = execute_trial(
@@ -170,9 +136,14 @@ def run(
         target.create(layout.release(index, epoch), records.encode(rec))
     else:
         fence.check()
-        if target.create(
-            layout.result(index), records.encode(_result(target, index, epoch, outcome)), durable=True
-        ):
+        result = records.Result.of(
+            outcome,
+            trial=index,
+            epoch=epoch,
+            agent_id=_agent_id(),
+            lineage=lineage.chain(target, index, epoch),
+        )
+        if target.create(layout.result(index), records.encode(result), durable=True):
             _summarize(target, index, exp)
     _print_summary(exp, index, spec, target, outcome)
     return outcome
@@ -223,16 +194,16 @@ def _load(
     src = open_store(from_store, read_only=True)
     # A launched store, or a private one that `ablator run` wrote (its experiment under its own key).
     where = layout.EXPERIMENT
-    raw = src.get(where)
-    if raw is None:
+    exp_rec = read_spec(src, where, verify=False)  # verified just below, with the schema
+    if exp_rec is None:
         where = layout.PRIVATE_EXPERIMENT
-        raw = src.get(where)
-    if raw is None:
+        exp_rec = read_spec(src, where, verify=False)
+    if exp_rec is None:
         raise AblatorError(
             f"--from {src.url}: no {layout.EXPERIMENT} or {layout.PRIVATE_EXPERIMENT} there "
             "(neither a launched store nor one `ablator run` wrote)"
         )
-    exp = checked_experiment(decode_spec(raw, f"{src.url}/{where}"), f"{src.url}/{where}")
+    exp = checked_experiment(exp_rec, f"{src.url}/{where}")
     key = layout.claim(index, 0)
     data = src.get(key)
     if data is None:
@@ -321,7 +292,7 @@ def _claim_private(store: Store, spec: records.TrialSpec, index: int) -> tuple[i
                 f"Delete {layout.trial_dir(index)} there to start over, or use another --store"
             )
     if store.exists(layout.result(index)):
-        res = records.try_decode(store.read(layout.result(index)), records.Result, layout.result(index))
+        res = records.read(store, layout.result(index), records.Result)
         what = f"{res.status}, {_fmt_metrics(res.metrics)}" if res is not None else "unreadable result"
         raise AblatorError(
             f"trial {index} in {store.url} is done ({what}). To run it again, delete "
@@ -371,25 +342,6 @@ def _write_failure(store: Store, index: int, epoch: int, exc: BaseException) -> 
         store.create(layout.failed(index, epoch), records.encode(rec), durable=True)
 
 
-def _result(store: Store, index: int, epoch: int, outcome: Outcome) -> records.Result:
-    segs = lineage.segments(store, index, epoch)
-    chain: list[tuple[int, int | None]] = [(segs[0][0], None)]
-    chain += [(segs[k][0], segs[k - 1][1]) for k in range(1, len(segs))]
-    return records.Result(
-        trial=index,
-        epoch=epoch,
-        agent_id=_agent_id(),
-        status=outcome.status,  # type: ignore[arg-type]
-        metrics=outcome.metrics,
-        best=outcome.best,
-        best_step=outcome.best_step,
-        steps=outcome.steps,
-        duration_s=outcome.duration_s,
-        lineage=chain,
-        message=outcome.message,
-    )
-
-
 # --- launched stores --------------------------------------------------------------------------
 
 
@@ -398,7 +350,7 @@ def _run_launched(
     entry: Any,
     spec: records.TrialSpec,
     store: Store,
-    launched: bytes,
+    rec: records.ExperimentSpec,
     index: int,
     metric: tuple[str, str],
     device: str | None,
@@ -409,8 +361,6 @@ def _run_launched(
     from ablator import lease
     from ablator.train.execute import execute_trial
 
-    rec = decode_spec(launched, f"{store.url}/{layout.EXPERIMENT}")
-    checked_experiment(rec, f"{store.url}/{layout.EXPERIMENT}")  # an edited one is refused, not run
     if rec.experiment_hash != X.experiment_hash(exp):
         raise ExperimentMismatch(
             f"{store.url} holds experiment {rec.name!r} (hash {rec.experiment_hash[:12]}), not this one "
@@ -437,8 +387,7 @@ def _run_launched(
                 f"trial {index} in {store.url} is {st.status}{holder}: ablator run claims a trial like an agent and "
                 "does not become a second writer (run it when it is released or failed, or in a private --store)"
             )
-        fence = HeldFence(held, membership)
-        with _ctrl_c_stops(fence):
+        with _ctrl_c_stops(held):
             try:
                 outcome = execute_trial(
                     entry,
@@ -446,7 +395,7 @@ def _run_launched(
                     store,
                     index,
                     held.epoch,
-                    fence=fence,
+                    fence=held,
                     device=device,
                     progress=progress,
                     smoke=smoke,
@@ -467,15 +416,7 @@ def _run_launched(
         if outcome.status == "stopped":
             held.release("interrupted", outcome.checkpoint_step)
         else:
-            if held.finish(
-                status=outcome.status,
-                metrics=outcome.metrics,
-                best=outcome.best,
-                best_step=outcome.best_step,
-                steps=outcome.steps,
-                duration_s=outcome.duration_s,
-                message=outcome.message,
-            ):
+            if held.finish(outcome):
                 _summarize(store, index, exp)
     finally:
         membership.close()
@@ -487,7 +428,7 @@ def _run_launched(
 
 
 @contextlib.contextmanager
-def _ctrl_c_stops(fence: Any) -> Iterator[None]:
+def _ctrl_c_stops(fence: AttemptFence | Held) -> Iterator[None]:
     """First Ctrl-C: ask the trial to checkpoint and stop; the second aborts."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -497,7 +438,7 @@ def _ctrl_c_stops(fence: Any) -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         if fence.should_stop:
             raise KeyboardInterrupt
-        fence.should_stop = True
+        fence.request_stop()
         print(
             "\nablator run: stopping after a checkpoint (Ctrl-C again to abort)", file=sys.stderr, flush=True
         )
