@@ -34,7 +34,6 @@ from ablator.config import canonical_json, config_hash, to_dict
 from ablator.entrypoint import ENTRY_PATTERN, EntryPoint, resolve_entry
 from ablator.errors import AblatorError, ConfigError, EntryPointError
 from ablator.formats import read_data
-from ablator.lease.limits import LeaseLimits
 from ablator.overrides import apply_collecting, set_path
 from ablator.pruners import config_problems
 from ablator.records import TrialSpec
@@ -91,13 +90,13 @@ class Design(_Schema, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 class Limits(_Schema, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Failure and liveness limits of the claim protocol (see ``docs/protocol.md``); the
-    protocol's defaults are :class:`ablator.lease.LeaseLimits`'s."""
+    """Failure and liveness limits of the claim protocol (see ``docs/protocol.md``). The one
+    place their defaults are written: :class:`ablator.lease.LeaseLimits` takes them from here."""
 
-    max_attempts: int = LeaseLimits.max_attempts
-    max_takeovers: int = LeaseLimits.max_takeovers
-    lease_seconds: float = LeaseLimits.lease_seconds
-    heartbeat_seconds: float = LeaseLimits.heartbeat_seconds
+    max_attempts: int = 3
+    max_takeovers: int = 5
+    lease_seconds: float = 120
+    heartbeat_seconds: float = 10
     stall_seconds: float = 900
 
 

@@ -12,6 +12,9 @@ from typing import Any, Protocol
 import msgspec
 
 from ablator.errors import ConfigError
+from ablator.experiment import Limits
+
+_DEFAULTS = Limits()
 
 #: A monotonic clock in seconds (injected by tests as a fake clock).
 Clock = Callable[[], float]
@@ -34,18 +37,18 @@ def default_clock() -> Clock:
 
 @dataclass(frozen=True)
 class LeaseLimits:
-    """The numbers the protocol needs (a subset of the experiment's ``limits``). The defaults
-    here are the only ones: ``experiment.Limits`` takes its defaults from this class.
+    """The numbers the protocol needs (a subset of the experiment's ``limits``), with the
+    defaults of :class:`ablator.experiment.Limits`, the one place they are written.
 
     ``lease_seconds`` must be at least 3 x ``heartbeat_seconds``: a holder fences itself after
     ``lease_seconds - 2 * heartbeat_seconds`` without a renewal, and that must leave room for at
     least one heartbeat interval.
     """
 
-    max_attempts: int = 3
-    max_takeovers: int = 5
-    lease_seconds: float = 120.0
-    heartbeat_seconds: float = 10.0
+    max_attempts: int = _DEFAULTS.max_attempts
+    max_takeovers: int = _DEFAULTS.max_takeovers
+    lease_seconds: float = float(_DEFAULTS.lease_seconds)
+    heartbeat_seconds: float = float(_DEFAULTS.heartbeat_seconds)
 
     def __post_init__(self) -> None:
         problems = []

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ablator import __version__, layout, records
+from ablator import layout, records
 from ablator.errors import StoreError, StoreUnavailable
 from ablator.lease import identity
 from ablator.lease.limits import Clock, LeaseLimits, default_clock
@@ -45,6 +45,10 @@ def new_agent_id(host: str | None = None, pid: int | None = None) -> str:
 
 
 def _versions() -> dict[str, str]:
+    # Imported here: ablator/__init__ imports the experiment schema, which takes its lease
+    # defaults from this package.
+    from ablator import __version__
+
     return {"ablator": __version__, "python": platform.python_version()}
 
 
