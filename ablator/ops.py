@@ -350,7 +350,7 @@ def resume(store: str | os.PathLike[str] | Store) -> bool:
 
 def cli_stop(args: argparse.Namespace) -> int:
     """``python -m ablator stop STORE [--reason TEXT]``."""
-    if getattr(args, "undo", False):
+    if args.undo:
         done = resume(args.store)
         print(
             "stop record removed: agents may run the experiment again"
