@@ -689,7 +689,7 @@ class Agent:
                 return self.gpu.can_run(slot, spec)  # device, health and the memory rule
 
             self.suggested.clear()
-            held = self._lease[1].claim_next(self._new_spec, can_run)
+            held = self._lease[1].claim_next(self._new_spec, can_run, slot=slot.id)
             if self.tpe is not None:
                 for index in self.suggested:
                     if held is None or held.trial != index:
@@ -1046,6 +1046,10 @@ class Agent:
         if run is None:
             return
         self.counts.lost += 1
+        # Whoever saw the loss (a worker's fence, the heartbeat's, a check here), the claim is
+        # let go of now: otherwise the heartbeat would keep listing the trial and this agent
+        # would never be done.
+        run.held.lose(reason)
         self.console.warn(f"trial {run.held.trial} epoch {run.held.epoch}: lease lost ({reason}); stopped it")
         if kill and st.worker is not None:
             st.worker.kill()

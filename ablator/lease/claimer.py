@@ -12,7 +12,7 @@ import math
 import random
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from ablator import layout, lineage, records
@@ -84,9 +84,16 @@ class Held:
 
     def _lose(self, reason: str) -> LeaseLost:
         self._membership.mark_lost(self.trial, self.epoch, reason)
-        self._membership.drop(self.trial, self.epoch, released=False)
-        self._closed = f"lost: {reason}"
+        self._close(f"lost: {reason}", released=False)
         return LeaseLost(f"trial {self.trial} epoch {self.epoch}: {reason}")
+
+    def lose(self, reason: str) -> None:
+        """Let go of a trial this attempt lost, as whoever writes for it found out (a worker's
+        fence saw a takeover or a result, or its deadline passed): nothing more is written for
+        it, the heartbeat stops listing it, and the claimer looks at the trial again. A no-op
+        when the claim is already closed."""
+        if self._closed is None:
+            self._lose(reason)
 
     def check(self, *, remote: bool = True) -> None:
         """Raise LeaseLost unless this holder may still write for its trial."""
@@ -199,6 +206,20 @@ NewSpec = Callable[[int], records.TrialSpec]
 CanRun = Callable[[records.TrialSpec], bool]
 
 
+class _DeclinedBy:
+    """The indexes one slot declined: a view of the claimer's ``index -> slots`` map."""
+
+    def __init__(self, declined: dict[int, set[Hashable]], slot: Hashable) -> None:
+        self._declined = declined
+        self._slot = slot
+
+    def __contains__(self, i: object) -> bool:
+        return isinstance(i, int) and self._slot in self._declined.get(i, ())
+
+    def add(self, i: int) -> None:
+        self._declined.setdefault(i, set()).add(self._slot)
+
+
 @dataclass
 class _Ready:
     state: TrialState
@@ -282,7 +303,8 @@ class Claimer:
         self._free: list[int] = []  # sorted
         self._free_pos = 0
         self._tails: set[int] = set()  # free block tails seen by the last sweep
-        self._declined: set[int] = set()
+        # index -> the slots that declined it (``can_run`` said no): still free for the others
+        self._declined: dict[int, set[Hashable]] = {}
         self._specs: dict[int, records.TrialSpec] = {}
         self._hinted: set[tuple[int, int]] = set()
         self._exited: set[str] = set()
@@ -320,14 +342,18 @@ class Claimer:
             return True
         return refresh and self.store.exists(layout.STOP)
 
-    def claim_next(self, new_spec: NewSpec, can_run: CanRun | None = None) -> Held | None:
+    def claim_next(
+        self, new_spec: NewSpec, can_run: CanRun | None = None, *, slot: Hashable = None
+    ) -> Held | None:
         """Claim the next trial this agent should run, or None when there is nothing to claim
-        now (all running elsewhere, done, stopped, or declined by ``can_run``).
+        now (all running elsewhere, done, stopped, or declined by ``can_run``). Every call ends
+        (the walk over new indexes passes each index at most twice).
 
         Fill order: released and orphaned trials, then retryable failed ones, then new indexes.
         ``new_spec(index)`` resolves a new trial (stored in ``claim.e0000``; takeovers read it
-        back from there); ``can_run(spec)`` may decline a trial this agent cannot run (it stays
-        for others). A trial past ``max_takeovers`` is failed as "lost" instead of returned.
+        back from there); ``can_run(spec)`` may decline a trial that ``slot`` cannot run (it
+        stays for this agent's other slots and for other agents). A trial past
+        ``max_takeovers`` is failed as "lost" instead of returned.
         """
         with self._lock:
             resolved = self._resolve()
@@ -339,15 +365,16 @@ class Claimer:
                 # Heartbeats fail: a new claim could not be renewed in the world's eyes, and
                 # would be fenced and taken over (often by ourselves). Claim again once they pass.
                 return None
+            declined = _DeclinedBy(self._declined, slot)
             self._maybe_scan()
             held = self._claim_ready(new_spec, can_run)
             if held is None:
-                held = self._claim_free(new_spec, can_run)
+                held = self._claim_free(new_spec, can_run, declined)
             if held is None and not self.frontier.exhausted:
-                held = self._claim_new(new_spec, can_run)
+                held = self._claim_new(new_spec, can_run, declined)
             if held is None and self._sweep_due():
                 self._sweep()
-                held = self._claim_ready(new_spec, can_run) or self._claim_free(new_spec, can_run)
+                held = self._claim_ready(new_spec, can_run) or self._claim_free(new_spec, can_run, declined)
             return held
 
     def claim(self, index: int, new_spec: NewSpec, can_run: CanRun | None = None) -> Held | None:
@@ -356,7 +383,7 @@ class Claimer:
         with self._lock:
             st = self._read(index, validate_result=False)  # a result, corrupt or not, is final
             if st.status == "pending":
-                return self._create_new(index, new_spec, can_run)
+                return self._create_new(index, new_spec, can_run, _DeclinedBy(self._declined, None))
             if st.status in TAKEABLE or st.status == "retryable":
                 return self._take(st, new_spec, can_run)
             return None
@@ -405,7 +432,7 @@ class Claimer:
             if how == "finished" or how.startswith("lost: another result"):
                 self._terminal.add(trial)
                 self.liveness.forget(trial)
-            elif how in ("failed", "released"):
+            else:  # failed, released or lost: read the trial again at the next claim
                 self._check_at[trial] = self.clock()
 
     def _sweep_due(self) -> bool:
@@ -559,7 +586,7 @@ class Claimer:
             if st.holder == self.membership.agent_id:
                 listed = True
             self._check_at[i] = self.clock() + (self.limits.lease_seconds if listed else self.poll_s)
-        elif st.status == "pending" and i < self._budget and i not in self._declined and i not in self._free:
+        elif st.status == "pending" and i < self._budget and i not in self._free:
             bisect.insort(self._free, i)
 
     def _recheck_due(self) -> None:
@@ -717,7 +744,9 @@ class Claimer:
             self.membership.drop(i, e, released=False)
         return None
 
-    def _create_new(self, i: int, new_spec: NewSpec, can_run: CanRun | None) -> Held | None:
+    def _create_new(
+        self, i: int, new_spec: NewSpec, can_run: CanRun | None, declined: _DeclinedBy
+    ) -> Held | None:
         if i in self._specs:
             # Claimed already, by this agent (a stale entry of the free list, or the cursor met
             # it): trying again would _hold and then _drop a pair we may still be running,
@@ -725,7 +754,7 @@ class Claimer:
             return None
         spec = new_spec(i)
         if can_run is not None and not can_run(spec):
-            self._declined.add(i)
+            declined.add(i)
             return None
         claim = records.Claim(
             trial=i, epoch=0, agent_id=self.membership.agent_id, host=self.membership.host, spec=spec
@@ -745,31 +774,47 @@ class Claimer:
         self.frontier.won()
         return Held(self, i, 0, spec)
 
-    def _claim_free(self, new_spec: NewSpec, can_run: CanRun | None) -> Held | None:
+    def _claim_free(self, new_spec: NewSpec, can_run: CanRun | None, declined: _DeclinedBy) -> Held | None:
         """Claim one of the free indexes the last sweep found. Agents that swept together hold
         the same list: each walks it in order from a random place and jumps elsewhere at random
         after a lost race (somebody is working there), so that they rarely meet. After a run of
         lost races the list is refreshed with one ``list_dirs``; after the first lost race each
-        candidate is looked at (``exists``) before it is created."""
+        candidate is looked at (``exists``) before it is created. Indexes this slot declined stay
+        in the list for the others; the walk ends after passing each of them once."""
         lost_run = 0
-        while self._free:
+        passed = 0  # declined by this slot, stepped over
+        while len(self._free) > passed:
             if self._free_pos >= len(self._free):
                 self._free_pos = 0
-            i = self._free.pop(self._free_pos)
-            if i in self._terminal or i in self._declined or i >= self._budget:
+            i = self._free[self._free_pos]
+            if i in self._terminal or i >= self._budget:
+                self._free.pop(self._free_pos)
                 continue
-            held = None if lost_run and self.frontier.taken(i) else self._create_new(i, new_spec, can_run)
+            if i in declined:
+                self._free_pos += 1
+                passed += 1
+                continue
+            self._free.pop(self._free_pos)
+            held = (
+                None
+                if lost_run and self.frontier.taken(i)
+                else self._create_new(i, new_spec, can_run, declined)
+            )
             if held is not None:
                 return held
-            if i in self._declined:
+            if i in declined:  # declined just now: still free for other slots
+                self._free.insert(self._free_pos, i)
+                self._free_pos += 1
+                passed += 1
                 continue
             lost_run += 1
             self.stats.extra["lost_in_gaps"] = self.stats.extra.get("lost_in_gaps", 0) + 1
             if lost_run >= 4:
-                existing = layout.trial_indexes(self.store.list_dirs(layout.TRIALS_DIR))
+                existing = {int(n) for n in self.store.list_dirs(layout.TRIALS_DIR) if n.isdigit()}
                 self._free = [k for k in self._free if k not in existing]
                 lost_run = 0
             self._free_pos = self.rng.randrange(len(self._free)) if self._free else 0
+            passed = 0  # a jump: count the declined ones afresh from here
         return None
 
     def _count(self, what: str) -> None:
@@ -778,15 +823,15 @@ class Claimer:
         else:
             self.stats.extra[what] = self.stats.extra.get(what, 0) + 1
 
-    def _claim_new(self, new_spec: NewSpec, can_run: CanRun | None) -> Held | None:
+    def _claim_new(self, new_spec: NewSpec, can_run: CanRun | None, declined: _DeclinedBy) -> Held | None:
         """The next new index from the frontier walk (:class:`~ablator.lease.frontier.Frontier`)."""
         return self.frontier.walk(
             budget=self._budget if self._budget_read else self.budget(),
             refresh_budget=self.budget,
             n_live=self._n_live,
             skip=self._terminal,
-            declined=self._declined,
-            create=lambda i: self._create_new(i, new_spec, can_run),
+            declined=declined,
+            create=lambda i: self._create_new(i, new_spec, can_run, declined),
         )
 
     # -- the gap sweep -----------------------------------------------------------------------
@@ -817,7 +862,7 @@ class Claimer:
         grouped: dict[int, list[Entry]] | None = None
         if len(unknown) > BULK_LIST_THRESHOLD and not self._cheap_stat:
             grouped = group_by_trial(self.store.list(layout.TRIALS_DIR))
-        free = [i for i in range(budget) if i not in existing and i not in self._declined]
+        free = [i for i in range(budget) if i not in existing]
         # A free index whose block head is claimed is most likely the tail of a block its owner
         # is still walking: racing the owner for it would lose almost every time. Such tails
         # become claimable only if a later sweep finds them still free (an owner that stopped).

@@ -148,7 +148,14 @@ class Frontier:
         Returns what ``create`` returned for the index won, or None when the walk is exhausted (:attr:`exhausted` is then set).
         ``skip``: indexes known to be final; ``declined``: indexes this agent declined (both
         are stepped over without a store operation). ``refresh_budget()`` re-reads the budget
-        when the cursor reaches it."""
+        when the cursor reaches it.
+
+        Every walk ends: the cursor only moves up, except once per call, when it reaches the
+        budget with indexes below it not seen claimed (it goes back to the lowest block heads
+        not known to be taken). Reaching the budget again means that everything left below it is
+        final or declined by this caller: the walk is exhausted, and the claimer's gap sweep
+        finds whatever others left."""
+        wrapped = False
         if self.cursor is None:
             start = self.jump(max(read_frontier(self.store), self.max_seen), budget, n_live)
             if start is None:
@@ -163,9 +170,9 @@ class Frontier:
             if i >= budget:
                 budget = refresh_budget()
                 if i >= budget:
-                    self.cursor = (
-                        self.jump(self.max_seen, budget, n_live) if self.max_seen + 1 < budget else None
-                    )
+                    back = not wrapped and self.max_seen + 1 < budget
+                    wrapped = True
+                    self.cursor = self.jump(self.max_seen, budget, n_live) if back else None
                     if self.cursor is None:
                         self.exhausted = True
                         self.cursor = budget  # resume from here if the budget grows

@@ -368,3 +368,28 @@ def test_reused_workers_claim_while_results_are_written(local_store: str, agents
     assert "lease lost" not in a.output() and "warning" not in a.output(), a.output()
     for t in range(31):
         assert sorted(records_of(store, t, "claim")) == [0], t
+
+
+def test_a_loss_seen_only_by_the_worker_reaches_the_agent(
+    local_store: str, agents: Any, tmp_path: Path
+) -> None:
+    """A result appears for the trial a worker is running (another agent finished it): only the
+    worker's fence sees it (the agent's own check waits a heartbeat of 100 s). The agent must let
+    the claim go, stop listing the trial, and be done."""
+    exp = experiment(
+        config={"steps": 4, "checkpoint_every": 2, "sleep": 0.05, "hold_file": str(tmp_path / "never")},
+        design={"kind": "random", "trials": 1, "space": {"x": {"range": [0.0, 1.0]}}},
+        limits={"lease_seconds": 600, "heartbeat_seconds": 100},
+    )
+    launch_toy(local_store, exp)
+    store = open_(local_store)
+    a = agents(local_store)
+    wait_for("a first checkpoint", lambda: _ckpts(store, 0, 0))
+    elsewhere = records.Result(trial=0, epoch=0, agent_id="elsewhere-1-abcd", metrics={"score": -1.0})
+    assert store.create(layout.result(0), records.encode(elsewhere))
+    assert a.wait(120) == 0, a.output()
+    assert "lease lost" in a.output() and "a result already exists" in a.output()
+    last = read(store, layout.agent(_holder_of(store, 0, 0) or ""), records.Heartbeat)
+    assert last.state == "exited" and last.held == []
+    assert read(store, layout.result(0), records.Result).agent_id == "elsewhere-1-abcd"  # untouched
+    assert records_of(store, 0, "failed") == {} and records_of(store, 0, "release") == {}
