@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("protocol", {"lease/", "codesnap"}),
     ("work", {"train/", "analysis/", "serve/"}),
     ("orchestration", {"agent/", "ops", "status", "trials", "engines/"}),
-    ("entry", {"cli", "__main__", "agent_args"}),
+    ("entry", {"cli", "__main__"}),
 ]
 """``ablator`` is the package's ``__init__`` (the public names and ``__version__``)."""
 
@@ -34,11 +34,6 @@ TRAIN_MAY_NOT_IMPORT = {"lease/", "experiment", "planning", "analysis/", "agent/
 EXCEPTIONS = {
     # `python -m ablator.agent` is an entry point: its main() hands argv to the CLI.
     ("ablator.agent", "cli"),
-    # `ablator run` still claims like an agent from train/run.py; issue 10 moves that
-    # orchestration next to the agent (see docs/architecture.md).
-    ("ablator.train.run", "lease/"),
-    ("ablator.train.run", "experiment"),
-    ("ablator.train.run", "analysis/"),
 }
 
 
