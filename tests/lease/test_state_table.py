@@ -15,6 +15,8 @@ import pytest
 
 from ablator import layout, ops, records, status
 from ablator.analysis import reader
+from ablator.errors import AblatorError
+from ablator.experiment import data_hash
 from ablator.lease import TERMINAL, Claimer, LeaseLimits, Membership, TrialRecords, classify, read_forgiven
 from ablator.store import memory as memory_backend
 from ablator.store import open_store
@@ -73,12 +75,14 @@ def store() -> Iterator[Store]:
 def _write(
     store: Store, epochs: tuple[Outcome, ...], result: ResultKind, forgiven: int
 ) -> records.ExperimentSpec:
-    exp = records.ExperimentSpec(
-        name="table",
-        experiment={"limits": {"max_attempts": MAX_ATTEMPTS}},
-        experiment_hash="0" * 16,
-        budget=1,
-    )
+    data = {  # a launched experiment as experiment.json holds it (gc and retry check its hash)
+        "name": "table",
+        "entry": "tests.agent.toy:trial",
+        "metric": {"name": "score", "mode": "max"},
+        "design": {"kind": "random", "trials": 1, "space": {"x": {"range": [0.0, 1.0]}}},
+        "limits": {"max_attempts": MAX_ATTEMPTS},
+    }
+    exp = records.ExperimentSpec(name="table", experiment=data, experiment_hash=data_hash(data), budget=1)
     assert store.create(layout.EXPERIMENT, records.encode_json(exp))
     for e, outcome in enumerate(epochs):
         claim = records.Claim(trial=0, epoch=e, agent_id="ghost-1-aaaa", spec=spec(0) if e == 0 else None)
@@ -123,7 +127,8 @@ def _ops_say(store: Store, exp: records.ExperimentSpec) -> str:
     try:
         ops.gc(store, dry_run=True)
         gc_ran = True
-    except Exception:
+    except AblatorError as exc:
+        assert "is not done" in str(exc), exc
         gc_ran = False
     assert gc_ran == (st in TERMINAL), st
     return st
