@@ -410,7 +410,7 @@ def follow(store: Store, index: int, *, interval: float = FOLLOW_INTERVAL_S, out
         # Judged before this pass reads the records, so the pass that ends the loop prints
         # everything the terminal state was reached with (the last log bytes, the outcome).
         # Never "orphaned" here: a follower waits for a takeover rather than judging holders.
-        state = read_trial(store, index, judge=None, limits=limits)  # never orphaned: no judging here
+        state = read_trial(store, index, judge=None, limits=limits)
         recs, has_result, logs = _records(store, index)
         epochs = sorted(set().union(*(set(v) for v in recs.values())) | logs)
         for ep in epochs:
