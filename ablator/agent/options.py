@@ -142,12 +142,6 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
         default=600.0,
         help="seconds the store may not answer (transient errors, retried with back-off) before the agent gives up",
     )
-    p.add_argument(
-        "--store-timeout",
-        type=positive_seconds,
-        default=600.0,
-        help="seconds the store may not answer (transient errors, retried with back-off) before the agent gives up",
-    )
     p.add_argument("--fresh-worker", action="store_true", help="a new worker process for every trial")
     p.add_argument("--force", action="store_true", help="trust a store that failed the trust checks")
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
