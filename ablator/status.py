@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import secrets
 import sys
 import time
 import warnings
@@ -37,10 +36,9 @@ from ablator.lease import (
 )
 from ablator.spec import read_spec, verify_hash
 from ablator.store import Capabilities, Store, open_store
+from ablator.store.clock import CLOCK_SLACK_S, probe_now
 from ablator.trials import RunningTrial, running_trials
 
-#: Slack for the store clock's resolution (S3 LastModified has whole seconds).
-CLOCK_SLACK_S = 1.0
 #: State names in the order they are printed (the one vocabulary of ``ablator.lease.state``).
 STATES = TRIAL_STATUSES
 
@@ -93,23 +91,13 @@ class StatusReport(msgspec.Struct, kw_only=True):
 
 
 def _store_now(store: Store, url: str) -> tuple[float | None, str]:
-    """The store's clock: write a probe, read back its modification time, delete it."""
+    """The store's clock (:func:`ablator.store.clock.probe_now`), probed through a writable
+    handle: ``status`` may have opened the store read-only."""
     try:
         writable = store if not store.read_only else open_store(url)
     except (AblatorError, OSError) as exc:
         return None, f"unknown: the store cannot be written from here ({exc})"
-    key = layout.selftest(f"clock-{secrets.token_hex(6)}.msgpack")
-    try:
-        writable.replace(key, records.encode(records.SelfTestProbe(writer="status clock probe")))
-        entry = writable.stat(key)
-    except (AblatorError, OSError) as exc:
-        return None, f"unknown: the clock probe could not be written ({exc})"
-    finally:
-        with contextlib.suppress(AblatorError, OSError):
-            writable.delete(key)
-    if entry is None or entry.mtime is None:
-        return None, "unknown: the store reports no modification times"
-    return entry.mtime, "store"
+    return probe_now(writable)
 
 
 def limits_of(spec: records.ExperimentSpec | None) -> LeaseLimits:

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -366,6 +366,9 @@ def _run_launched(
             f"{store.url} holds experiment {rec.name!r} (hash {rec.experiment_hash[:12]}), not this one "
             f"({X.experiment_hash(exp)[:12]}); run with the launched experiment file, or --from {store.url}"
         )
+    from ablator.store import self_test
+
+    self_test(store)  # as an agent does: refuses a store whose create-if-absent lets two writers win
     limits = lease.LeaseLimits.from_limits(exp.limits)
     membership = lease.Membership(store, limits)
     membership.start()
@@ -379,15 +382,9 @@ def _run_launched(
                 )
             return X.trial_spec(exp, i, entry)
 
-        held = claimer.claim(index, new_spec)
-        if held is None:
-            st = claimer.state(index)
-            holder = f" by {st.holder}" if st.holder else ""
-            raise AblatorError(
-                f"trial {index} in {store.url} is {st.status}{holder}: ablator run claims a trial like an agent and "
-                "does not become a second writer (run it when it is released or failed, or in a private --store)"
-            )
-        with _ctrl_c_stops(held):
+        held = _claim_or_wait(claimer, index, new_spec, limits)
+        watch = _StallWatch(progress, held, float(exp.limits.stall_seconds))
+        with _ctrl_c_stops(held), watch:
             try:
                 outcome = execute_trial(
                     entry,
@@ -397,7 +394,7 @@ def _run_launched(
                     held.epoch,
                     fence=held,
                     device=device,
-                    progress=progress,
+                    progress=watch,
                     smoke=smoke,
                     metric=metric,
                     agent_id=membership.agent_id,
@@ -422,6 +419,107 @@ def _run_launched(
         membership.close()
     _print_summary(exp, index, held.spec, store, outcome)
     return outcome
+
+
+def _claim_or_wait(claimer: Any, index: int, new_spec: Any, limits: Any) -> Held:
+    """Claim trial ``index``; while it is running elsewhere, watch its holder as an agent does
+    and take it over once the claimer judges the holder dead (its heartbeat unrenewed for its
+    lease, timed on the store's clock at first sight; a dead pid of this very machine at once).
+    Refuses a done or failed trial, and gives up when a ``stop`` record appears."""
+    waiting = False
+    while True:
+        if claimer.stop_requested(refresh=True):
+            raise AblatorError(
+                f"{claimer.store.url} has a stop record ({layout.STOP}): ablator run does not claim trial {index}; "
+                "run `ablator resume` to lift the stop, then run again"
+            )
+        held = claimer.claim(index, new_spec)
+        if held is not None:
+            if waiting:
+                print(
+                    f"ablator run: took over trial {index} (epoch {held.epoch})", file=sys.stderr, flush=True
+                )
+            return cast(Held, held)
+        st = claimer.state(index)
+        if st.status != "running":
+            holder = f" by {st.holder}" if st.holder else ""
+            raise AblatorError(
+                f"trial {index} in {claimer.store.url} is {st.status}{holder}: ablator run claims a trial like an "
+                "agent and does not become a second writer (run it when it is released or failed, or in a "
+                "private --store)"
+            )
+        if not waiting:
+            waiting = True
+            print(
+                f"ablator run: trial {index} is running by {st.holder}; waiting to take it over if that holder dies "
+                f"(lease {limits.lease_seconds:g} s; Ctrl-C to give up)",
+                file=sys.stderr,
+                flush=True,
+            )
+        # Half a heartbeat between looks: the claimer's liveness rule needs reads that often to
+        # take a dead holder's trial within lease + 2 heartbeats of its last heartbeat.
+        time.sleep(limits.heartbeat_seconds / 2)
+
+
+class _StallWatch:
+    """The agent's stall watchdog for a trial run in this very process: a
+    :class:`~ablator.train.progress.Progress` that forwards to the one shown and notes each step;
+    a thread fails the trial as ``stalled`` when no step came for ``limits.stall_seconds`` and
+    ends the process (a hung trial cannot be stopped from another thread; the agent kills its
+    worker the same way), so that the trial does not stay held by a live but stuck holder."""
+
+    def __init__(self, shown: ProgressLike, held: Held, stall_s: float) -> None:
+        from ablator.train.progress import make_progress
+
+        self.shown = make_progress(shown)
+        self.held = held
+        self.stall_s = stall_s
+        self.last = time.monotonic()
+        self.step: int | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="ablator-stall-watch", daemon=True)
+
+    def __enter__(self) -> _StallWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def start(self, *, trial: int, epoch: int, total: int | None, initial: int) -> None:
+        self.last = time.monotonic()
+        self.shown.start(trial=trial, epoch=epoch, total=total, initial=initial)
+
+    def update(
+        self,
+        step: int,
+        values: Any,
+        *,
+        train_epoch: int | None = None,
+        important: bool = False,
+    ) -> None:
+        self.last = time.monotonic()
+        self.step = step
+        self.shown.update(step, values, train_epoch=train_epoch, important=important)
+
+    def close(self) -> None:
+        self.shown.close()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self.stall_s / 4)):
+            idle = time.monotonic() - self.last
+            if idle <= self.stall_s or self.held.should_stop:
+                continue
+            at = f"after step {self.step}" if self.step is not None else "before its first step"
+            message = (
+                f"no step reported for {idle:.0f} s (limits.stall_seconds={self.stall_s:g}) {at}; "
+                "ablator run exited"
+            )
+            with contextlib.suppress(AblatorError):  # LeaseLost or the store: nothing to record then
+                self.held.fail("stalled", message, "", self.step)
+            print(f"ablator run: trial {self.held.trial}: {message}", file=sys.stderr, flush=True)
+            os._exit(1)
 
 
 # --- the terminal -----------------------------------------------------------------------------

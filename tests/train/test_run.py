@@ -164,11 +164,14 @@ def test_a_launched_store_is_claimed_like_an_agent(tmp_path: Path) -> None:
         e = X.load_experiment(exp)
         held = lease.Claimer(store, membership, budget=3).claim(2, lambda i: X.trial_spec(e, i))
         assert held is not None
-        with pytest.raises(
-            AblatorError, match=r"trial 2 in .* is running by .*does not become a second writer"
-        ):
+        # a run would wait for the live holder to die; a stop record makes it give up clearly
+        from ablator.ops import resume, stop
+
+        stop(url, reason="test")
+        with pytest.raises(AblatorError, match=r"has a stop record .* does not claim trial 2"):
             run(exp, store=url, trial=2, progress=False)
-        assert not store.exists(layout.attempt(2, 0))
+        assert not store.exists(layout.attempt(2, 0)) and not store.exists(layout.claim(2, 1))
+        assert resume(url)
     finally:
         membership.close()
     # --from reruns trial 1 with its recorded spec elsewhere: same seed and code, same numbers
@@ -243,3 +246,134 @@ def test_a_private_rerun_uses_the_recorded_trial_and_from_reads_a_private_store(
     assert (
         "attempt 1 (epoch 0) by run-earlier: failed (exception)" in shown and "attempt 2 (epoch 1)" in shown
     )
+
+
+@pytest.mark.procs
+def test_run_takes_over_a_killed_runs_trial_from_its_checkpoint(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    """`ablator run --trial N` after its own SIGKILL takes the trial over (a dead pid of this very
+    machine is dead at once) and resumes from the killed attempt's checkpoint."""
+    exp = write_experiment(tmp_path, entry="SlowWrapper", epochs=4, sleep=0.05)
+    exp.write_text(
+        exp.read_text().replace(
+            "lease_seconds: 30, heartbeat_seconds: 2", "lease_seconds: 3, heartbeat_seconds: 0.5"
+        )
+    )
+    url = tmp_path / "launched"
+    launch(exp, url)
+    cmd = [
+        sys.executable,
+        "-m",
+        "ablator",
+        "run",
+        str(exp),
+        "--store",
+        str(url),
+        "--trial",
+        "1",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=child_env, cwd=tmp_path
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # past the first evaluation, hence past a checkpoint
+        if "| step 8/48" in line:
+            break
+    else:
+        pytest.fail(f"no progress line; exit {proc.wait()}")
+    proc.kill()
+    proc.wait()
+    proc.stderr.close()
+    store = open_store(url)
+    assert store.list(layout.ckpt_dir(1)), "the killed run left no checkpoint"
+    done = subprocess.run(cmd, capture_output=True, text=True, env=child_env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    res = records.decode(store.read(layout.result(1)), records.Result)
+    assert res.status == "completed" and res.epoch == 1
+    assert res.lineage[0] == (0, None) and res.lineage[1][0] == 1 and res.lineage[1][1] is not None
+    assert "resumed from step" in done.stdout
+
+
+def _short_lease(exp: Path, extra: str = "") -> None:
+    text = exp.read_text().replace(
+        "lease_seconds: 30, heartbeat_seconds: 2", f"lease_seconds: 3, heartbeat_seconds: 0.5{extra}"
+    )
+    exp.write_text(text)
+
+
+def _start_run(exp: Path, url: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "ablator",
+        "run",
+        str(exp),
+        "--store",
+        str(url),
+        "--trial",
+        "1",
+        "--no-progress",
+    ]
+    return subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=cwd)
+
+
+def _wait_for(proc: subprocess.Popen[str], text: str) -> None:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if text in line:
+            return
+    pytest.fail(f"no {text!r} line; exit {proc.wait()}")
+
+
+@pytest.mark.procs
+def test_a_waiting_run_takes_over_a_frozen_holder_and_a_stop_record_ends_a_wait(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    """A holder frozen by SIGSTOP is alive by its pid: the waiting run takes its trial once its
+    heartbeat is a lease old. A second waiting run gives up when a stop record appears."""
+    exp = write_experiment(tmp_path, entry="SlowWrapper", epochs=4, sleep=0.05)
+    _short_lease(exp)
+    url = tmp_path / "launched"
+    launch(exp, url)
+    first = _start_run(exp, url, child_env, tmp_path)
+    _wait_for(first, "| step 8/48")
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = _start_run(exp, url, child_env, tmp_path)
+        _wait_for(second, "waiting to take it over")
+        _wait_for(second, "took over trial 1")
+        # the new holder is alive and renewing: a third run waits, then a stop record ends its wait
+        third = _start_run(exp, url, child_env, tmp_path)
+        _wait_for(third, "waiting to take it over")
+        from ablator.ops import stop
+
+        stop(url, reason="test")
+        _, err3 = third.communicate(timeout=60)
+        assert third.returncode == 1 and "has a stop record" in err3 and "does not claim trial 1" in err3
+        _, err2 = second.communicate(timeout=60)  # the stop makes the holder checkpoint and release
+        assert second.returncode == 130, err2
+    finally:
+        first.kill()
+        first.wait()
+        for p in (first,):
+            if p.stderr is not None:
+                p.stderr.close()
+            if p.stdout is not None:
+                p.stdout.close()
+    store = open_store(url)
+    assert store.exists(layout.release(1, 1)) and not store.exists(layout.claim(1, 2))
+
+
+@pytest.mark.procs
+def test_a_stalled_run_is_failed_as_stalled(tmp_path: Path, child_env: dict[str, str]) -> None:
+    exp = write_experiment(tmp_path, entry="SlowWrapper", epochs=1, sleep=3.0)
+    _short_lease(exp, ", stall_seconds: 1")
+    url = tmp_path / "launched"
+    launch(exp, url)
+    proc = _start_run(exp, url, child_env, tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "limits.stall_seconds=1" in err
+    fail = records.decode(open_store(url).read(layout.failed(1, 0)), records.Failure)
+    assert fail.kind == "stalled" and "no step reported" in fail.message
