@@ -34,10 +34,10 @@ from ablator.lease import (
     read_forgiven,
     read_trial,
 )
+from ablator.running import RunningTrial, running_trials
 from ablator.spec import read_spec, verify_hash
 from ablator.store import Capabilities, Store, open_store
 from ablator.store.clock import CLOCK_SLACK_S, probe_now
-from ablator.trials import RunningTrial, running_trials
 
 #: State names in the order they are printed (the one vocabulary of ``ablator.lease.state``).
 STATES = TRIAL_STATUSES

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("design", {"pruners", "tpe", "experiment", "planning", "spec", "ablator"}),
     ("protocol", {"lease/", "codesnap"}),
     ("work", {"train/", "analysis/", "serve/"}),
-    ("orchestration", {"agent/", "ops", "status", "trials", "engines/"}),
+    ("orchestration", {"agent/", "ops", "status", "running", "trials", "engines/"}),
     ("entry", {"cli", "__main__"}),
 ]
 """``ablator`` is the package's ``__init__`` (the public names and ``__version__``)."""

@@ -31,7 +31,6 @@ from __future__ import annotations
 import difflib
 import math
 import operator
-import pickle
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -201,7 +200,12 @@ class TrialContext:
         )
         try:
             data = serialize(payload)
-        except (pickle.PicklingError, AttributeError, TypeError) as exc:  # e.g. a lambda, a local class
+        except Exception as exc:  # e.g. a lambda, a local class
+            # torch.save pickles in memory (the store gets only what weights_only=True loads back):
+            # an object it cannot pickle raises PicklingError (matched by name, so that the
+            # package never imports pickle), AttributeError or TypeError.
+            if not isinstance(exc, (AttributeError, TypeError)) and type(exc).__name__ != "PicklingError":
+                raise
             raise CheckpointError(hint + exception_text(exc)) from exc
         if not self._validated:  # fail now, not at resume time, on state that cannot be loaded back
             try:

@@ -115,9 +115,7 @@ def slurm_cluster() -> Iterator[Any]:
 
     missing = missing_binaries()
     if missing:
-        pytest.skip(
-            f"Slurm is not installed ({', '.join(missing)} not found); .ci/run installs Debian's "
-            "slurmctld, slurmd, slurm-client and munge"
-        )
+        why = f"({', '.join(missing)} not found); .ci/run installs slurmctld, slurmd, slurm-client, munge"
+        pytest.skip(f"Slurm is not installed {why}")
     with running_cluster() as cluster:
         yield cluster
