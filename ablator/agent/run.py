@@ -8,8 +8,10 @@ Two kinds of store:
   A later invocation takes over from an earlier one still running (the earlier one stops at its
   next write). A trial that has a result is not run again.
 * **A launched store** (``ablator launch`` created it): ``run`` claims the trial exactly as an
-  agent does (heartbeat, lease, fencing) and refuses one that is running elsewhere or done, so it
-  never becomes a second writer.
+  agent does (store self-test, heartbeat, lease, fencing, the stall watchdog) and refuses one
+  that is done or failed for good. One that is running elsewhere is never run twice: ``run``
+  waits and takes it over when the claimer judges its holder dead (the agent's liveness rule),
+  and gives up when a ``stop`` record appears.
 
 ``--smoke`` trains and evaluates a few batches in a throwaway in-memory store. ``--from STORE``
 runs a trial of another store with the exact spec recorded there (its ``claim.e0000``).

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -377,3 +378,43 @@ def test_a_stalled_run_is_failed_as_stalled(tmp_path: Path, child_env: dict[str,
     assert proc.returncode == 1 and "limits.stall_seconds=1" in err
     fail = records.decode(open_store(url).read(layout.failed(1, 0)), records.Failure)
     assert fail.kind == "stalled" and "no step reported" in fail.message
+
+
+@pytest.mark.procs
+def test_run_takes_over_a_killed_agents_trial_from_its_checkpoint(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    exp = write_experiment(tmp_path, entry="SlowWrapper", epochs=4, sleep=0.05)
+    _short_lease(exp)
+    url = tmp_path / "launched"
+    launch(exp, url)
+    store = open_store(url)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "ablator", "agent", str(url), "--cpu", "--slots", "1", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=child_env,
+        cwd=tmp_path,
+    )
+    try:
+        trial = None
+        for _ in range(1200):  # until the agent's trial has a checkpoint (at most 2 minutes)
+            held = [i for i in range(3) if store.list(layout.ckpt_dir(i))]
+            if held:
+                trial = held[0]
+                break
+            assert agent.poll() is None, "the agent exited before its first checkpoint"
+            time.sleep(0.1)
+        assert trial is not None, "no checkpoint within 2 minutes"
+    finally:
+        agent.kill()
+        agent.wait()
+    assert not store.exists(layout.result(trial))
+    cmd = [sys.executable, "-m", "ablator", "run", str(exp), "--store", str(url), "--trial", str(trial)]
+    done = subprocess.run(
+        [*cmd, "--no-progress"], capture_output=True, text=True, env=child_env, cwd=tmp_path, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    res = records.decode(store.read(layout.result(trial)), records.Result)
+    assert res.status == "completed" and res.epoch >= 1 and res.lineage[-1][1] is not None
+    assert "resumed from step" in done.stdout
