@@ -26,16 +26,18 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import polars as pl
 
 from ablator.analysis import stats, text
 from ablator.analysis.reader import DONE_STATUSES
-from ablator.analysis.results import Mode, Results, Value
 from ablator.analysis.stats import Adjust
 from ablator.errors import AnalysisError
+
+if TYPE_CHECKING:  # for annotations only: results calls back into effects (Results.effects)
+    from ablator.analysis.results import Mode, Results, Value
 
 FactorKind = Literal["variant", "categorical", "numeric"]
 #: A numeric range with more distinct values than this is cut into quantile bins.
