@@ -238,7 +238,9 @@ class TpeDesign:
         seq = self._next_seq
         while True:
             rec = records.DesignEvent(seq=seq, trial=trial, epoch=epoch, kind=kind, **fields)  # type: ignore[arg-type]
-            if self.store.create(layout.design_event(seq), records.encode(rec)):
+            # Durable like every record a decision hangs on: a torn entry would cost the other
+            # agents' samplers this event (see ``refresh`` for how one is read).
+            if self.store.create(layout.design_event(seq), records.encode(rec), durable=True):
                 return
             seq += 1
 

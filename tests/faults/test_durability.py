@@ -96,6 +96,18 @@ def test_a_tpe_design_point_is_durable(tmp_path: Path) -> None:
     assert store.durable[layout.design_point(0)] is True
 
 
+def test_tpe_journal_entries_are_durable(tmp_path: Path) -> None:
+    store = DurableLog(str(tmp_path))
+    design = TpeDesign(store, load_space({"x": {"range": [0.0, 1.0]}}), metric="score", mode="max", seed=1)
+    design.claimed(0, 0, {"x": 0.25})
+    design.published(0, 0, {"x": 0.25}, 1.0)
+    design.claimed(1, 0, {"x": 0.75})
+    design.ended(1, 0)
+    entries = {k: v for k, v in store.durable.items() if k.startswith(layout.DESIGN_LOG_DIR)}
+    assert sorted(entries) == [layout.design_event(i) for i in range(4)]
+    assert all(entries.values())  # claimed, finished, claimed, ended: each fsynced
+
+
 # --- torn records and their safe meaning ------------------------------------------------------------
 
 
@@ -251,3 +263,29 @@ def test_a_torn_design_point_does_not_stop_claims(tmp_path: Path, how: str) -> N
         overrides, params = other.choose(1, 0)  # a repeat of point 0: no exception
     assert 0.0 <= overrides["x"] <= 1.0 and "x" in params
     assert any(issubclass(w.category, CorruptRecordWarning) for w in seen)
+
+
+@pytest.mark.parametrize("how", ["half", "empty"])
+def test_a_torn_tpe_journal_entry_is_skipped_and_the_entries_after_it_are_read(
+    tmp_path: Path, how: str
+) -> None:
+    store = PosixStore(str(tmp_path))
+    space = load_space({"x": {"range": [0.0, 1.0]}})
+    writer = TpeDesign(store, space, metric="score", mode="max", seed=1)
+    writer.claimed(0, 0, {"x": 0.25})  # seq 0
+    writer.claimed(1, 0, {"x": 0.75})  # seq 1
+    writer.published(0, 0, {"x": 0.25}, 1.0)  # seq 2: torn below
+    writer.published(1, 0, {"x": 0.75}, 2.0)  # seq 3
+    _torn(store, layout.design_event(2), how)
+    reader = TpeDesign(store, space, metric="score", mode="max", seed=2)
+    with pytest.warns(CorruptRecordWarning, match="00000002"):
+        reader.refresh()
+    # The torn entry costs the study that one observation; the journal is not cut there.
+    assert reader.entries_read == 4
+    assert reader.n_finished == 1 and reader.running == {0}
+    finished = [t for t in reader.study.trials if t.state.name == "COMPLETE"]
+    assert [t.value for t in finished] == [2.0]
+    # A writer never overwrites the torn entry: the next one takes the next free number.
+    reader.claimed(2, 0, {"x": 0.5})
+    got = records.decode(store.read(layout.design_event(4)), records.DesignEvent, "design/log/4")
+    assert (got.trial, got.kind) == (2, "claimed")
