@@ -212,6 +212,15 @@ def parse_snapshot(name: str) -> tuple[int, str] | None:
     return (int(m.group(1)), m.group(2)) if m else None
 
 
+_EXTENSION_RE = re.compile(rf"^{EXTEND_DIR}(\d+)\.msgpack$")
+
+
+def parse_extension(key: str) -> int | None:
+    """``extend/0003.msgpack`` -> 3; other keys -> None."""
+    m = _EXTENSION_RE.match(key)
+    return int(m.group(1)) if m else None
+
+
 def parse_agent(key: str) -> str | None:
     """``agents/<agent-id>.msgpack`` -> the agent id; other keys -> None."""
     if key.startswith(AGENTS_DIR) and key.endswith(".msgpack") and "/" not in key[len(AGENTS_DIR) :]:

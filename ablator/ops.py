@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,8 +171,9 @@ def launch(
         spec = msgspec.structs.replace(
             spec, code_sha256=existing.code_sha256, code_git_commit=existing.code_git_commit
         )
+    settles: dict[int, int] = {}
     if extend is not None:  # before anything is written: a wrong budget cannot be taken back
-        _check_extended_budget(st, existing, p.budget, extend)
+        settles = _check_extended_budget(st, existing, p.budget, extend)
     if snap is not None:
         codesnap.upload(st, snap)
     created = st.create(layout.EXPERIMENT, records.encode_json(spec), durable=True)
@@ -197,7 +199,7 @@ def launch(
     base = spec.budget if spec.budget is not None else p.budget
     extension = None
     if extend is not None:
-        extension = _create_extension(st, extend)
+        extension = _create_extension(st, extend, settles)
         if created:
             message = f"{message}; extended by {extend} trial(s)"
         elif extend > 0:
@@ -208,6 +210,12 @@ def launch(
             message = (
                 f"took {-extend} trial(s) back from experiment {exp.name!r} in {st.url} (extension {extension}, "
                 "a correction)"
+            )
+        if settles:
+            message += "; " + "; ".join(
+                f"the unreadable {layout.extension(k)} now counts as {n} trial(s) (the trials started beyond the "
+                "rest of the budget; if it added more, add them with --extend)"
+                for k, n in sorted(settles.items())
             )
     return LaunchResult(
         spec=spec, created=created, budget=read_budget(st, base), extension=extension, message=message
@@ -252,14 +260,32 @@ def _check_extend(extend: object) -> None:
 
 def _check_extended_budget(
     st: Store, existing: records.ExperimentSpec | None, planned: int, extend: int
-) -> None:
+) -> dict[int, int]:
     """Refuse an extension that would take the budget above ``MAX_TRIALS``, or a correction
-    (``extend < 0``) that would drop trials already started or go below the launched budget."""
+    (``extend < 0``) that would drop trials already started or go below the launched budget.
+
+    Returns what the new extension settles (:attr:`records.Extension.settles`): each unreadable
+    extension record, whose size is lost, counts as the trials already started beyond the rest
+    of the budget (the first one takes them all; it was at least that), so that ``--extend N``
+    after one adds N to the budget the trials show, instead of running nothing."""
     from ablator.experiment import MAX_TRIALS
-    from ablator.lease import read_budget
+    from ablator.lease import budget_of
 
     base = existing.budget if existing is not None and existing.budget is not None else planned
-    current = read_budget(st, base) if existing is not None else base
+    current = base
+    settles: dict[int, int] = {}
+    started = 0
+    if existing is not None:
+        started = max(layout.trial_indexes(st.list_dirs(layout.TRIALS_DIR)), default=-1) + 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", records.CorruptRecordWarning)  # settled below, and said so
+            budget = budget_of(st, base)
+        current = budget.trials
+        for i, key in enumerate(budget.unreadable):
+            k = layout.parse_extension(key)
+            if k is not None:
+                settles[k] = max(0, started - current) if i == 0 else 0
+        current += sum(settles.values())
     new = current + extend
     if extend > 0 and new > MAX_TRIALS:
         raise ConfigError(
@@ -271,7 +297,6 @@ def _check_extended_budget(
             raise ConfigError(
                 f"--extend {extend}: nothing launched in {st.url} yet; there is no extension to take back"
             )
-        started = max(layout.trial_indexes(st.list_dirs(layout.TRIALS_DIR)), default=-1) + 1
         floor = max(base, started)
         if new < floor:
             raise ConfigError(
@@ -285,6 +310,7 @@ def _check_extended_budget(
                 )
                 + "; nothing was written"
             )
+    return settles
 
 
 def _next_number(store: Store, folder: str) -> int:
@@ -296,11 +322,12 @@ def _next_number(store: Store, folder: str) -> int:
     return n + 1
 
 
-def _create_extension(store: Store, trials: int) -> int:
+def _create_extension(store: Store, trials: int, settles: dict[int, int] | None = None) -> int:
     k = _next_number(store, layout.EXTEND_DIR)
+    record = records.Extension(k=0, trials=trials, settles=dict(settles or {}))
     while True:  # create-once, numbered: two operators extending at once both count
         if store.create(
-            layout.extension(k), records.encode(records.Extension(k=k, trials=trials)), durable=True
+            layout.extension(k), records.encode(msgspec.structs.replace(record, k=k)), durable=True
         ):
             return k
         k += 1

@@ -59,10 +59,14 @@ class ExperimentSpec(Record, frozen=True, kw_only=True):
 
 
 class Extension(Record, frozen=True, kw_only=True):
-    """``extend/<k>.msgpack``: adds ``trials`` to the budget."""
+    """``extend/<k>.msgpack``: adds ``trials`` to the budget (a negative number takes a wrong
+    extension back). ``settles``: extension number -> the trials an unreadable extension record
+    counts as from now on (``launch --extend`` writes it when it finds one; the first settling
+    extension decides; a settled record restored from a backup counts as itself again)."""
 
     k: int
     trials: int
+    settles: dict[int, int] = msgspec.field(default_factory=dict)
 
 
 class Stop(Record, frozen=True, kw_only=True):

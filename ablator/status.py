@@ -243,9 +243,10 @@ def _collect(store: Store, url: str, problems: list[str]) -> tuple[StatusReport,
             problems.append(
                 f"{len(extra)} trial(s) at or beyond the budget {budget}: {extra[:10]}"
                 + "; the budget is taken as at least "
-                f"{extra[-1] + 1}. An extension record listed as corrupt counts as 0 trials: restore it "
-                "from a backup, or move it aside and run `ablator launch EXP --store URL --extend N` with "
-                "its number of trials"
+                f"{extra[-1] + 1}. An unreadable extension record (listed above) counts as 0 trials until "
+                "it is settled: restore it from a backup, or run `python -m ablator launch EXPERIMENT_FILE "
+                "--store URL --extend N` (it counts the unreadable record as the trials started beyond the "
+                "rest of the budget, and adds N)"
             )
             budget = extra[-1] + 1  # trials exist up to there: the budget was at least that
     finished = counts["done"] + counts["failed"] + counts["needs_repair"]

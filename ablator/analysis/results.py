@@ -26,6 +26,7 @@ from ablator.analysis import reader
 from ablator.analysis.reader import BEST_PREFIX, CONFIG_PREFIX, DONE_STATUSES, FINAL_PREFIX, TrialData
 from ablator.analysis.snapshot import SnapshotCache, cache_root, compact_history, read_summaries
 from ablator.errors import AnalysisError, StoreError
+from ablator.lease.state import budget_of
 from ablator.samplers import locate
 from ablator.spec import read_spec
 from ablator.store import open_store
@@ -526,7 +527,7 @@ def load(
         max_attempts=int(limits.get("max_attempts", 3)),
         forgiven=forgiven,
     )
-    extensions = sum(e.trials for e in _records_under(reading, layout.EXTEND_DIR, records.Extension))
+    extensions = budget_of(reading, 0).extended  # warns about an unreadable extension
     if private:
         budget = None  # a private store runs single trials
     elif spec.budget is not None:  # what launch planned (the planner knows every design)

@@ -282,7 +282,7 @@ class Claimer:
             self._cheap_stat = False
         self.stats = ClaimStats()
         self._lock = threading.RLock()
-        self._ext: dict[str, int] = {}
+        self._ext: dict[str, records.Extension | None] = {}
         self._retry: dict[str, records.Retry | None] = {}
         self._forgiven: dict[int, int] = {}
         self._budget = budget

@@ -6,6 +6,7 @@ status``, the operations (``retry --failed``, ``gc``) and analysis.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal, get_args
@@ -266,19 +267,76 @@ def read_trial(
     )
 
 
-def read_budget(store: Store, base: int, cache: dict[str, int] | None = None) -> int:
-    """``base`` plus every budget extension (``extend/<k>.msgpack``). ``cache`` (key -> trials)
-    spares re-reading extensions already seen (they are create-once). A corrupt extension is
-    reported and counted as 0; a negative one (a correction) subtracts."""
+@dataclass(frozen=True)
+class Budget:
+    """What the budget records say (docs/failures.md "Mistaken and hostile inputs").
+
+    ``trials``: the launched budget ``base`` plus every readable extension (a correction subtracts; never
+    below the launched budget), an unreadable extension counting as what a later extension
+    settled it at (:attr:`records.Extension.settles`), else as 0. ``unreadable``: keys of
+    extension records that do not decode and that no later extension settled: their size is
+    unknown, so agents start no trial past ``trials`` until an operator settles them (``launch
+    --extend N``) or restores them.
+    """
+
+    trials: int
+    unreadable: tuple[str, ...] = ()
+    #: the extensions' sum (negative after a correction that took back more than was added)
+    extended: int = 0
+
+
+def unreadable_extension_message(key: str, trials: int) -> str:
+    """What a reader says about an unreadable extension record ``key`` (``trials``: the budget
+    without it): what it means, and the two remedies."""
+    return (
+        f"{key}: an extension of the budget that does not decode, so its number of trials is unknown; "
+        f"no trial past {trials:,} (the budget without it) is started until it is settled. Restore the file "
+        "from a backup, or run `python -m ablator launch EXPERIMENT_FILE --store URL --extend N`: the new "
+        "extension counts the unreadable one as the trials already started beyond the rest of the budget, "
+        "and adds N"
+    )
+
+
+def budget_of(store: Store, base: int, cache: dict[str, records.Extension | None] | None = None) -> Budget:
+    """The budget: ``base`` plus the extensions (``extend/<k>.msgpack``). ``cache`` (key ->
+    record, None when it does not decode) spares re-reading extensions already seen (they are
+    create-once); an unreadable one is warned about (a
+    :class:`~ablator.records.CorruptRecordWarning` naming it and the remedy) when first read."""
     cache = {} if cache is None else cache
+    fresh: list[str] = []
     for e in store.list(layout.EXTEND_DIR):
         if e.key in cache:
             continue
-        ext = records.read(store, e.key, records.Extension)
-        cache[e.key] = ext.trials if ext is not None else 0
+        data = store.get(e.key)
+        if data is None:
+            continue  # listed, then gone (a store copied while it changed): not seen yet
+        try:
+            cache[e.key] = records.decode(data, records.Extension, e.key)
+        except records.CorruptRecordError:
+            cache[e.key] = None
+            fresh.append(e.key)
+    readable = sorted((ext for ext in cache.values() if ext is not None), key=lambda ext: ext.k)
+    settled: dict[str, int] = {}
+    for ext in readable:  # the first extension that settles a record decides (two racing operators)
+        for k, n in ext.settles.items():
+            settled.setdefault(layout.extension(k), n)
+    total = sum(ext.trials for ext in readable)
+    total += sum(n for key, n in settled.items() if cache.get(key, 0) is None)
+    unreadable = tuple(sorted(key for key, ext in cache.items() if ext is None and key not in settled))
     # A negative extension is an operator's correction (``launch --extend -N``); it never takes
     # the budget below the launched one.
-    return max(base, base + sum(cache.values()))
+    trials = max(base, base + total)
+    for key in fresh:
+        if key in unreadable:
+            warnings.warn(
+                unreadable_extension_message(key, trials), records.CorruptRecordWarning, stacklevel=2
+            )
+    return Budget(trials=trials, unreadable=unreadable, extended=total)
+
+
+def read_budget(store: Store, base: int, cache: dict[str, records.Extension | None] | None = None) -> int:
+    """``base`` plus every budget extension: :attr:`Budget.trials` of :func:`budget_of`."""
+    return budget_of(store, base, cache).trials
 
 
 def read_forgiven(store: Store, cache: dict[str, records.Retry | None] | None = None) -> dict[int, int]:

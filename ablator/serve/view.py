@@ -105,7 +105,7 @@ class StoreView:
         self._liveness: Liveness | None = None
         self._first_sight: dict[str, float] = {}
         self._progress: deque[tuple[float, int]] = deque(maxlen=720)  # (our clock, finished)
-        self._extension_cache: dict[str, int] = {}
+        self._extension_cache: dict[str, records.Extension | None] = {}
         self._last_request = self.clock()
         self._wake = threading.Event()
         self._stop = threading.Event()

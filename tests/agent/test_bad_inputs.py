@@ -433,3 +433,61 @@ def test_a_launch_killed_midway_can_be_run_again(tmp_path: Path, after: float) -
     spec = json.loads((store / layout.EXPERIMENT).read_text())
     zips = list((store / "code").glob("*.zip"))
     assert [z.stem for z in zips] == [spec["code_sha256"]]  # one complete snapshot, the one pinned
+
+
+@pytest.mark.procs
+def test_an_unreadable_extension_stops_the_budget_until_an_extend_settles_it(
+    tmp_path: Path, agents: Any, agent_env: dict[str, str]
+) -> None:
+    exp_file = _write_yaml(tmp_path / "exp.yaml", experiment())  # 4 trials
+    store = tmp_path / "store"
+    launch = ("launch", str(exp_file), "--store", str(store))
+    assert ablator_cli(*launch, env=agent_env).returncode == 0
+    assert ablator_cli(*launch, "--extend", "2", env=agent_env).returncode == 0
+    assert agents(str(store)).wait(120) == 0
+    assert sorted(results(open_store(store))) == list(range(6))
+    (store / layout.extension(0)).write_bytes(b"\x00torn")  # the +2 is lost
+    # agents start nothing past the readable budget, and say why and what to do
+    agent = agents(str(store))
+    assert agent.wait(120) == 0, agent.output()
+    said = agent.output()
+    assert "extend/0000.msgpack: an extension of the budget that does not decode" in said
+    assert "no trial past 4 (the budget without it)" in said and "--extend N" in said
+    # --extend after it adds to the budget the trials show (4 + 2 started + 1), not to 4
+    out = ablator_cli(*launch, "--extend", "1", env=agent_env)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert "the unreadable extend/0000.msgpack now counts as 2 trial(s)" in out.stdout
+    assert "budget: 7 trials" in out.stdout
+    agent = agents(str(store))
+    assert agent.wait(120) == 0, agent.output()
+    assert "does not decode" not in agent.output()  # settled: nothing left to warn about
+    assert sorted(results(open_store(store))) == list(range(7))
+    st = status_json(str(store), agent_env)
+    assert st["progress"]["finished"] == 7 and st["progress"]["total"] == 7
+    assert not any("beyond the budget" in p for p in st["problems"])
+    out = ablator_cli("analyze", str(store), "--json", env=agent_env)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["trials"] == 7 and report["budget"] == 7
+    # restored from a backup, the record counts as itself again: the +1 still adds to it
+    from ablator import records
+
+    (store / layout.extension(0)).write_bytes(records.encode(records.Extension(k=0, trials=2)))
+    assert json.loads(ablator_cli("analyze", str(store), "--json", env=agent_env).stdout)["budget"] == 7
+
+
+def test_an_unreadable_extension_of_trials_not_started_is_counted_from_what_runs(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    exp = experiment()  # 4 trials
+    launch_toy(store, exp, extend=3)
+    (tmp_path / "store" / layout.extension(0)).write_bytes(b"\x00torn")
+    with pytest.warns(
+        UserWarning, match=r"extend/0000\.msgpack: an extension of the budget that does not decode"
+    ):
+        from ablator.lease import budget_of
+
+        budget = budget_of(open_store(store), 4)
+    assert budget.trials == 4 and budget.unreadable == (layout.extension(0),)
+    res = launch_toy(store, exp, extend=1)  # nothing started beyond 4: settled as 0, budget 5
+    assert res.budget == 5 and "now counts as 0 trial(s)" in res.message
+    assert budget_of(open_store(store), 4).unreadable == ()
