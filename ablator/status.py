@@ -24,7 +24,7 @@ import msgspec
 
 from ablator import layout, records
 from ablator.agent.devices import gpu_fits, gpus_out_of_service, memory_summary
-from ablator.errors import AblatorError, ExperimentTampered, StoreError
+from ablator.errors import AblatorError, CorruptRecordError, ExperimentTampered, StoreError
 from ablator.lease import (
     TRIAL_STATUSES,
     LeaseLimits,
@@ -37,6 +37,7 @@ from ablator.lease import (
 from ablator.running import RunningTrial, running_trials
 from ablator.spec import read_spec, verify_hash
 from ablator.store import Capabilities, Store, open_store
+from ablator.store.base import Entry
 from ablator.store.clock import CLOCK_SLACK_S, probe_now
 
 #: State names in the order they are printed (the one vocabulary of ``ablator.lease.state``).
@@ -225,6 +226,11 @@ def _collect(store: Store, url: str, problems: list[str]) -> tuple[StatusReport,
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         states = list(pool.map(one, sorted(grouped)))
+        # claim.e0000 holds the trial's resolved config, which analysis reads where a trial has no
+        # summary. Checked only there (a done trial's summary carries its config: no extra read
+        # per finished trial) and where read_trial did not read it already.
+        unread = [st for st in states if _config_claim_unchecked(st, grouped[st.index])]
+        problems.extend(p for p in pool.map(lambda st: _config_claim_problem(store, st.index), unread) if p)
 
     counts: dict[str, int] = dict.fromkeys(STATES, 0)
     for st in states:
@@ -276,6 +282,34 @@ def _collect(store: Store, url: str, problems: list[str]) -> tuple[StatusReport,
         running=[st.index for st in states if st.status == "running"],
     )
     return report, states
+
+
+def _config_claim_unchecked(st: TrialState, entries: list[Entry]) -> bool:
+    """Whether ``st``'s ``claim.e0000`` is one analysis would read (the trial has no summary) and
+    that :func:`read_trial` did not read (it reads the open epoch's claim, and says when it is
+    corrupt)."""
+    key = layout.claim(st.index, 0)
+    keys = {e.key for e in entries}
+    if key not in keys or layout.trial_summary(st.index) in keys:
+        return False
+    return not (st.claim_entry is not None and st.claim_entry.key == key)
+
+
+def _config_claim_problem(store: Store, index: int) -> str | None:
+    """What is wrong with trial ``index``'s ``claim.e0000``, or None when it decodes (or is gone)."""
+    key = layout.claim(index, 0)
+    data = store.get(key)
+    if data is None:
+        return None
+    try:
+        records.decode(data, records.Claim, key)
+    except CorruptRecordError as exc:
+        return (
+            f"trial {index}: {exc}: it is the trial's resolved config, and analysis cannot "
+            "read the trial's config from it (a takeover's claim may carry it again; an ablation keeps the "
+            "trial in its variant by its index). Restore the file from a backup or a copy of the store"
+        )
+    return None
 
 
 def _explain(

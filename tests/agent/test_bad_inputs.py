@@ -175,6 +175,40 @@ def test_corrupt_claim_and_extension_records_keep_the_numbers_right(
     assert st["progress"]["finished"] == 6 and st["progress"]["total"] == 6
     problems = "\n".join(st["problems"])
     assert "extend/0000.msgpack" in problems and "counts as 0 trials" in problems
+    assert "trial 0: corrupt record 'trials/000000/claim.e0000.msgpack'" in problems
+    assert "the trial's resolved config" in problems and "Restore the file from a backup" in problems
+
+
+def test_status_checks_config_claims_only_where_analysis_reads_them(tmp_path: Path) -> None:
+    from ablator import status
+    from ablator.store.counting import CountingStore
+
+    store = str(tmp_path / "store")
+    exp = experiment(design={"kind": "random", "trials": 3, "space": {"x": {"range": [0.0, 1.0]}}})
+    launch_toy(store, exp)
+    from ablator.agent.run import run
+
+    exp_file = _write_yaml(tmp_path / "exp.yaml", exp)
+    for i in range(3):
+        assert run(exp_file, store=store, trial=i, progress=False).status == "completed"
+    for i in range(3):
+        (tmp_path / "store" / layout.claim(i, 0)).write_bytes(b"\x00torn")
+    (tmp_path / "store" / layout.trial_summary(2)).unlink()  # analysis reads trial 2's claim
+
+    class KeyCounting(CountingStore):
+        keys: list[str] = []
+
+        def read(self, key: str) -> bytes:
+            self.keys.append(key)
+            return super().read(key)
+
+    counting = KeyCounting(open_store(store))
+    report = status.collect(counting)
+    claims_read = [k for k in counting.keys if "/claim." in k]
+    assert claims_read == [layout.claim(2, 0)]  # not those of trials with a summary
+    assert [p for p in report.problems if "claim.e0000" in p] == [
+        next(p for p in report.problems if p.startswith("trial 2: corrupt record"))
+    ]
 
 
 @pytest.mark.procs
