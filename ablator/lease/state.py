@@ -70,14 +70,20 @@ class TrialRecords:
         highest epoch an operator's ``retry --failed`` forgave)."""
         return sum(1 for e in self.failures if e > forgiven and e in self.claims)
 
-    def takeovers(self, forgiven: int = -1) -> int:
-        """Epochs after ``forgiven`` that started because their predecessor vanished (it neither
-        failed nor let go). ``forgiven=-1``: every takeover in the trial's history."""
-        return sum(
-            1
-            for e in self.claims
-            if e >= 1 and e - 1 > forgiven and (e - 1) not in self.failures and (e - 1) not in self.releases
+    def took_over(self, epoch: int) -> bool:
+        """Whether claimed ``epoch`` started because its predecessor vanished (epoch - 1 neither
+        failed nor let go): a takeover. Epoch 0, and an epoch never claimed, is none."""
+        return (
+            epoch >= 1
+            and epoch in self.claims
+            and (epoch - 1) not in self.failures
+            and (epoch - 1) not in self.releases
         )
+
+    def takeovers(self, forgiven: int = -1) -> int:
+        """Epochs after ``forgiven`` that started because their predecessor vanished
+        (:meth:`took_over`). ``forgiven=-1``: every takeover in the trial's history."""
+        return sum(1 for e in self.claims if e - 1 > forgiven and self.took_over(e))
 
 
 @dataclass(frozen=True)

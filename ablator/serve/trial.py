@@ -22,6 +22,7 @@ from ablator.analysis import Results
 from ablator.analysis.effects import format_level
 from ablator.analysis.reader import flatten
 from ablator.errors import AnalysisError
+from ablator.lease.state import scan
 from ablator.store import Store
 
 #: Bytes of a log shown (its tail).
@@ -144,18 +145,31 @@ def trial_detail(store: Store, res: Results, index: int, *, log_epoch: int | Non
     logs = {ep: sizes[layout.log(index, ep)] for ep in epochs if layout.log(index, ep) in sizes}
     now = time.time()
     timeline = []
-    for pos, ep in enumerate(epochs):
+    # Which epoch ended how, and which one was a takeover: from the listing, by the one trial-state
+    # classifier's rules (lease/state.py), as status and analysis count them. The records read
+    # above only add what the page shows (times, kinds, reasons); a listed but unreadable one
+    # still says how its epoch ended.
+    history = scan(index, entries).records
+    for ep in epochs:
         claim, att, rel, fail = claims.get(ep), attempts.get(ep), releases.get(ep), failures.get(ep)
         start = next((r.wall_time for r in (claim, att) if r is not None), None)
         outcome, end, why = "running", None, ""
         if result is not None and result.epoch == ep:
             outcome, end, why = result.status, result.wall_time, result.message
-        elif fail is not None:
-            outcome, end, why = f"failed ({fail.kind})", fail.wall_time, fail.message.strip().split("\n")[0]
-        elif rel is not None:
-            outcome, end, why = "released", rel.wall_time, rel.reason
-        elif pos + 1 < len(epochs):
-            nxt = claims.get(epochs[pos + 1])
+        elif ep in history.failures:
+            outcome, end, why = (
+                (f"failed ({fail.kind})", fail.wall_time, fail.message.strip().split("\n")[0])
+                if fail is not None
+                else ("failed", None, "its failure record is unreadable")
+            )
+        elif ep in history.releases:
+            outcome, end, why = (
+                ("released", rel.wall_time, rel.reason)
+                if rel is not None
+                else ("released", None, "its release record is unreadable")
+            )
+        elif history.took_over(ep + 1):
+            nxt = claims.get(ep + 1)
             outcome, end, why = (
                 "taken over",
                 nxt.wall_time if nxt is not None else None,
@@ -163,7 +177,7 @@ def trial_detail(store: Store, res: Results, index: int, *, log_epoch: int | Non
             )
         elif row.get("status") != "running":
             outcome = str(row.get("status"))
-        takeover = ep > 0 and (ep - 1) not in failures and (ep - 1) not in releases
+        takeover = history.took_over(ep)
         env = att.environment if att is not None else None
         timeline.append(
             {
