@@ -38,7 +38,7 @@ from ablator.running import RunningTrial, running_trials
 from ablator.spec import read_spec, verify_hash
 from ablator.store import Capabilities, Store, open_store
 from ablator.store.base import Entry
-from ablator.store.clock import CLOCK_SLACK_S, probe_now
+from ablator.store.clock import probe_now, slack
 
 #: State names in the order they are printed (the one vocabulary of ``ablator.lease.state``).
 STATES = TRIAL_STATUSES
@@ -159,6 +159,8 @@ def _collect(store: Store, url: str, problems: list[str]) -> tuple[StatusReport,
     budget = read_budget(store, base) if base is not None else None
 
     now, clock = _store_now(store, url)
+    # What an age leaves out: the store's timestamp resolution (a second on S3, ~0 on a disk).
+    slack_s = slack(store, now)
 
     # agents
     agents: dict[str, AgentStatus] = {}
@@ -179,7 +181,7 @@ def _collect(store: Store, url: str, problems: list[str]) -> tuple[StatusReport,
         if hb.state == "exited":
             live = False
         elif age is not None:
-            live = age <= hb.lease_s + CLOCK_SLACK_S
+            live = age <= hb.lease_s + slack_s
         agents[agent_id] = AgentStatus(
             agent_id=agent_id,
             host=hb.host,
@@ -199,7 +201,7 @@ def _collect(store: Store, url: str, problems: list[str]) -> tuple[StatusReport,
     def judge(trial: int, epoch: int, holder: str | None, entry: Any) -> bool:
         if now is None or entry.mtime is None:
             return False  # no clock: cannot tell; counted as running
-        claim_age = now - entry.mtime - CLOCK_SLACK_S
+        claim_age = now - entry.mtime - slack_s
         a = agents.get(holder) if holder is not None else None
         if a is None or a.corrupt or a.lease_s is None:
             return claim_age > limits.lease_seconds  # holder unknown

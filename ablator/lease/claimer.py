@@ -381,6 +381,10 @@ class Claimer:
         """Claim trial ``index`` if it is new or takeable (``ablator run --trial N``); None when it
         is running elsewhere, done or failed."""
         with self._lock:
+            # Watch the agents as claim_next does (at most once a heartbeat interval): a late
+            # caller (``ablator run``) ages a holder's heartbeat on the store's clock at first
+            # sight, and times its renewals by their stamps, instead of waiting a lease of its own.
+            self._maybe_scan()
             st = self._read(index, validate_result=False)  # a result, corrupt or not, is final
             if st.status == "pending":
                 return self._create_new(index, new_spec, can_run, _DeclinedBy(self._declined, None))
@@ -503,10 +507,13 @@ class Claimer:
                 must.append((agent_id, e.key, False, fine or v is None))
                 continue
             if self._hb_entry.get(agent_id) != sig:
-                # It wrote since we last looked: a renewal, first seen now.
+                # It wrote since we last looked: a renewal, timed by its stamp on the store's
+                # clock (less the store's slack) where known, else first seen now. Timing it
+                # from our scan instead would add up to a scan interval to every takeover.
                 self._hb_entry[agent_id] = sig
-                self._hb_since[agent_id] = now
-                self.liveness.renewed(agent_id)
+                age = self.store_clock.age(e.mtime)
+                self._hb_since[agent_id] = now if age is None else now - age
+                self.liveness.renewed(agent_id, since=self._hb_since[agent_id])
                 live += 1
                 optional.append((v.body_read_at, self.rng.random(), agent_id, e.key))
                 continue

@@ -6,6 +6,10 @@ namespace (``/proc/self/ns/pid``), not the same hostname: containers on one host
 pattern but not pids, and a rebooted host reuses pids. Within one, a pid names one process only
 together with its start time (``/proc/<pid>/stat`` field 22, clock ticks since boot): a recycled
 pid has another. Where ``/proc`` is missing (not Linux), nothing is known and nothing is judged.
+
+Tests and benchmarks only: ``$ABLATOR_BOOT_ID`` (:data:`BOOT_ID_ENV`) replaces this process's
+boot id, so that an agent started with it looks to observers on this machine like one of another
+machine (they cannot use its dead pid, and judge it on the store's clock, as elsewhere).
 """
 
 from __future__ import annotations
@@ -13,10 +17,16 @@ from __future__ import annotations
 import functools
 import os
 
+#: Tests and benchmarks only: a boot id to report instead of this machine's (see the module docs).
+BOOT_ID_ENV = "ABLATOR_BOOT_ID"
+
 
 @functools.lru_cache(maxsize=1)
 def boot_id() -> str:
-    """This machine's boot id ("" where unknown)."""
+    """This machine's boot id ("" where unknown; ``$ABLATOR_BOOT_ID`` where set)."""
+    forced = os.environ.get(BOOT_ID_ENV)
+    if forced:
+        return forced
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
             return f.read().strip()

@@ -88,15 +88,17 @@ class Liveness:
             gone=prev.gone if prev is not None and prev.counter == hb.counter else False,
         )
 
-    def renewed(self, agent_id: str) -> bool:
+    def renewed(self, agent_id: str, *, since: float | None = None) -> bool:
         """Record that ``agent_id``'s heartbeat changed since the last look (its listing entry
-        did: a renewal, whose body was not read): a new counter value, first seen now. False when
-        there is no earlier read to update."""
+        did: a renewal, whose body was not read): a new counter value, first seen now -- or
+        ``since`` (this clock), when the write's age is known on the store's clock; never
+        earlier than the last sign of life already timed. False when there is no earlier read
+        to update."""
         v = self.agents.get(agent_id)
         if v is None:
             return False
         now = self.clock()
-        v.first_seen = now
+        v.first_seen = now if since is None else min(now, max(since, v.first_seen))
         v.read_at = now
         return True
 

@@ -123,6 +123,13 @@ class Store(abc.ABC):
     def capabilities(self) -> Capabilities:
         raise NotImplementedError
 
+    def mtime_resolution(self) -> float:
+        """How coarse this store's modification times are, in seconds: a key's ``Entry.mtime``
+        may be up to this much earlier than the write that stamped it. The default assumes
+        whole seconds (S3's ``LastModified``, an unknown backend); a backend that stamps finer
+        says so. Ages judged on the store's clock leave this out (``ablator.store.clock``)."""
+        return 1.0
+
     def close(self) -> None:  # noqa: B027 -- optional hook: most backends hold nothing to release
         """Release connections; the store must not be used afterwards."""
 

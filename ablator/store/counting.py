@@ -85,6 +85,9 @@ class CountingStore(Store):
         self._count("delete", key)
         self.inner.delete(key)
 
+    def mtime_resolution(self) -> float:
+        return self.inner.mtime_resolution()
+
     def capabilities(self) -> Capabilities:
         return self.inner.capabilities()
 

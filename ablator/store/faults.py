@@ -260,6 +260,9 @@ class FaultStore(Store):
     def delete(self, key: str) -> None:
         self._run("delete", key, lambda: self.inner.delete(key))
 
+    def mtime_resolution(self) -> float:
+        return self.inner.mtime_resolution()
+
     def capabilities(self) -> Capabilities:
         caps = self.inner.capabilities()
         return msgspec.structs.replace(

@@ -82,6 +82,10 @@ class MemoryStore(Store):
         with _LOCK:
             self._data.pop(key, None)
 
+    def mtime_resolution(self) -> float:
+        """Stamps are ``time.time()`` floats: as fine as the clock."""
+        return 0.0
+
     def capabilities(self) -> Capabilities:
         return Capabilities(
             backend="memory",

@@ -93,6 +93,20 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+#: File systems whose modification times are coarser than the nanoseconds of ext4 and friends:
+#: FAT stamps in 2 s steps, ext2/ext3 with small inodes, HFS+ and ISO 9660 in whole seconds.
+COARSE_MTIMES: dict[str, float] = {
+    "vfat": 2.0,
+    "msdos": 2.0,
+    "fat": 2.0,
+    "ext2": 1.0,
+    "ext3": 1.0,
+    "hfs": 1.0,
+    "hfsplus": 1.0,
+    "iso9660": 1.0,
+}
+
+
 class PosixStore(Store):
     """A store rooted at a local (or NFS-mounted) directory.
 
@@ -292,6 +306,14 @@ class PosixStore(Store):
             if exc.errno == errno.EISDIR:
                 return
             raise self._write_error("delete", key, exc) from exc
+
+    def mtime_resolution(self) -> float:
+        """Nanosecond stamps on the file systems agents use (ext4, xfs, btrfs, zfs, tmpfs, NFS,
+        ...); the few with coarse ones are named in :data:`COARSE_MTIMES`. (A store whose
+        stamps turn out whole seconds anyway is caught by the clock probe: see
+        ``ablator.store.clock.slack``.)"""
+        fs = None if self.facts is None else self.facts.filesystem
+        return COARSE_MTIMES.get(fs or "", 0.0)
 
     def capabilities(self) -> Capabilities:
         facts = self.facts

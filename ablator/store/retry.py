@@ -74,6 +74,9 @@ class RetryingStore(Store):
     def delete(self, key: str) -> None:
         self._call(lambda: self.inner.delete(key))
 
+    def mtime_resolution(self) -> float:
+        return self.inner.mtime_resolution()
+
     def capabilities(self) -> Capabilities:
         return self.inner.capabilities()
 

@@ -14,7 +14,9 @@ import pytest
 
 from ablator import layout, records
 from ablator.lease import Claimer, LeaseLimits, Membership, identity
-from ablator.store import open_store
+from ablator.store import Store, open_store
+from ablator.store import clock as clock_mod
+from ablator.store.posix import PosixStore
 from tests.lease.helpers import FakeClock, spec
 
 LIMITS = LeaseLimits(lease_seconds=30.0, heartbeat_seconds=5.0)
@@ -110,3 +112,146 @@ def test_a_holder_of_this_machine_whose_process_is_gone_is_taken_at_once(tmp_pat
     mine = records.decode(store.read(layout.agent(me.agent_id)), records.Heartbeat, "hb")
     assert mine.boot_id == identity.boot_id() and mine.pid == os.getpid()
     assert mine.start_ticks == identity.process_start(os.getpid())
+
+
+# --- another machine's holder: judged on the store's clock, with the store's own slack ----------
+# The holders below are Memberships of this very process: their pid is alive, so the same-host
+# shortcut (a dead pid) can never fire, and what decides is the store's clock, as it would be for
+# a holder on another machine.
+
+
+class WholeSeconds(PosixStore):
+    """A local store that says its stamps are whole seconds (as S3's are)."""
+
+    def mtime_resolution(self) -> float:
+        return 1.0
+
+
+def _holder(store: Store, clock: FakeClock, agent_id: str, trial: int) -> Membership:
+    m = Membership(store, LIMITS, clock=clock, host="elsewhere", agent_id=agent_id, versions={})
+    assert Claimer(store, m, budget=3).claim(trial, spec) is not None
+    m.beat()  # its last heartbeat, listing the claim
+    return m
+
+
+def test_the_slack_of_an_age_is_the_stores_timestamp_resolution(tmp_path: Path) -> None:
+    assert clock_mod.slack(open_store(str(tmp_path / "a"))) == clock_mod.FINE_SLACK_S
+    assert clock_mod.slack(open_store("memory://slack")) == clock_mod.FINE_SLACK_S
+    assert clock_mod.slack(WholeSeconds(tmp_path / "b")) == 1.0
+    # a stamp in whole seconds on a store said to be finer: it is not
+    assert clock_mod.slack(open_store(str(tmp_path / "c")), probe_mtime=1_700_000_000.0) == 1.0
+
+
+@pytest.mark.parametrize("whole_seconds", [False, True])
+def test_a_fresh_observer_takes_a_heartbeat_a_lease_old_by_the_stores_clock(
+    tmp_path: Path, whole_seconds: bool
+) -> None:
+    """Half a second past a lease on the store's clock is dead at once on a local disk (its
+    stamps are nanoseconds: no second of slack), and not yet on a store of whole-second stamps;
+    a second and a half past is dead on both."""
+    root = tmp_path / "s"
+    store: Store = WholeSeconds(root) if whole_seconds else open_store(str(root))
+    clock = FakeClock()
+    _holder(store, clock, "dead-1-x", 0)
+    _age(root, layout.agent("dead-1-x"), LIMITS.lease_seconds + 0.5)
+    _age(root, layout.claim(0, 0), 3 * LIMITS.lease_seconds)
+    fresh = Claimer(store, Membership(store, LIMITS, clock=clock, host="new", versions={}), budget=1)
+    got = fresh.claim_next(spec)
+    if not whole_seconds:
+        assert got is not None and (got.trial, got.epoch) == (0, 1)
+        return
+    assert got is None and fresh.state(0).status == "running"
+    # a second later (on every clock): dead by the store's clock, and seen at the next scan
+    time.sleep(1.0)
+    clock.advance(LIMITS.heartbeat_seconds)
+    got = fresh.claim_next(spec)
+    assert got is not None and (got.trial, got.epoch) == (0, 1)
+
+
+def test_a_fresh_observer_leaves_a_recent_heartbeat_alone_until_a_lease_after_it(tmp_path: Path) -> None:
+    """A heartbeat 10 s old on the store's clock: its holder is alive for the lease's other 20 s
+    of the observer's own watching, then dead at the next scan (within lease + a heartbeat of
+    the heartbeat, not a lease after the observer's start)."""
+    root = tmp_path / "s"
+    store = open_store(str(root))
+    clock = FakeClock()
+    _holder(store, clock, "quiet-1-x", 0)
+    _age(root, layout.agent("quiet-1-x"), 10.0)
+    _age(root, layout.claim(0, 0), 10.0)
+    fresh = Claimer(store, Membership(store, LIMITS, clock=clock, host="new", versions={}), budget=1)
+    assert fresh.claim_next(spec) is None
+    waited = 0.0
+    got = None
+    while got is None:
+        assert waited < LIMITS.lease_seconds - 10.0 + LIMITS.heartbeat_seconds, "not taken in time"
+        clock.advance(LIMITS.heartbeat_seconds)
+        waited += LIMITS.heartbeat_seconds
+        got = fresh.claim_next(spec)
+        if waited < LIMITS.lease_seconds - 10.0 - 0.1:
+            assert got is None, f"taken {waited} s after first sight: less than a lease after its heartbeat"
+    assert (got.trial, got.epoch) == (0, 1)
+
+
+def test_a_busy_observer_takes_the_orphan_first_when_a_slot_frees(tmp_path: Path) -> None:
+    """An observer whose slot is busy keeps watching; the holder's renewals are timed by their
+    stamps; when its slot frees after the holder died, the orphan comes before a new index."""
+    root = tmp_path / "s"
+    store = open_store(str(root))
+    clock = FakeClock()
+    holder = _holder(store, clock, "busy-holder-1-x", 0)
+    me = Membership(store, LIMITS, clock=clock, host="me", versions={})
+    me.beat()
+    observer = Claimer(store, me, budget=3)
+    mine = observer.claim(1, spec)
+    assert mine is not None
+    for _ in range(3):  # the holder renews while the observer is busy
+        observer.watch()
+        clock.advance(LIMITS.heartbeat_seconds)
+        holder.beat()
+        me.beat()
+    # the holder's last heartbeat was just now; it dies
+    t_last = clock.t
+    while clock.t - t_last < LIMITS.lease_seconds + LIMITS.heartbeat_seconds:
+        observer.watch()
+        if clock.t - t_last < LIMITS.lease_seconds - 0.1:
+            assert observer.state(0).status == "running"
+        clock.advance(LIMITS.heartbeat_seconds / 2)
+        me.beat()
+    observer.watch()
+    assert mine.finish()  # the slot frees
+    got = observer.claim_next(spec)
+    assert got is not None and (got.trial, got.epoch) == (0, 1), "the orphan before new index 2"
+
+
+def test_run_takes_over_when_started_late_or_while_waiting(tmp_path: Path) -> None:
+    """``ablator run --trial N`` asks ``Claimer.claim`` (the same liveness rule): started after
+    the holder's heartbeat is a lease old on the store's clock it takes the trial at its first
+    look; waiting on a live holder it takes it within lease + a heartbeat of its last renewal."""
+    root = tmp_path / "s"
+    store = open_store(str(root))
+    clock = FakeClock()
+    _holder(store, clock, "gone-1-x", 0)
+    _age(root, layout.agent("gone-1-x"), LIMITS.lease_seconds + 0.5)
+    _age(root, layout.claim(0, 0), 3 * LIMITS.lease_seconds)
+    late = Claimer(store, Membership(store, LIMITS, clock=clock, host="run", versions={}), budget=3)
+    got = late.claim(0, spec)
+    assert got is not None and (got.trial, got.epoch) == (0, 1)
+
+    holder = _holder(store, clock, "live-2-x", 1)
+    waiting = Claimer(store, Membership(store, LIMITS, clock=clock, host="run", versions={}), budget=3)
+    step = LIMITS.heartbeat_seconds / 2  # run looks every half heartbeat
+    for _ in range(8):  # alive: refused while it renews
+        assert waiting.claim(1, spec) is None
+        clock.advance(step)
+        if clock.t % LIMITS.heartbeat_seconds == 0:
+            holder.beat()
+    holder.beat()
+    t_last = clock.t
+    taken = None
+    while taken is None:
+        taken = waiting.claim(1, spec)
+        if taken is None:
+            clock.advance(step)
+        assert clock.t - t_last <= LIMITS.lease_seconds + LIMITS.heartbeat_seconds, "not taken in time"
+    assert clock.t - t_last >= LIMITS.lease_seconds - 0.1, "taken before a lease after its last heartbeat"
+    assert (taken.trial, taken.epoch) == (1, 1)
