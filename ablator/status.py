@@ -533,23 +533,27 @@ def run_check(store: Store, url: str) -> Capabilities:
 
 
 def cli_status(args: argparse.Namespace) -> int:
-    """``ablator status STORE [--json] [--check]``. Exit 0; 1 when ``--check`` found the store
-    untrustworthy."""
-    url = args.store
+    """``ablator status STORE [--json] [--check] [--watch [SECONDS]]``: :func:`print_status`."""
+    return print_status(args.store, as_json=args.json, check=args.check, watch=args.watch)
+
+
+def print_status(url: str, *, as_json: bool = False, check: bool = False, watch: float | None = None) -> int:
+    """Print the status report of the store at ``url`` (JSON with ``as_json``), with the store
+    self-test's capabilities when ``check``; every ``watch`` seconds until Ctrl-C when given.
+    Returns the exit status: 0, or 1 when ``check`` found the store untrustworthy."""
     store = open_store(url, read_only=True)
     # Reads go through a read-only handle: a mistyped local path is an error, not a new folder.
     exists = store.get(layout.EXPERIMENT) is not None or store.list_dirs("")
     if not exists:
         raise StoreError(f"status {url}: no experiment here (no {layout.EXPERIMENT}, nothing stored)")
-    watch = getattr(args, "watch", None)
     while True:
         report = collect(store, url=store.url)
         ok = True
-        if getattr(args, "check", False):
+        if check:
             caps = run_check(store, url)
             report.check = msgspec.to_builtins(caps)
             ok = caps.self_test == "passed" or caps.self_test.startswith("not run")
-        if getattr(args, "json", False):
+        if as_json:
             out = msgspec.json.format(msgspec.json.encode(report), indent=2).decode()
         else:
             out = render(report)
@@ -576,6 +580,7 @@ __all__ = [
     "collect_trials",
     "holdings",
     "limits_of",
+    "print_status",
     "render",
     "run_check",
     "running_line",

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from ablator.errors import CheckpointError, ConfigError
 from ablator.pruners import Pruning
-from ablator.records import TrialSpec
+from ablator.records import OutcomeStatus, TrialSpec
 from ablator.store.base import Store
 from ablator.train import seeding
 from ablator.train.checkpoint import Checkpointer, header, load_latest, serialize
@@ -146,7 +146,7 @@ def train(
     last_group_start = n_batches - last_group
     log_every = max(1, tc.log_every)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    status = "completed"
+    status: OutcomeStatus = "completed"
 
     def evaluate(loader: Any, prefix: str) -> dict[str, float]:
         if loader is None:
@@ -360,7 +360,7 @@ def train(
         progress.close()
 
     return Outcome(
-        status=status,  # type: ignore[arg-type]
+        status=status,
         metrics=dict(state.latest),
         best=dict(state.best_metrics),
         best_step=state.best_step,

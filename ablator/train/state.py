@@ -6,13 +6,17 @@ state): ``train/loop.py`` -> ``train/wrapper.py`` -> ``train/state.py``, one way
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
 """What ``ModelWrapper.make_scheduler`` returns: a per-step/epoch schedule or a plateau schedule."""
+
+StopReason = Literal["early_stopped", "diverged", "pruned"]
+"""Why the loop ended a trial before its last step: the result's status (a
+:data:`~ablator.records.ResultStatus` other than "completed")."""
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,8 @@ class LoopState:
     bad_evals: int = 0  # evaluations since the last improvement (early stopping)
     best_loss: float | None = None  # lowest logged train loss after warm-up (divergence)
     latest: dict[str, float] = field(default_factory=dict)  # newest value of every metric
-    stop: str | None = None  # set to end the trial: "early_stopped", "diverged", "pruned"
+    stop: StopReason | None = None  # set (by the loop or a hook) to end the trial early
     message: str = ""
 
 
-__all__ = ["LoopState", "Scheduler", "TrainPlan"]
+__all__ = ["LoopState", "Scheduler", "StopReason", "TrainPlan"]
