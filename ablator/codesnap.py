@@ -65,6 +65,29 @@ class Snapshot:
     files: list[str]
     git_commit: str | None = None
     skipped: list[str] = field(default_factory=list)  # links pointing outside the folder
+    #: files left out because they are not regular files: (relative path, what it is), e.g.
+    #: ("data/in", "a FIFO"); reading one would block (a FIFO) or never end (a device)
+    special: list[tuple[str, str]] = field(default_factory=list)
+
+
+#: The largest .gitignore read (a bigger one is not a list of patterns).
+MAX_GITIGNORE_BYTES = 1024**2
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` is, in words ("a FIFO", "a socket", "a character device", ...)."""
+    for test, name in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 def _git(directory: Path, *args: str) -> str | None:
@@ -79,7 +102,21 @@ def _git(directory: Path, *args: str) -> str | None:
 
 def _read_spec(path: Path) -> pathspec.GitIgnoreSpec | None:
     try:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        st = path.stat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_GITIGNORE_BYTES:
+        # Reading a FIFO would block and a device never end; guessing what it excludes could ship
+        # data (or leave code out): refuse
+        what = file_kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else f"{st.st_size:,} bytes"
+        raise ConfigError(
+            f"--code: {path} is {what}, not a .gitignore ablator can read (a regular file of at most "
+            f"{MAX_GITIGNORE_BYTES // 1024**2} MiB); replace it with a file of patterns, or remove it; nothing "
+            "was written"
+        )
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_GITIGNORE_BYTES + 1).decode("utf-8", errors="surrogateescape")
     except OSError:
         return None
     spec = pathspec.GitIgnoreSpec.from_lines(text.splitlines())
@@ -130,6 +167,10 @@ def _list_files(root: Path) -> tuple[list[str], str | None]:
     """The files to snapshot and the git commit (None outside git)."""
     top = _git(root, "rev-parse", "--show-toplevel")
     if top is not None:
+        # git blocks on a .gitignore that is a FIFO (and never ends one that is a device): check
+        # them first, walking what .gitignore files do not exclude (no file is read but them)
+        for _ in _walk_with_gitignore(root):
+            pass
         # Tracked files plus untracked ones that .gitignore does not exclude, relative to root.
         out = _git(root, "ls-files", "-co", "--exclude-standard", "-z", "--", ".")
         if out is not None:
@@ -145,6 +186,8 @@ def snapshot_code(directory: str | os.PathLike[str]) -> Snapshot:
     out, in a deterministic archive whose sha256 names it in the store.
 
     Symbolic links are followed when they point inside ``directory`` and skipped otherwise.
+    Files that are not regular files (FIFOs, sockets, device nodes) are left out and listed in
+    :attr:`Snapshot.special`; a .gitignore that is not a regular file is refused.
     """
     root = Path(directory).resolve()
     if not root.is_dir():
@@ -154,6 +197,7 @@ def snapshot_code(directory: str | os.PathLike[str]) -> Snapshot:
     buf = io.BytesIO()
     kept: list[str] = []
     skipped: list[str] = []
+    special: list[tuple[str, str]] = []
     total = 0
     # git lists a symbolic link to a folder as one entry: follow it (inside the folder only)
     files = sorted(set(_expand_linked_folders(root, files)))
@@ -170,17 +214,32 @@ def snapshot_code(directory: str | os.PathLike[str]) -> Snapshot:
                 if real != root and root not in real.parents:
                     skipped.append(rel)
                     continue
-                if not real.is_file():
-                    continue  # deleted since git listed it, a submodule, a socket...
-                data = real.read_bytes()
-                mode = real.stat().st_mode
+                st = real.stat()
+                if stat.S_ISDIR(st.st_mode):
+                    continue  # a submodule
+                if not stat.S_ISREG(st.st_mode):
+                    # a FIFO would block the read and a device never end: left out, and said
+                    special.append((rel, file_kind(st.st_mode)))
+                    continue
+                # the size before the read: a huge file is refused without reading it into memory
+                if total + st.st_size > MAX_SNAPSHOT_BYTES:
+                    raise ConfigError(
+                        f"--code {os.fspath(directory)!r}: the snapshot exceeds "
+                        f"{MAX_SNAPSHOT_BYTES // 1024**2} MiB ({rel} alone is {st.st_size:,} bytes); exclude data, "
+                        "checkpoints and environments with a .gitignore; nothing was written"
+                    )
+                with open(real, "rb") as f:
+                    # read(n) allocates n bytes up front: ask for what stat said, plus one to see growth
+                    data = f.read(st.st_size + 1)
+                mode = st.st_mode
             except OSError:
-                continue
+                continue  # deleted since git listed it
             total += len(data)
-            if total > MAX_SNAPSHOT_BYTES:
+            if total > MAX_SNAPSHOT_BYTES:  # it grew while being read
                 raise ConfigError(
-                    f"--code {os.fspath(directory)!r}: the snapshot exceeds {MAX_SNAPSHOT_BYTES // 1024**2} MiB; "
-                    "exclude data, checkpoints and environments with a .gitignore"
+                    f"--code {os.fspath(directory)!r}: the snapshot exceeds {MAX_SNAPSHOT_BYTES // 1024**2} MiB "
+                    f"({rel} grew while it was read); exclude data, checkpoints and environments with a "
+                    ".gitignore; nothing was written"
                 )
             info = zipfile.ZipInfo(rel, date_time=_ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -189,7 +248,9 @@ def snapshot_code(directory: str | os.PathLike[str]) -> Snapshot:
             zf.writestr(info, data)
             kept.append(rel)
     data = buf.getvalue()
-    return Snapshot(data=data, sha256=sha256_hex(data), files=kept, git_commit=commit, skipped=skipped)
+    return Snapshot(
+        data=data, sha256=sha256_hex(data), files=kept, git_commit=commit, skipped=skipped, special=special
+    )
 
 
 def _expand_linked_folders(root: Path, files: list[str]) -> Iterator[str]:

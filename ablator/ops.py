@@ -181,6 +181,13 @@ def launch(
         message = f"launched experiment {exp.name!r} in {st.url}: {p.budget} trials"
         if snap is not None:
             message += f"; code snapshot {snap.sha256[:12]} ({len(snap.files)} files)"
+            if snap.special:
+                shown = ", ".join(f"{rel} ({kind})" for rel, kind in snap.special[:5])
+                more = f" and {len(snap.special) - 5} more" if len(snap.special) > 5 else ""
+                message += (
+                    f"; left out {len(snap.special)} file(s) that are not regular files: {shown}{more} "
+                    "(a snapshot holds files; exclude them in .gitignore to silence this)"
+                )
     else:
         old = _read_experiment(st, spec)
         if old is None:

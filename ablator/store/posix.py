@@ -80,6 +80,16 @@ def disk_full(exc: OSError) -> str:
     )
 
 
+def _kind(mode: int) -> str:
+    if stat_mod.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat_mod.S_ISSOCK(mode):
+        return "a socket"
+    if stat_mod.S_ISCHR(mode) or stat_mod.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
+
+
 def _fsync_dir(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -173,14 +183,32 @@ class PosixStore(Store):
     def read(self, key: str) -> bytes:
         path = self._path(key)
         try:
-            with open(path, "rb") as f:
-                return f.read()
+            # O_NONBLOCK: opening a FIFO put in a store (a hand edit, a hostile copy) must not
+            # block; it has no effect on a regular file's reads
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             raise FileNotFoundError(key) from None
         except (IsADirectoryError, NotADirectoryError):
             raise FileNotFoundError(key) from None
         except OSError as exc:
             raise os_error("read", key, self.url, exc) from exc
+        with open(fd, "rb") as f:
+            try:
+                mode = os.fstat(fd).st_mode
+                if stat_mod.S_ISDIR(mode):
+                    raise FileNotFoundError(key)
+                if not stat_mod.S_ISREG(mode):
+                    # a FIFO would give nothing or block, a device never end: a store holds files
+                    raise StoreError(
+                        f"read {key!r} in {self.url}: {path} is not a regular file ({_kind(mode)}); a store "
+                        "holds only files written by ablator. Remove it, or restore the file from a backup or "
+                        "a copy of the store"
+                    )
+                return f.read()
+            except OSError as exc:
+                if isinstance(exc, FileNotFoundError):
+                    raise
+                raise os_error("read", key, self.url, exc) from exc
 
     def stat(self, key: str) -> Entry | None:
         try:
