@@ -42,7 +42,7 @@ import msgspec
 
 from ablator import layout, lineage, records
 from ablator.errors import AblatorError, ExperimentMismatch, LeaseLost, TrialFailed, exception_text
-from ablator.lease import AttemptFence, Held
+from ablator.lease import AttemptFence, Held, Membership
 from ablator.pruners import pruner_of
 from ablator.records import Outcome
 from ablator.spec import checked_experiment, read_spec
@@ -385,7 +385,7 @@ def _run_launched(
             return X.trial_spec(exp, i, entry)
 
         held = _claim_or_wait(claimer, index, new_spec, limits)
-        watch = _StallWatch(progress, held, float(exp.limits.stall_seconds))
+        watch = _StallWatch(progress, held, float(exp.limits.stall_seconds), membership)
         with _ctrl_c_stops(held), watch:
             try:
                 outcome = execute_trial(
@@ -468,13 +468,17 @@ class _StallWatch:
     :class:`~ablator.train.progress.Progress` that forwards to the one shown and notes each step;
     a thread fails the trial as ``stalled`` when no step came for ``limits.stall_seconds`` and
     ends the process (a hung trial cannot be stopped from another thread; the agent kills its
-    worker the same way), so that the trial does not stay held by a live but stuck holder."""
+    worker the same way), so that the trial does not stay held by a live but stuck holder.
+    Before it ends the process it closes the membership, as an exiting agent does: the last
+    heartbeat says ``exited`` and holds nothing, so that even when the failure could not be
+    written (the store away, the lease lost) nobody waits a lease for a holder that is gone."""
 
-    def __init__(self, shown: ProgressLike, held: Held, stall_s: float) -> None:
+    def __init__(self, shown: ProgressLike, held: Held, stall_s: float, membership: Membership) -> None:
         from ablator.train.progress import make_progress
 
         self.shown = make_progress(shown)
         self.held = held
+        self.membership = membership
         self.stall_s = stall_s
         self.last = time.monotonic()
         self.step: int | None = None
@@ -521,6 +525,10 @@ class _StallWatch:
             with contextlib.suppress(AblatorError):  # LeaseLost or the store: nothing to record then
                 self.held.fail("stalled", message, "", self.step)
             print(f"ablator run: trial {self.held.trial}: {message}", file=sys.stderr, flush=True)
+            # The last heartbeat: exited, nothing held (the failure, if written, is its hint).
+            # Never let a store error keep a stuck process alive: the exit is what matters.
+            with contextlib.suppress(Exception):
+                self.membership.close()
             os._exit(1)
 
 

@@ -376,8 +376,14 @@ def test_a_stalled_run_is_failed_as_stalled(tmp_path: Path, child_env: dict[str,
     proc = _start_run(exp, url, child_env, tmp_path)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "limits.stall_seconds=1" in err
-    fail = records.decode(open_store(url).read(layout.failed(1, 0)), records.Failure)
+    store = open_store(url)
+    fail = records.decode(store.read(layout.failed(1, 0)), records.Failure)
     assert fail.kind == "stalled" and "no step reported" in fail.message
+    # Its last heartbeat says so, as an exiting agent's does: exited, nothing held, the trial named
+    # as released (a hint for others), so nobody waits a lease for a holder that is gone.
+    holder = records.decode(store.read(layout.claim(1, 0)), records.Claim).agent_id
+    hb = records.decode(store.read(layout.agent(holder)), records.Heartbeat)
+    assert hb.state == "exited" and hb.held == [] and (1, 0) in [tuple(p) for p in hb.released]
 
 
 @pytest.mark.procs
