@@ -337,6 +337,13 @@ class CodeSnapshotError(AblatorError):
     """A code snapshot is missing, does not match its hash, or tries to escape its folder."""
 
 
+_REUPLOAD = (
+    "Run `python -m ablator launch EXPERIMENT_FILE --store URL --code DIR` again with the code it was launched "
+    "with (the same files hash the same: the snapshot is uploaded again), or restore the store's code/ folder "
+    "from a backup; if experiment.json was edited, restore it as launched"
+)
+
+
 def default_cache_dir() -> Path:
     """``$ABLATOR_CACHE_DIR``, else ``$XDG_CACHE_HOME/ablator``, else ``~/.cache/ablator``."""
     env = os.environ.get("ABLATOR_CACHE_DIR")
@@ -419,7 +426,10 @@ def ensure_code(store: Store, sha256: str, cache_dir: str | os.PathLike[str] | N
     or a member would escape the folder.
     """
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-        raise CodeSnapshotError(f"code snapshot hash {sha256!r} in the experiment is not a sha256 hex digest")
+        raise CodeSnapshotError(
+            f"{store.url}/{layout.EXPERIMENT}: `code_sha256` is {sha256!r}, not a sha256 hex digest (launch never "
+            "writes that: the file was edited); restore it as launched, from a backup or a copy of the store"
+        )
     base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     base = base / "code"
     base.mkdir(parents=True, exist_ok=True)
@@ -434,7 +444,8 @@ def ensure_code(store: Store, sha256: str, cache_dir: str | os.PathLike[str] | N
             data = store.read(key)
         except FileNotFoundError:
             raise CodeSnapshotError(
-                f"code snapshot {key!r} is missing from {store.url}; relaunch with --code to upload it"
+                f"code snapshot {key!r} is missing from {store.url} (the `code_sha256` of {layout.EXPERIMENT} "
+                f"names it). {_REUPLOAD}"
             ) from None
         except StoreError as exc:
             raise CodeSnapshotError(f"cannot read code snapshot {key!r} from {store.url}: {exc}") from exc
@@ -442,7 +453,7 @@ def ensure_code(store: Store, sha256: str, cache_dir: str | os.PathLike[str] | N
         if actual != sha256:
             raise CodeSnapshotError(
                 f"code snapshot {key!r} in {store.url} hashes to {actual}, not {sha256} as the "
-                "experiment says: it was corrupted or replaced; refusing to run it"
+                f"experiment says: it was corrupted or replaced; refusing to run it. {_REUPLOAD}"
             )
         # Unpack into a fresh folder beside the target and rename it into place, so that a crash
         # half-way leaves no folder that looks complete.

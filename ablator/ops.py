@@ -167,6 +167,10 @@ def launch(
             if extend is None:
                 raise ExperimentMismatch(f"{st.url} already holds experiment {existing.name!r}: {note}")
             log.warning("%s", note)
+        if snap is not None and existing.code_sha256 == snap.sha256:
+            # the same code: upload it again where the store lost it or holds a corrupt copy (the
+            # remedy agents name); create-once, so an intact snapshot is left as it is
+            codesnap.upload(st, snap)
         snap = None
         spec = msgspec.structs.replace(
             spec, code_sha256=existing.code_sha256, code_git_commit=existing.code_git_commit

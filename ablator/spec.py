@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ablator import layout, records
-from ablator.errors import ConfigError, ExperimentTampered
+from ablator.errors import ConfigError, CorruptRecordError, ExperimentTampered
 
 if TYPE_CHECKING:
     from ablator.experiment import Experiment
@@ -91,8 +91,17 @@ def read_spec(
 
 
 def decode_spec(data: bytes, source: str) -> records.ExperimentSpec:
-    """Decode ``experiment.json`` bytes (not verified: see :func:`checked_experiment`)."""
-    return records.decode_json(data, records.ExperimentSpec, source)
+    """Decode ``experiment.json`` bytes (not verified: see :func:`checked_experiment`). Raises
+    :class:`~ablator.errors.CorruptRecordError` naming ``source``, what is wrong, and what to do."""
+    try:
+        return records.decode_json(data, records.ExperimentSpec, source)
+    except CorruptRecordError as exc:
+        cause = exc.__cause__
+        raise CorruptRecordError(
+            f"{source} is not an experiment record ablator can read ({cause if cause is not None else exc}; "
+            f"{len(data):,} bytes). launch writes it once and never rewrites it, so it was damaged or edited: "
+            "restore it from a backup or a copy of the store, or launch the experiment into a new store"
+        ) from None
 
 
 def stored_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:

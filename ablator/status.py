@@ -545,7 +545,10 @@ def print_status(url: str, *, as_json: bool = False, check: bool = False, watch:
     # Reads go through a read-only handle: a mistyped local path is an error, not a new folder.
     exists = store.get(layout.EXPERIMENT) is not None or store.list_dirs("")
     if not exists:
-        raise StoreError(f"status {url}: no experiment here (no {layout.EXPERIMENT}, nothing stored)")
+        raise StoreError(
+            f"status {url}: no experiment here (no {layout.EXPERIMENT}, nothing stored); give the store URL that "
+            "`launch` printed, or create it with `python -m ablator launch EXPERIMENT_FILE --store URL`"
+        )
     while True:
         report = collect(store, url=store.url)
         ok = True

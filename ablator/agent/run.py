@@ -203,7 +203,8 @@ def _load(
     if exp_rec is None:
         raise AblatorError(
             f"--from {src.url}: no {layout.EXPERIMENT} or {layout.PRIVATE_EXPERIMENT} there "
-            "(neither a launched store nor one `ablator run` wrote)"
+            "(neither a launched store nor one `ablator run` wrote): give the store URL that `launch` or `run` "
+            "printed"
         )
     exp = checked_experiment(exp_rec, f"{src.url}/{where}")
     key = layout.claim(index, 0)

@@ -223,7 +223,8 @@ def _check_folder_store(store: str) -> None:
     """A Slurm job's folder store is on the shared file system this machine sees too: refuse a
     folder that holds no launched experiment now, rather than in every array task later. (Object
     stores are not read here: the submitting machine may lack the credentials the nodes get.)"""
-    from ablator import layout, records
+    from ablator import layout
+    from ablator.spec import decode_spec
 
     experiment = Path(store) / layout.EXPERIMENT
     if not experiment.is_file():
@@ -233,7 +234,7 @@ def _check_folder_store(store: str) -> None:
     note = shared_folder_note(store)
     if note:
         print(note, file=sys.stderr)
-    spec = records.decode_json(experiment.read_bytes(), records.ExperimentSpec, str(experiment))
+    spec = decode_spec(experiment.read_bytes(), str(experiment))
     if spec.code_sha256 is None:
         print(
             f"ablator submit: note: {store} has no --code snapshot; the entry point "
