@@ -73,6 +73,11 @@ class ExperimentTampered(StoreError):
     """``experiment.json`` no longer matches the hash it was launched with (edited by hand)."""
 
 
+class ExperimentOverLimit(ConfigError):
+    """An experiment launched (by an older ablator) with more trials than ``MAX_TRIALS``: its
+    records stay readable (``status``, ``trials``, ``analyze``, ``report``); nothing runs it."""
+
+
 class AnalysisError(AblatorError):
     """A store cannot be analysed as asked (no experiment in it, an unknown metric or factor)."""
 
@@ -118,6 +123,7 @@ __all__ = [
     "CorruptRecordError",
     "EntryPointError",
     "ExperimentMismatch",
+    "ExperimentOverLimit",
     "ExperimentTampered",
     "LeaseLost",
     "StoreError",

@@ -330,7 +330,14 @@ def _explain(
         resources = resources if isinstance(resources, dict) else {}
         need_gpu = resources.get("gpu") == "required"
         min_mb = int(resources.get("min_gpu_memory_mb") or 0)
-        if store.exists(layout.STOP):
+        from ablator.experiment import MAX_TRIALS
+
+        if spec is not None and spec.budget is not None and spec.budget > MAX_TRIALS:
+            waiting.append(
+                f"{takeable} trial(s) are not run: this ablator's agents refuse a budget over {MAX_TRIALS:,} "
+                "trials (see the problem below)"
+            )
+        elif store.exists(layout.STOP):
             waiting.append(
                 f"{takeable} trial(s) wait: the experiment was stopped (ablator stop); "
                 "`ablator stop STORE --undo` lets agents run it again"

@@ -31,7 +31,7 @@ def trial(config: C, ctx):
     return {"score": config.x}
 """
 
-EXPERIMENT = {
+EXPERIMENT: dict[str, Any] = {
     "name": "errs",
     "entry": "errsmod:trial",
     "config": {},
@@ -171,3 +171,69 @@ def test_a_folder_without_experiment_json_says_how_to_launch(tmp_path: Path) -> 
     agent = _agent(empty, env)
     assert agent.returncode == 1 and "no experiment in" in agent.stderr
     assert "create it first with `python -m ablator launch EXPERIMENT_FILE --store" in agent.stderr
+
+
+def _as_launched_by_an_older_ablator(store: Path, trials: int) -> None:
+    """Rewrite ``experiment.json`` as an ablator without ``MAX_TRIALS`` would have launched it:
+    the design's own trials, the budget and the hash agree."""
+    from ablator.experiment import data_hash
+
+    path = store / layout.EXPERIMENT
+    data = json.loads(path.read_text())
+    data["experiment"]["design"]["trials"] = trials
+    data["budget"] = trials
+    data["ablator_version"] = "0.9"
+    data["experiment_hash"] = data_hash(data["experiment"])
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.procs
+def test_a_store_launched_over_the_trial_limit_is_read_but_not_run(tmp_path: Path) -> None:
+    store, exp_file, folder = _launched(tmp_path)
+    env = child_env(folder)
+    out = ablator_cli("run", str(exp_file), "--store", str(store), "--trial", "0", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    _as_launched_by_an_older_ablator(store, 10**12)
+    refusal = (
+        "this experiment was launched by ablator 0.9 with 1,000,000,000,000 trials, more than this ablator's"
+    )
+    remedy = "launch a corrected experiment (at most 10,000,000 trials) into a new store"
+    for cmd in (
+        ("run", str(exp_file), "--store", str(store), "--trial", "1"),
+        ("launch", str(exp_file), "--store", str(store), "--extend", "1"),
+        ("gc", str(store)),
+    ):
+        out = ablator_cli(*cmd, cwd=tmp_path, env=env)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, (cmd, out.stderr)
+        assert refusal in out.stderr and remedy in out.stderr and "was edited" not in out.stderr, out.stderr
+    agent = _agent(store, env)
+    assert agent.returncode == 1 and refusal in agent.stderr and remedy in agent.stderr
+    assert not (store / layout.trial_dir(1)).exists()  # nothing ran
+    # the readers read what exists
+    out = ablator_cli("analyze", str(store), "--json", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["budget"] == 10**12 and report["status"] == {"completed": 1, "pending": 10**12 - 1}
+    out = ablator_cli("status", str(store), "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    st = json.loads(out.stdout)
+    assert any(refusal in p for p in st["problems"])
+    assert any(
+        "are not run: this ablator's agents refuse a budget over 10,000,000" in w for w in st["waiting"]
+    )
+    out = ablator_cli("report", str(store), "--out", str(tmp_path / "rep"), cwd=tmp_path, env=env)
+    assert out.returncode == 0 and (tmp_path / "rep" / "report.md").exists(), out.stderr
+
+
+def test_an_edited_budget_over_the_limit_is_still_an_edit(tmp_path: Path) -> None:
+    from ablator import records
+    from ablator.errors import ExperimentTampered
+    from ablator.experiment import data_hash
+    from ablator.spec import verify_hash
+
+    exp = {**EXPERIMENT, "design": {**EXPERIMENT["design"], "trials": 3}}
+    spec = records.ExperimentSpec(name="errs", experiment=exp, experiment_hash=data_hash(exp), budget=10**12)
+    with pytest.raises(
+        ExperimentTampered, match=r"`budget` is 1000000000000, outside 1\.\.10,000,000 \(launch never"
+    ):
+        verify_hash(spec, "s/experiment.json", over_limit_ok=True)  # the design says 3: an edit

@@ -414,7 +414,9 @@ def _variant_of(experiment: dict[str, Any]) -> Callable[[int], str | None]:
 def _read_spec(store: Store) -> tuple[records.ExperimentSpec, bool]:
     """The experiment and whether the store is a private ``ablator run`` store."""
     for key, private in ((layout.EXPERIMENT, False), (layout.PRIVATE_EXPERIMENT, True)):
-        spec = read_spec(store, key)  # verified: an edited experiment.json is refused
+        # verified: an edited experiment.json is refused; one an older ablator launched with more
+        # than MAX_TRIALS trials is read (analysis scales with the trials that exist)
+        spec = read_spec(store, key, over_limit_ok=True)
         if spec is not None:
             return spec, private
     hint = (

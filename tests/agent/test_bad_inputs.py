@@ -400,7 +400,9 @@ def test_a_stored_experiment_this_ablator_refuses_names_the_version_that_launche
     from ablator.experiment import data_hash
     from ablator.spec import checked_experiment
 
-    exp = experiment(design={"kind": "random", "trials": 20_000_000, "space": {"x": {"range": [0.0, 1.0]}}})
+    # a rule this ablator has and 0.9 did not (a budget over MAX_TRIALS has its own message:
+    # tests/test_experiment_json_errors.py)
+    exp = experiment(limits={"max_attempts": 0})
     spec = records.ExperimentSpec(
         name="toy", experiment=exp, experiment_hash=data_hash(exp), ablator_version="0.9"
     )
@@ -408,7 +410,15 @@ def test_a_stored_experiment_this_ablator_refuses_names_the_version_that_launche
         ConfigError, match=r"launched by ablator 0\.9 and is never rewritten: run its agents"
     ) as info:
         checked_experiment(spec, "s/experiment.json")
-    assert "$.design.trials: at most 10,000,000" in str(info.value) and "s/experiment.json" in str(info.value)
+    assert "$.limits.max_attempts: must be >= 1" in str(info.value) and "s/experiment.json" in str(info.value)
+    big = experiment(design={"kind": "random", "trials": 20_000_000, "space": {"x": {"range": [0.0, 1.0]}}})
+    spec = records.ExperimentSpec(
+        name="toy", experiment=big, experiment_hash=data_hash(big), ablator_version="0.9"
+    )
+    with pytest.raises(
+        ConfigError, match=r"launched by ablator 0\.9 with a design of more trials than this ablator's limit"
+    ):
+        checked_experiment(spec, "s/experiment.json")
 
 
 @pytest.mark.procs
