@@ -41,6 +41,15 @@ def agent(agent_id: str) -> str:
     return f"{AGENTS_DIR}{agent_id}.msgpack"
 
 
+#: Each agent's release hints, next to the heartbeats: one listing of ``agents/`` shows both.
+AGENT_RELEASES_DIR = f"{AGENTS_DIR}released/"
+
+
+def agent_releases(agent_id: str) -> str:
+    """``agents/released/<agent-id>.msgpack``: the trials an agent recently let go of."""
+    return f"{AGENT_RELEASES_DIR}{agent_id}.msgpack"
+
+
 def code(sha256: str) -> str:
     return f"{CODE_DIR}{sha256}.zip"
 
@@ -225,6 +234,14 @@ def parse_agent(key: str) -> str | None:
     """``agents/<agent-id>.msgpack`` -> the agent id; other keys -> None."""
     if key.startswith(AGENTS_DIR) and key.endswith(".msgpack") and "/" not in key[len(AGENTS_DIR) :]:
         return key[len(AGENTS_DIR) : -len(".msgpack")] or None
+    return None
+
+
+def parse_agent_releases(key: str) -> str | None:
+    """``agents/released/<agent-id>.msgpack`` -> the agent id; other keys -> None."""
+    rest = key[len(AGENT_RELEASES_DIR) :]
+    if key.startswith(AGENT_RELEASES_DIR) and key.endswith(".msgpack") and "/" not in rest:
+        return rest[: -len(".msgpack")] or None
     return None
 
 

@@ -195,6 +195,18 @@ class Heartbeat(Record, frozen=True, kw_only=True):
     start_ticks: int | None = None
 
 
+class ReleaseHints(Record, frozen=True, kw_only=True):
+    """``agents/released/<agent-id>.msgpack``: replaced when the agent releases or fails a trial.
+
+    The same pairs as its heartbeat's ``released``, in a key of their own so that observers
+    see *that* something was let go from the listing of ``agents/`` they make anyway (the entry
+    changes) and read this small body then, instead of every heartbeat. Only a hint: the trial's
+    records decide."""
+
+    agent_id: str
+    released: list[tuple[int, int]] = []
+
+
 # --- trials --------------------------------------------------------------------------------
 
 

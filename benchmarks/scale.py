@@ -194,7 +194,7 @@ def simulate(
             if held is None:
                 continue
             a.held = None
-            held.finish(metrics={"score": 1.0})
+            held.finish(records.Outcome(status="completed", metrics={"score": 1.0}))
             store.replace(layout.log(held.trial, held.epoch), b"log")  # the agent saves the log
             a.trials += 1
             if counted:

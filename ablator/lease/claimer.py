@@ -38,9 +38,17 @@ from ablator.store.clock import StoreClock
 #: Above this many trials of unknown state a sweep lists ``trials/`` once instead of per trial.
 BULK_LIST_THRESHOLD = 32
 #: Live agents' heartbeat bodies a liveness scan reads (the least recently read first), besides
-#: first sights and dead agents' last words: their release hints and held lists. Liveness itself
-#: comes from the listing, so a scan's cost does not grow with the number of agents.
+#: first sights and dead agents' last words: their held lists (release hints have keys of their
+#: own). Liveness itself comes from the listing, so a scan's cost does not grow with the number
+#: of agents.
 BODY_READS_PER_SCAN = 8
+
+
+def _fine(e: Entry) -> bool:
+    """Whether a listing entry changes with every write of its key: an ETag, or a stamp finer
+    than a second (two writes within one whole second could look alike)."""
+    return e.etag is not None or (e.mtime is not None and e.mtime != int(e.mtime))
+
 
 # --- a held trial ------------------------------------------------------------------------------
 
@@ -318,6 +326,8 @@ class Claimer:
         self._hb_entry: dict[str, tuple[int, float | None, str | None]] = {}
         self._hb_since: dict[str, float] = {}
         self._body_entry: dict[str, tuple[int, float | None, str | None] | None] = {}
+        # agent -> the listing entry of its release hints key when last looked at
+        self._hints_entry: dict[str, tuple[int, float | None, str | None]] = {}
         self._n_live = 1
         self._last_scan = -math.inf
         self._last_sweep: float | None = None
@@ -481,9 +491,12 @@ class Claimer:
         renewal, so a changed entry is a new counter value and an unchanged one the same value
         -- no read needed. Bodies are read only at an agent's first sight, once when it is
         judged dead (its last held list), and for at most :data:`BODY_READS_PER_SCAN` live agents
-        (the least recently read, for their release hints and held lists). So a scan costs one
-        listing page per 1000 agents and a constant number of reads, however many agents run
-        or ever ran. Entries without a fine timestamp or ETag are read every scan."""
+        (the least recently read, for their held lists). Release hints have keys of their own in
+        the same listing (``agents/released/<id>.msgpack``), read when their entry changed: a
+        release reaches us within one scan however many agents run. So a scan costs one listing
+        page per 1000 keys, a constant number of reads and one per agent that let a trial go,
+        however many agents run or ever ran. Entries without a fine timestamp or ETag are read
+        every scan."""
         now = self.clock()
         if now - self._last_scan < self.limits.heartbeat_seconds:
             return
@@ -491,13 +504,19 @@ class Claimer:
         live = 1
         must: list[tuple[str, str, bool, bool]] = []  # (agent, key, counted live already, fine entry)
         optional: list[tuple[float, float, str, str]] = []
+        hints: list[tuple[str, Entry]] = []  # release hints keys (agents/released/<id>.msgpack)
         for e in self.store.list(layout.AGENTS_DIR):
             agent_id = layout.parse_agent(e.key)
-            if agent_id is None or agent_id == self.membership.agent_id or agent_id in self._exited:
+            if agent_id is None:
+                hinter = layout.parse_agent_releases(e.key)
+                if hinter is not None and hinter != self.membership.agent_id:
+                    hints.append((hinter, e))
+                continue
+            if agent_id == self.membership.agent_id or agent_id in self._exited:
                 continue
             sig = (e.size, e.mtime, e.etag)
             v = self.liveness.agents.get(agent_id)
-            fine = e.etag is not None or (e.mtime is not None and e.mtime != int(e.mtime))
+            fine = _fine(e)
             if v is None or not fine:
                 if self._hb_entry.get(agent_id) != sig:
                     self._hb_entry[agent_id] = sig
@@ -528,6 +547,7 @@ class Claimer:
                 live += 1
         optional.sort()
         reads = must + [(a, k, True, True) for _, _, a, k in optional[:BODY_READS_PER_SCAN]]
+        first_read: set[str] = set()  # heartbeats read this scan at their agent's first sight
         for agent_id, key, counted, fine in reads:
             hb = records.read(self.store, key, records.Heartbeat)
             # A counter seen for the first time was there since its listing entry first was
@@ -538,10 +558,9 @@ class Claimer:
                 self._hb_entry.pop(agent_id, None)
                 continue
             self._check_gone(agent_id, hb)
-            for t, ep in hb.released:
-                if (t, ep) not in self._hinted:
-                    self._hinted.add((t, ep))
-                    self._check_at[t] = min(self._check_at.get(t, now), now)  # now, not a lease on
+            self._look_at(hb.released, now)
+            if not counted:
+                first_read.add(agent_id)
             # A trial that left a live agent's held list finished, failed or was released:
             # look at it now. (Running trials held and listed by live agents are otherwise not
             # re-read: the heartbeats say all there is to say about them.)
@@ -555,6 +574,31 @@ class Claimer:
             elif not counted:
                 live += 1
         self._n_live = live
+        # Release hints reach us within one scan however many agents run: an agent that lets a
+        # trial go replaces its hints key (after the heartbeat that names it), so its listing
+        # entry changes, and only then is its small body read. The key of an agent whose
+        # heartbeat was first read in this very scan is not: that body names the same pairs.
+        # Entries without an ETag or a sub-second stamp cannot show a change: their heartbeats
+        # are read every scan anyway, and carry the same list.
+        for agent_id, e in hints:
+            if not _fine(e):
+                continue
+            sig = (e.size, e.mtime, e.etag)
+            before = self._hints_entry.get(agent_id)
+            self._hints_entry[agent_id] = sig
+            if before == sig or (before is None and agent_id in first_read):
+                continue
+            rec = records.read(self.store, e.key, records.ReleaseHints)
+            if rec is not None:
+                self._look_at(rec.released, now)
+
+    def _look_at(self, released: list[tuple[int, int]], now: float) -> None:
+        """Trials an agent says it released or failed: read each again now (once per pair), not
+        at a re-check scheduled a lease on."""
+        for t, ep in released:
+            if (t, ep) not in self._hinted:
+                self._hinted.add((t, ep))
+                self._check_at[t] = min(self._check_at.get(t, now), now)
 
     def _check_gone(self, agent_id: str, hb: records.Heartbeat) -> None:
         """An agent of this very machine (same boot, same pid namespace) whose process (pid and

@@ -110,10 +110,13 @@ class Membership:
         self.on_renewed = on_renewed
         self.clock = clock or default_clock()
         self.key = layout.agent(self.agent_id)
+        self.releases_key = layout.agent_releases(self.agent_id)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._held: dict[tuple[int, int], _Hold] = {}
         self._released: deque[tuple[int, int]] = deque(maxlen=RELEASED_HINTS)
+        self._n_released = 0  # releases so far; ``_n_hinted``: how many the hints key shows
+        self._n_hinted = 0
         self._counter = 0
         self._state: Literal["running", "draining", "exited"] = "running"
         self._started = False
@@ -223,10 +226,16 @@ class Membership:
     def drop(self, trial: int, epoch: int, *, released: bool) -> None:
         """Stop listing (trial, epoch). ``released``: it was released or failed on purpose; the
         heartbeat then names it as a hint so that other agents look at it at once."""
-        with self._lock:
+        with self._cond:
             self._held.pop((trial, epoch), None)
             if released:
                 self._released.append((trial, epoch))
+                self._n_released += 1
+                # Beat now: the heartbeat and the hints key say so within one of the others'
+                # scans, not a heartbeat interval later.
+                if self._started and not self._closing:
+                    self._next_beat = min(self._next_beat, self.clock())
+                    self._cond.notify_all()
 
     def lost_reason(self, trial: int, epoch: int) -> str | None:
         """Why (trial, epoch) may no longer be written, or None. Also decides the fence: the
@@ -285,6 +294,8 @@ class Membership:
             start = self.clock()
             fenced = self._expire(start)
             snapshot = sorted(k for k, h in self._held.items() if h.lost is None)
+            released = list(self._released)
+            n_released = self._n_released
             self._counter += 1
             self._last_beat_start = start
             hb = records.Heartbeat(
@@ -300,7 +311,7 @@ class Membership:
                 cpu_ok=self.cpu_ok,
                 state=self._state,
                 versions=self.versions,
-                released=list(self._released),
+                released=released,
                 boot_id=self._boot_id,
                 pid_ns=self._pid_ns,
                 start_ticks=self._start_ticks,
@@ -330,6 +341,8 @@ class Membership:
                     h.renewed = max(h.renewed, start)
         if fenced:
             self._notify_fenced(fenced)
+        if n_released != self._n_hinted:
+            self._write_hints(released, n_released)
         try:
             self._stop_seen = self._stop_seen or self.store.exists(layout.STOP)
         except Exception as exc:
@@ -340,6 +353,19 @@ class Membership:
             except Exception:
                 log.exception("agent %s: on_renewed callback failed", self.agent_id)
         return True
+
+    def _write_hints(self, released: list[tuple[int, int]], n_released: int) -> None:
+        """Replace ``agents/released/<id>.msgpack`` with the pairs the heartbeat just written
+        names as released. After the heartbeat, never before: an observer that lists the new
+        hints entry and then reads the heartbeat body finds the same pairs there. A failed write
+        is tried again at the next beat (the heartbeat's own list still carries the hints)."""
+        rec = records.ReleaseHints(agent_id=self.agent_id, released=released)
+        try:
+            self.store.replace(self.releases_key, records.encode(rec))
+        except Exception as exc:
+            log.warning("agent %s: release hints to %s failed: %s", self.agent_id, self.store.url, exc)
+            return
+        self._n_hinted = n_released
 
     def _notify_fenced(self, pairs: list[tuple[int, int]]) -> None:
         for t, e in pairs:

@@ -14,6 +14,7 @@ import pytest
 
 from ablator import layout, records
 from ablator.lease import Claimer, LeaseLimits, Membership, identity
+from ablator.lease.claimer import BODY_READS_PER_SCAN
 from ablator.store import Store, open_store
 from ablator.store import clock as clock_mod
 from ablator.store.posix import PosixStore
@@ -255,3 +256,65 @@ def test_run_takes_over_when_started_late_or_while_waiting(tmp_path: Path) -> No
         assert clock.t - t_last <= LIMITS.lease_seconds + LIMITS.heartbeat_seconds, "not taken in time"
     assert clock.t - t_last >= LIMITS.lease_seconds - 0.1, "taken before a lease after its last heartbeat"
     assert (taken.trial, taken.epoch) == (1, 1)
+
+
+# --- release hints reach every observer within one scan, however many agents run ---------------
+
+
+def test_a_release_reaches_an_observer_within_one_scan_among_many_live_agents(tmp_path: Path) -> None:
+    """With three times as many live agents as a scan reads heartbeats of, a trial released by
+    the agent whose heartbeat the observer read last is taken at the observer's next scan --
+    before any new index -- because the releaser's hints key changed in the listing."""
+    store = open_store(str(tmp_path / "s"))
+    clock = FakeClock()
+    agents = []
+    for k in range(3 * BODY_READS_PER_SCAN):
+        m = Membership(store, LIMITS, clock=clock, host=f"h{k}", agent_id=f"h{k}-1-x", versions={})
+        held = Claimer(store, m, budget=1000).claim(k, spec)
+        assert held is not None
+        m.beat()
+        agents.append((m, held))
+    me = Membership(store, LIMITS, clock=clock, host="me", versions={})
+    me.beat()
+    observer = Claimer(store, me, budget=1000)
+    for _ in range(4):  # the observer has read every heartbeat; they all renew every interval
+        observer.watch()
+        clock.advance(LIMITS.heartbeat_seconds)
+        for m, _ in agents:
+            m.beat()
+        me.beat()
+    observer.watch()
+    # the releaser: one whose heartbeat was read last (a rotation would not read it again soon)
+    m, held = max(agents, key=lambda a: observer.liveness.agents[a[0].agent_id].body_read_at)
+    held.release("drained")
+    clock.advance(LIMITS.heartbeat_seconds)
+    for other, _ in agents:
+        other.beat()  # the releaser's beat writes its hints key too
+    me.beat()
+    assert len(store.list(layout.AGENT_RELEASES_DIR)) == 1  # one agent released something
+    got = observer.claim_next(spec)
+    assert got is not None and (got.trial, got.epoch) == (held.trial, 1), "the released trial, at once"
+
+
+def test_a_release_makes_the_heartbeat_thread_write_the_hints_at_once(tmp_path: Path) -> None:
+    """The agent's heartbeat thread beats right after a release (its fake clock never reaches the
+    next interval here): the hints key names the released pair."""
+    store = open_store(str(tmp_path / "s"))
+    clock = FakeClock()
+    m = Membership(store, LIMITS, clock=clock, host="h", versions={})
+    m.start()
+    try:
+        held = Claimer(store, m, budget=2).claim(0, spec)
+        assert held is not None
+        held.release("drained")
+        key = layout.agent_releases(m.agent_id)
+        for _ in range(1000):  # the thread writes it without the clock moving (10 s at most)
+            if store.exists(key):
+                break
+            time.sleep(0.01)
+        rec = records.decode(store.read(key), records.ReleaseHints)
+        assert [tuple(p) for p in rec.released] == [(0, 0)] and rec.agent_id == m.agent_id
+        hb = records.decode(store.read(layout.agent(m.agent_id)), records.Heartbeat)
+        assert (0, 0) in [tuple(p) for p in hb.released] and hb.held == []
+    finally:
+        m.close()
