@@ -252,7 +252,66 @@ class _Child:
             self.pending_stop = False
             sys.stdout.flush()
             sys.stderr.flush()
+        # before the agent hears that the trial ended: nothing it started may run on into the
+        # next trial of this worker
+        end_leftovers()
         self.send(reply)
+
+
+def _multiprocessing_helpers() -> set[int]:
+    """Pids of the helper processes :mod:`multiprocessing` keeps for this process's lifetime
+    (its resource tracker and fork server): shared by every trial of the worker, and restarted
+    with a warning when killed, so they are not a trial's leftovers."""
+    pids: set[int] = set()
+    mods = [
+        sys.modules.get("multiprocessing.resource_tracker"),
+        sys.modules.get("multiprocessing.forkserver"),
+    ]
+    for mod, holder, attr in (
+        (mods[0], "_resource_tracker", "_pid"),
+        (mods[1], "_forkserver", "_forkserver_pid"),
+    ):
+        pid = getattr(getattr(mod, holder, None), attr, None)
+        if isinstance(pid, int):
+            pids.add(pid)
+    return pids
+
+
+def end_leftovers() -> list[int]:
+    """SIGKILL every process a finished trial left running in this worker's process group (a
+    helper, a server, a forked copy), and reap those that are its children; returns their pids.
+
+    The worker leads its own group (the agent starts it with ``start_new_session``), so every
+    other member was started by a trial, except :func:`_multiprocessing_helpers`. A process that
+    left the group (``setsid``, a double-forking daemon) is beyond reach by design. Linux only
+    (``/proc``); elsewhere what a trial leaves dies with the worker's group."""
+    me = os.getpid()
+    if not sys.platform.startswith("linux") or os.getpgrp() != me:
+        return []
+    keep = {me, *_multiprocessing_helpers()}
+    killed: list[int] = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit() or int(name) in keep:
+            continue
+        pid = int(name)
+        try:
+            if os.getpgid(pid) != me:
+                continue
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+        killed.append(pid)
+    for pid in killed:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, 0)  # our child: no zombie left; anyone else's: ChildProcessError
+    if killed:
+        print(f"[ablator] ended {len(killed)} process(es) the trial left running: {killed}", file=sys.stderr)
+        sys.stderr.flush()
+    return killed
 
 
 def _share_cpu_threads() -> None:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from ablator.config import BaseConfig
@@ -42,3 +43,24 @@ def trial(config: SpawnConfig, ctx: Any) -> dict[str, float]:
     subprocess.Popen([sys.executable, "-c", HELPER, path])
     time.sleep(600)  # no step reported: the agent fails the trial as stalled and kills its worker
     return {"score": 0.0}
+
+
+def leaves(config: SpawnConfig, ctx: Any) -> dict[str, float]:
+    """Trial 0 starts a helper and returns without ending it; trial 1 (run by the same worker
+    after it) reports steps until ``<out_dir>/release`` exists, so that the worker is still
+    alive while the test looks at trial 0's helper."""
+    if ctx.trial == 0:
+        subprocess.Popen([sys.executable, "-c", HELPER, f"{config.out_dir}/left-{os.getpid()}.txt"])
+        deadline = time.monotonic() + 60
+        while not list(Path(config.out_dir).glob("left-*.txt")):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the helper did not start")
+            time.sleep(0.05)
+    else:
+        step = 0
+        while not os.path.exists(f"{config.out_dir}/release"):
+            step += 1
+            ctx.report(step, {"score": config.x})
+            time.sleep(0.1)
+    ctx.report(1_000_000, {"score": config.x})
+    return {"score": config.x}

@@ -535,3 +535,32 @@ def test_an_unreadable_extension_of_trials_not_started_is_counted_from_what_runs
     res = launch_toy(store, exp, extend=1)  # nothing started beyond 4: settled as 0, budget 5
     assert res.budget == 5 and "now counts as 0 trial(s)" in res.message
     assert budget_of(open_store(store), 4).unreadable == ()
+
+
+@pytest.mark.procs
+def test_a_helper_a_finished_trial_left_running_ends_with_the_trial(tmp_path: Path, agents: Any) -> None:
+    from .conftest import wait_for
+
+    out_dir = tmp_path / "left"
+    out_dir.mkdir()
+    exp = experiment(
+        entry="tests.agent.spawntoy:leaves",
+        config={"out_dir": str(out_dir)},
+        design={"kind": "random", "trials": 2, "space": {"x": {"range": [0.0, 1.0]}}},
+    )
+    store = str(tmp_path / "store")
+    launch_toy(store, exp)
+    agent = agents(store, "--slots", "1")
+    st = open_store(store)
+    wait_for("trial 0's result", lambda: st.exists(layout.result(0)), timeout=120)
+    (pid_file,) = out_dir.glob("left-*.txt")
+    helper = int(pid_file.read_text().split()[0])
+    worker = int(pid_file.stem.split("-")[1])
+    # trial 1 runs in the same worker meanwhile (it waits for the release file): the worker is
+    # alive, and trial 0's helper is already gone
+    assert _alive(worker) and not st.exists(layout.result(1))
+    assert not _alive(helper)
+    (out_dir / "release").write_text("")
+    assert agent.wait(120) == 0, agent.output()
+    log = st.get(layout.log(0, 0))
+    assert log is not None and f"ended 1 process(es) the trial left running: [{helper}]" in log.decode()
