@@ -318,3 +318,16 @@ def test_a_release_makes_the_heartbeat_thread_write_the_hints_at_once(tmp_path: 
         assert (0, 0) in [tuple(p) for p in hb.released] and hb.held == []
     finally:
         m.close()
+
+
+@pytest.mark.procs
+def test_a_forced_boot_id_makes_an_agent_look_like_another_machines(tmp_path: Path) -> None:
+    """``$ABLATOR_BOOT_ID`` (tests and benchmarks): the process reports that boot id, so an
+    observer here cannot judge it by its pid -- its heartbeat decides, on the store's clock."""
+    code = "from ablator.lease import identity; print(identity.boot_id())"
+    env = dict(os.environ, **{identity.BOOT_ID_ENV: "another-machine"})
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "another-machine" != identity.boot_id()
+    # a gone process of "another machine" is not known dead here
+    assert not identity.dead_here("another-machine", identity.pid_namespace(), 2**22 + 1, 12345)
+    assert identity.dead_here(identity.boot_id(), identity.pid_namespace(), 2**22 + 1, 12345)
