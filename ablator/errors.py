@@ -107,7 +107,9 @@ def exception_text(exc: BaseException) -> str:
     name = type(exc).__name__
     try:
         text = str(exc)
-    except Exception as inner:  # a broken __str__ is the user's; the failure still counts
+    # a broken __str__ is the user's, and may raise anything (SystemExit included): the failure
+    # still counts, and the worker must live to record it
+    except BaseException as inner:
         text = f"<the exception's str() raised {type(inner).__name__}>"
     if len(text) > MAX_MESSAGE_CHARS:
         half = MAX_MESSAGE_CHARS // 2

@@ -355,7 +355,7 @@ def test_an_agent_exits_after_a_trial_folder_is_deleted_mid_run(tmp_path: Path, 
 
 
 @pytest.mark.procs
-@pytest.mark.parametrize("how", ["unprintable", "huge"])
+@pytest.mark.parametrize("how", ["unprintable", "huge", "unrepresentable", "exit"])
 def test_exceptions_that_are_hard_to_print_are_recorded_as_the_trials_failure(
     tmp_path: Path, agents: Any, how: str
 ) -> None:
@@ -376,6 +376,11 @@ def test_exceptions_that_are_hard_to_print_are_recorded_as_the_trials_failure(
     assert failure.kind == "exception"  # the trial's failure, not a worker crash
     if how == "unprintable":
         assert failure.message == "Unprintable: <the exception's str() raised RuntimeError>"
+    elif how == "unrepresentable":
+        assert failure.message == "Unrepresentable: <the exception's str() raised SystemExit>"
+        assert "Unrepresentable" in failure.traceback
+    elif how == "exit":
+        assert failure.message == "SystemExit: 5" and "raise SystemExit(5)" in failure.traceback
     else:
         assert failure.message.startswith("ValueError: xxx") and "characters cut" in failure.message
         assert len(failure.message) < 11_000

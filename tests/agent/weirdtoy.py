@@ -1,4 +1,5 @@
-"""Trials whose exceptions are hard to print: ``str()`` raises, or the message is megabytes."""
+"""Trials whose exceptions are hard to print: ``str()`` (and ``repr()``) raise, the message is
+megabytes, or the trial calls ``sys.exit``."""
 
 from __future__ import annotations
 
@@ -12,8 +13,19 @@ class Unprintable(Exception):
         raise RuntimeError("no str for you")
 
 
+class Unrepresentable(Exception):
+    """Neither ``str()`` nor ``repr()`` works, and ``str()`` raises what ``except Exception``
+    does not catch."""
+
+    def __str__(self) -> str:
+        raise SystemExit("no str, and not an Exception either")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
 class WeirdConfig(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    how: Literal["unprintable", "huge"] = "unprintable"
+    how: Literal["unprintable", "huge", "unrepresentable", "exit"] = "unprintable"
     x: float = 0.0
 
 
@@ -21,4 +33,8 @@ def trial(config: WeirdConfig, ctx: Any) -> dict[str, float]:
     ctx.report(1, {"score": 0.0})
     if config.how == "unprintable":
         raise Unprintable()
+    if config.how == "unrepresentable":
+        raise Unrepresentable()
+    if config.how == "exit":
+        raise SystemExit(5)  # sys.exit(5) in the middle of a trial
     raise ValueError("x" * 20_000_000)
