@@ -569,3 +569,53 @@ def test_a_helper_a_finished_trial_left_running_ends_with_the_trial(tmp_path: Pa
     assert agent.wait(120) == 0, agent.output()
     log = st.get(layout.log(0, 0))
     assert log is not None and f"ended 1 process(es) the trial left running: [{helper}]" in log.decode()
+
+
+#: an agent whose peak memory (its own process, not its workers') is printed when it ends
+MEASURED_AGENT = """
+import resource, sys
+from ablator.agent import main
+try:
+    rc = main(sys.argv[1:])
+finally:
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+sys.exit(rc)
+"""
+
+
+@pytest.mark.procs
+def test_a_trial_that_prints_hundreds_of_megabytes_is_capped_and_the_study_goes_on(
+    tmp_path: Path, agent_env: dict[str, str]
+) -> None:
+    from ablator.agent.worker import LOG_LIMIT
+
+    def study(name: str, mb: int) -> tuple[int, Any]:
+        exp = experiment(
+            entry="tests.agent.weirdtoy:trial",
+            config={"how": "noisy", "mb": mb},
+            design={"kind": "random", "trials": 2, "space": {"x": {"range": [0.0, 1.0]}}},
+        )
+        store = str(tmp_path / name)
+        launch_toy(store, exp)
+        out = subprocess.run(
+            [sys.executable, "-c", MEASURED_AGENT, store, "--cpu", "--slots", "1"],
+            env=agent_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return int(out.stdout.strip().splitlines()[-1]), open_store(store)
+
+    quiet, _ = study("quiet", 0)
+    mb = 96  # to stdout and to stderr each, per trial: 384 MiB in all
+    peak, st = study("noisy", mb)
+    # the agent never holds a log whole: its peak is the quiet study's, give or take a few log copies
+    assert peak < quiet + 16 * LOG_LIMIT, (peak, quiet)
+    assert sorted(results(st)) == [0, 1]  # the study went on
+    for trial in (0, 1):
+        log = st.get(layout.log(trial, 0))
+        assert log is not None and len(log) <= LOG_LIMIT + 200
+        text = log.decode(errors="replace")
+        assert "bytes cut ...]" in text and "[out 0]" in text  # the head and the tail are kept
+        assert "[end of output]" in text

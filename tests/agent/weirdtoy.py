@@ -3,6 +3,7 @@ megabytes, or the trial calls ``sys.exit``."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Literal
 
 from ablator.config import BaseConfig
@@ -25,12 +26,20 @@ class Unrepresentable(Exception):
 
 
 class WeirdConfig(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    how: Literal["unprintable", "huge", "unrepresentable", "exit"] = "unprintable"
+    how: Literal["unprintable", "huge", "unrepresentable", "exit", "noisy"] = "unprintable"
+    mb: int = 0  # noisy: MiB written to stdout and to stderr each
     x: float = 0.0
 
 
 def trial(config: WeirdConfig, ctx: Any) -> dict[str, float]:
     ctx.report(1, {"score": 0.0})
+    if config.how == "noisy":  # a runaway print loop: megabytes of output, then a normal end
+        line = ("y" * 1023 + "\n") * 1024
+        for i in range(config.mb):
+            sys.stdout.write(f"[out {i}]" + line)
+            sys.stderr.write(f"[err {i}]" + line)
+        print("[end of output]", flush=True)
+        return {"score": config.x}
     if config.how == "unprintable":
         raise Unprintable()
     if config.how == "unrepresentable":
