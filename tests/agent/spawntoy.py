@@ -41,6 +41,15 @@ def forks(config: SpawnConfig, ctx: Any) -> dict[str, float]:
 def trial(config: SpawnConfig, ctx: Any) -> dict[str, float]:
     path = f"{config.out_dir}/{ctx.trial}-{ctx.epoch}.txt"
     subprocess.Popen([sys.executable, "-c", HELPER, path])
+    # Report a step now and then until the helper has written its file: the stall clock
+    # restarts at each one, so a helper slow to start on a loaded machine is not killed
+    # before it could say how it handles signals.
+    step = 0
+    deadline = time.monotonic() + 300
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        step += 1
+        ctx.report(step, {"score": 0.0})
+        time.sleep(0.2)
     time.sleep(600)  # no step reported: the agent fails the trial as stalled and kills its worker
     return {"score": 0.0}
 

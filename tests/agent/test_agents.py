@@ -216,7 +216,14 @@ def test_failures_retried_then_failed_and_crashes_contained(local_store: str, ag
                 "hangs": {"mode": "hang", "only_epoch": 0},
             },
         },
-        limits={"max_attempts": 2, "stall_seconds": 4},
+        # No takeover belongs here, so a long lease: with FAST_LIMITS' 2 s an agent fences its
+        # own trials after 1.2 s without a renewal, and heartbeats a second late were seen at
+        # load 10+ (a self-takeover would shift every epoch below). The stall limit is what the
+        # hanging trial waits for and what a healthy attempt must never reach: its first report
+        # comes after durable (fsynced) attempt and checkpoint writes on a shared, busy disk.
+        # At 4 s, one run in 11 at load 8-10 recorded a raising attempt's failure as something
+        # other than its exception (the only other kind its attempts can get is "stalled").
+        limits={"max_attempts": 2, "stall_seconds": 15, "lease_seconds": 30, "heartbeat_seconds": 0.5},
     )
     launch_toy(local_store, exp)
     a = agents(local_store)
@@ -228,7 +235,7 @@ def test_failures_retried_then_failed_and_crashes_contained(local_store: str, ag
     assert all(
         f.kind == "exception" and "ValueError" in f.traceback and "on purpose" in f.message
         for f in raised.values()
-    )
+    ), {e: (f.kind, f.message) for e, f in raised.items()}
     assert raised[0].step == 1
     # The retry resumed from the checkpoint of step 1 and raised again at step 2.
     assert records_of(store, 1, "attempt")[1].resumed_from == (0, 1)

@@ -255,7 +255,9 @@ def test_processes_a_trial_starts_get_default_signals_and_die_with_its_worker(
         entry="tests.agent.spawntoy:trial",
         config={"out_dir": str(out_dir)},
         design={"kind": "random", "trials": 1, "space": {"x": {"range": [0.0, 1.0]}}},
-        limits={"stall_seconds": 3, "max_attempts": 1},
+        # The stall limit also bounds the worker's own setup before the trial's first report
+        # (durable attempt record, fsynced): 3 s left no margin on a busy disk.
+        limits={"stall_seconds": 10, "max_attempts": 1},
     )
     store = str(tmp_path / "store")
     launch_toy(store, exp)

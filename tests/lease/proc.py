@@ -9,7 +9,11 @@ it is killed with SIGKILL/SIGSTOP/SIGCONT by the tests. Modes:
   write a metrics chunk under its epoch; prints ``held``, ``wrote``, ``lost`` events; after
   losing a trial it tries ``finish()`` on it and prints whether that was refused.
 * ``take``: claim whatever becomes claimable (takeovers) until ``--want`` trials were taken,
-  writing one chunk and finishing each if ``--finish``.
+  writing one chunk and finishing each if ``--finish``. With ``--watch-leases N`` it prints
+  ``{"watched": [agents]}`` once its own liveness view has watched every other agent it sees
+  for more than N of their leases and judged each alive at the end (a test synchronises on that
+  instead of sleeping: on a loaded machine a process may start watching seconds late);
+  ``--end-after-watch`` then ends the watch (``took_all``) right there.
 
 ``--skew-hours`` shifts ``time.time`` in this process before ablator is imported (records carry
 the skewed wall time; the protocol must not care). ``--die-after-claim`` SIGKILLs the process
@@ -50,6 +54,8 @@ def main() -> int:
     p.add_argument("--skew-hours", type=float, default=0.0)
     p.add_argument("--die-after-claim", action="store_true")
     p.add_argument("--max-takeovers", type=int, default=5)
+    p.add_argument("--watch-leases", type=float, default=0.0)
+    p.add_argument("--end-after-watch", action="store_true")
     args = p.parse_args()
 
     if args.skew_hours:
@@ -136,11 +142,16 @@ def main() -> int:
 
     # take
     took: list[Any] = []
+    watch = _Watch(claimer.liveness, membership.agent_id, args.watch_leases)
     while len(took) < args.want and time.monotonic() < deadline:
         h = claimer.claim_next(spec)
         if h is None:
             if args.finish and claimer.done():
                 break  # every trial has a result: nothing left to take
+            if watch.done():
+                emit(watched=watch.seen)
+                if args.end_after_watch:
+                    break
             time.sleep(0.05)
             continue
         took.append([h.trial, h.epoch])
@@ -165,6 +176,35 @@ def main() -> int:
         # keep holding (heartbeat running) until the test ends us
         threading.Event().wait(args.seconds)
     return 0
+
+
+class _Watch:
+    """How long this agent's liveness view has watched the others (on its own monotonic clock,
+    as liveness itself does): :meth:`done` is True once, when every other agent seen has been
+    in view for more than ``leases`` of its own lease and is judged alive now."""
+
+    def __init__(self, liveness: Any, me: str, leases: float) -> None:
+        self.liveness = liveness
+        self.me = me
+        self.leases = leases
+        self.first: dict[str, float] = {}
+        self.seen: list[str] = []
+        self.reported = leases <= 0
+
+    def done(self) -> bool:
+        if self.reported:
+            return False
+        now = time.monotonic()
+        views = {a: v for a, v in self.liveness.agents.items() if a != self.me}
+        for a in views:
+            self.first.setdefault(a, now)
+        if not views or any(now - self.first[a] <= self.leases * v.lease_s for a, v in views.items()):
+            return False
+        if any(self.liveness.is_dead(a) is not False for a in views):
+            return False  # a verdict of dead is the test's to see (a claim), not a watch's end
+        self.reported = True
+        self.seen = sorted(views)
+        return True
 
 
 class _Counting:

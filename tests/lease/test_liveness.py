@@ -228,7 +228,10 @@ def test_close_fences_what_is_left_and_says_exited(store: Store) -> None:
 def test_heartbeat_thread_renews(tmp_path: object) -> None:
     """The real thread with the real clock: the counter moves and held trials are listed."""
     store = open_store(str(tmp_path))
-    m = Membership(store, LeaseLimits(lease_seconds=0.6, heartbeat_seconds=0.05))
+    # Beats every 50 ms, but a long lease: with 0.6 s the thread fences the held trial after a
+    # 0.5 s pause of this process (pauses of a second were seen at load 10+), and held.check()
+    # below would raise LeaseLost. What is tested does not depend on the lease.
+    m = Membership(store, LeaseLimits(lease_seconds=30, heartbeat_seconds=0.05))
     m.start()
     try:
         c = Claimer(store, m, budget=3)

@@ -1,8 +1,9 @@
 """The claim protocol with real OS processes on a local folder and on S3 (moto): stress, kill -9,
 SIGSTOP/SIGCONT, clock skew, restarts on the same host, death between claim and listing.
 
-Leases are short (2 s, heartbeat 0.4 s) so that takeovers happen quickly; nothing asserts on
-elapsed time."""
+Leases are short (4 s, heartbeat 0.4 s) so that takeovers happen within seconds; nothing asserts
+on elapsed time, and no test sleeps for something to happen: they wait for the agents' events
+(a watch of a live holder is the watchers' own "watched" event, not a sleep)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,16 @@ from .helpers import Agent
 
 pytestmark = pytest.mark.procs  # every test here starts processes
 
-# Short leases, but not so short that a process starved of CPU for a second on a busy 2-core
-# machine fences itself (fence after lease - 2 x heartbeat = 1.2 s).
-LEASE = ["--lease", "2", "--hb", "0.4"]
+# Short leases, but not so short that a live holder loses its trials on a loaded 2-core machine.
+# A holder fences itself after lease - 2 x heartbeat without a renewal: with 2 s / 0.4 s that was
+# 1.2 s, and at load 12 the moto server (in the pytest process) once answered nothing for 0.9 s:
+# the holder's next heartbeat landed 1.35 s after its last, it fenced both trials, exited, and
+# the takers took them over "while it lived". Gaps of 1 s between heartbeats were common there.
+# Here the fence comes after 3.2 s (eight missed beats).
+LEASE = ["--lease", "4", "--hb", "0.4"]
+# Bounds on how long an agent process keeps trying: limits for a wedged test, not measurements
+# (each test waits for the events it needs and kills its agents at the end).
+PATIENCE = ["--seconds", "300"]
 
 
 def _claims(store: Store, trial: int) -> dict[int, records.Claim]:
@@ -114,11 +122,12 @@ def test_kill9_holder_taken_over_exactly_once(
 ) -> None:
     """A holder killed with SIGKILL: each of its trials is taken over exactly once (epoch 1),
     by one of two racing agents, after the lease; not while the holder lived."""
-    holder = Agent("hold", store_url, backend_env, "--budget", "2", "--trials", "2", *LEASE)
+    holder = Agent("hold", store_url, backend_env, "--budget", "2", "--trials", "2", *PATIENCE, *LEASE)
     agents.append(holder)
-    held = holder.wait_for("held")["held"]
+    held = holder.wait_for("held", timeout=120)["held"]
     assert sorted(t for t, _ in held) == [0, 1]
     holder.wait_for("wrote")
+    holder_id = holder.wait_for("agent")["agent"]
     takers = [
         Agent(
             "take",
@@ -129,24 +138,26 @@ def test_kill9_holder_taken_over_exactly_once(
             "--want",
             "2",
             "--finish",
-            "--seconds",
-            "40",
+            "--watch-leases",
+            "1",
+            *PATIENCE,
             *LEASE,
         )
         for _ in range(2)
     ]
     agents.extend(takers)
+    # Each taker watches the live holder for more than its lease (by the taker's own liveness
+    # view, however late the taker started): nothing may be taken.
     for t in takers:
-        t.wait_for("agent", timeout=120)
-    # The takers watch a live holder for more than a lease: nothing may be taken.
-    time.sleep(3)
+        assert holder_id in t.wait_for("watched", timeout=180)["watched"]
     store = open_store(store_url)
     assert not store.exists(layout.claim(0, 1)) and not store.exists(layout.claim(1, 1))
+    assert holder.all("lost") == []  # and it never lost them (no fence, no takeover)
     holder.signal(signal.SIGKILL)
     holder.finish()
     took = []
     for t in takers:
-        t.wait_for("took_all", timeout=60)
+        t.wait_for("took_all", timeout=180)
         took += [tuple(x) for x in t.all("took")]
     assert sorted(took) == [(0, 1), (1, 1)], took
     for trial in (0, 1):
@@ -202,12 +213,22 @@ def test_skewed_clock_is_not_dead(
 ) -> None:
     """A holder whose wall clock is 5 hours ahead, watched by an agent whose clock is 5 hours
     behind: nobody is declared dead (only monotonic clocks and the store's clock are used)."""
-    lease = ["--lease", "3", "--hb", "0.5"]  # this test must not lose a lease to CPU starvation
     holder = Agent(
-        "hold", store_url, backend_env, "--budget", "1", "--trials", "1", "--skew-hours", "5", *lease
+        "hold",
+        store_url,
+        backend_env,
+        "--budget",
+        "1",
+        "--trials",
+        "1",
+        "--skew-hours",
+        "5",
+        *PATIENCE,
+        *LEASE,
     )
     agents.append(holder)
-    holder.wait_for("held")
+    holder.wait_for("held", timeout=120)
+    holder_id = holder.wait_for("agent")["agent"]
     watcher = Agent(
         "take",
         store_url,
@@ -216,15 +237,19 @@ def test_skewed_clock_is_not_dead(
         "1",
         "--want",
         "1",
-        "--seconds",
-        "7",
+        "--watch-leases",
+        "2",
+        "--end-after-watch",
         "--skew-hours",
         "-5",
-        *lease,
+        *PATIENCE,
+        *LEASE,
     )
     agents.append(watcher)
-    took = watcher.wait_for("took_all", timeout=60)["took_all"]
-    assert took == [], (holder.events, watcher.events)  # watched for more than 2 leases
+    took = watcher.wait_for("took_all", timeout=180)["took_all"]
+    assert took == [], (holder.events, watcher.events)
+    # It ended its watch because it had watched the holder alive for more than 2 leases.
+    assert holder_id in watcher.wait_for("watched")["watched"], watcher.events
     store = open_store(store_url)
     assert not store.exists(layout.claim(0, 1))
     assert holder.all("lost") == []
@@ -236,7 +261,8 @@ def test_skewed_clock_is_not_dead(
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     (agent,) = [a for a in report["agents"] if a["agent_id"] == hb.agent_id]
-    assert agent["live"] is True and agent["age_s"] <= 3 + 1  # within its lease, by the store clock
+    # within its lease, by the store clock
+    assert agent["live"] is True and agent["age_s"] <= float(LEASE[1]) + 1
     assert report["counts"]["running"] == 1 and report["counts"]["orphaned"] == 0
 
 
