@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list what would be deleted")
 
     p = add("run")
+    from ablator.agent.options import positive_seconds
+    from ablator.store.retry import DEFAULT_STORE_TIMEOUT
+
     p.add_argument("experiment", nargs="?", default=None, help="experiment file (omit with --from)")
     p.add_argument("--store", default=None, help="store URL (default ./ablator-runs/<name>)")
     p.add_argument(
@@ -142,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    p.add_argument(
+        "--store-timeout",
+        type=positive_seconds,
+        default=DEFAULT_STORE_TIMEOUT,
+        help="seconds the store may not answer while the trial is set up (retried with back-off)",
+    )
     _add_set(p)
 
     for name in ("analyze", "report"):

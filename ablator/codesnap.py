@@ -34,7 +34,7 @@ import pathspec
 from filelock import FileLock
 
 from ablator import layout
-from ablator.errors import AblatorError, ConfigError, StoreError
+from ablator.errors import AblatorError, ConfigError, StoreError, StoreUnavailable
 from ablator.store.base import Store
 
 MAX_SNAPSHOT_BYTES = 256 * 1024**2
@@ -447,6 +447,8 @@ def ensure_code(store: Store, sha256: str, cache_dir: str | os.PathLike[str] | N
                 f"code snapshot {key!r} is missing from {store.url} (the `code_sha256` of {layout.EXPERIMENT} "
                 f"names it). {_REUPLOAD}"
             ) from None
+        except StoreUnavailable:
+            raise  # the store is away for now, the snapshot is not broken: the caller waits
         except StoreError as exc:
             raise CodeSnapshotError(f"cannot read code snapshot {key!r} from {store.url}: {exc}") from exc
         actual = sha256_hex(data)

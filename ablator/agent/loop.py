@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import select
 import signal
 import sys
@@ -35,7 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import msgspec
 
@@ -51,6 +50,7 @@ from ablator.errors import AblatorError, LeaseLost, StoreError, StoreUnavailable
 from ablator.lease import Claimer, Held, LeaseLimits, Membership
 from ablator.spec import read_spec
 from ablator.store.base import Store
+from ablator.store.retry import Outage, wait_for_store
 from ablator.tpe import outcome_value
 
 # A worker that dies before saying hello this many times in a row means the environment is
@@ -58,6 +58,8 @@ from ablator.tpe import outcome_value
 MAX_STARTUP_FAILURES = 3
 HELLO_TIMEOUT_S = 600.0
 LOG_EVERY_S = 10.0  # a running trial's log is copied to the store this often (when it grew)
+
+T = TypeVar("T")
 
 
 def timing(out: records.Outcome) -> str:
@@ -220,8 +222,7 @@ class Agent:
         self.fatal: str | None = None
         # The store did not answer (StoreUnavailable): since when, and the writes that wait for
         # it (results, failures, releases of trials still held), retried with back-off.
-        self._store_down_since: float | None = None
-        self._store_tries = 0
+        self._outage = Outage(str(options.store), options.store_timeout)
         self._deferred: list[_Deferred] = []
         self.store: Store | None = None
         self._summaries: ThreadPoolExecutor | None = None  # writes trial summaries (see _summarize)
@@ -236,8 +237,17 @@ class Agent:
 
     # -- set-up -----------------------------------------------------------------------------
 
+    def _until_answered(self, doing: str, fn: Callable[[], T]) -> T:
+        """``fn()`` while starting, tried again with the loop's back-off while the store does not
+        answer, until it does, a signal, or ``--store-timeout`` (then StoreUnavailable with the
+        loop's message: the CLI reports it and exits 1)."""
+        return wait_for_store(
+            fn, self._outage, doing=doing, say=self.console.warn, stopped=lambda: self.stop_reason is not None
+        )
+
     def _read_spec(self, store: Store) -> records.ExperimentSpec:
-        spec = read_spec(store)  # verified against its hash: refuses a hand-edited one
+        # verified against its hash: refuses a hand-edited one
+        spec = self._until_answered("reading the experiment", lambda: read_spec(store))
         if spec is None:
             raise AgentError(
                 f"no experiment in {store.url}: create it first with "
@@ -268,8 +278,10 @@ class Agent:
         with contextlib.suppress(Exception):
             probe.close()
         store = self.store = open_store(args.store, force=args.force)
+        self._outage.url = store.url
         spec = self.spec = self._read_spec(store)
-        self_test(store)  # two racing creates on a scratch key: refuses a store that lets both win
+        # two racing creates on a scratch key: refuses a store that lets both win
+        self._until_answered("testing the store", lambda: self_test(store))
         for note in store.capabilities().notes:  # SMB/9p/FUSE caveats, a forced store, fault injection
             self.console.warn(f"store {store.url}: {note}")
         exp = self.exp = X.experiment_from_dict(spec.experiment, source=f"{store.url}/{layout.EXPERIMENT}")
@@ -283,7 +295,8 @@ class Agent:
         if spec.code_sha256:
             from ablator.codesnap import activate, ensure_code
 
-            self.code_dir = str(ensure_code(store, spec.code_sha256))
+            sha = spec.code_sha256
+            self.code_dir = str(self._until_answered("downloading the code", lambda: ensure_code(store, sha)))
             activate(self.code_dir)
 
         # Devices and slots (GPU bookkeeping: ablator.agent.slots).
@@ -465,6 +478,12 @@ class Agent:
         try:
             try:
                 self.setup()
+            except StoreUnavailable:
+                self._shutdown_workers(kill=True)
+                if self.stop_reason is None:
+                    raise  # --store-timeout: the message says how long the store was silent
+                self.console.info(f"{self.stop_reason} while starting (waiting for the store); exiting")
+                return self.exit_code
             except BaseException:
                 self._shutdown_workers(kill=True)
                 raise
@@ -480,10 +499,18 @@ class Agent:
                 self.console.info(f"the experiment in {self.store_url} was stopped (ablator stop); exiting")
                 self._shutdown_workers(kill=False)
                 return 0
-            self._start_membership()
-            if self.stop_reason is not None or self.fatal:
-                self.console.info(f"{self.stop_reason or self.fatal}; exiting before any claim")
-                return 1 if self.fatal else self.exit_code
+            try:
+                # The first heartbeat (nothing may be claimed before it is written) and the
+                # budget (with extensions) for the first line.
+                self._until_answered("writing the first heartbeat", self._lease[0].start)
+                self._until_answered("reading the budget", self._lease[1].budget)
+            except StoreUnavailable:
+                if self.stop_reason is None:
+                    raise
+            if self.stop_reason is not None:
+                self.console.info(f"{self.stop_reason}; exiting before any claim")
+                self._shutdown_workers(kill=False)
+                return self.exit_code
             self._describe()
             return self._loop()
         finally:
@@ -589,21 +616,6 @@ class Agent:
         self._show_status()
         return self.exit_code
 
-    def _start_membership(self) -> None:
-        """The first heartbeat (nothing may be claimed before it is written), retried with
-        back-off while the store does not answer, until a signal or ``--store-timeout``."""
-        while True:
-            try:
-                self._lease[0].start()
-                self._store_answers()
-                return
-            except StoreUnavailable as exc:
-                wake = self._store_trouble(exc, "writing the first heartbeat")
-            while time.monotonic() < wake:
-                if self.stop_reason is not None or self.fatal:
-                    return
-                time.sleep(min(0.1, max(0.0, wake - time.monotonic())))
-
     def _busy(self) -> bool:
         return any(st.run is not None for st in self.slots) or bool(self._deferred)
 
@@ -613,27 +625,17 @@ class Agent:
         """The store did not answer while ``doing``: note it, and return when to try again
         (exponential back-off with jitter). A store silent for ``--store-timeout`` ends the
         agent (its trials are taken over after their lease)."""
-        now = time.monotonic()
-        if self._store_down_since is None:
-            self._store_down_since = now
-            self._store_tries = 0
+        if self._outage.since is None:
             self.console.warn(f"the store did not answer ({doing}): {exc}; retrying with back-off")
-        self._store_tries += 1
-        down = now - self._store_down_since
-        limit = self.options.store_timeout
-        if down > limit and not self.fatal:
-            self.fatal = (
-                f"the store {self.store_url} has not answered for {down:.0f} s (--store-timeout {limit:g} s); "
-                f"last error: {exc}. Trials this agent held are taken over by other agents after their lease"
-            )
-        delay = min(30.0, 0.2 * 2 ** min(self._store_tries, 8))
-        return now + random.uniform(delay / 2, delay)
+        wake = time.monotonic() + self._outage.failed()
+        if self._outage.expired() and not self.fatal:
+            self.fatal = f"{self._outage.gave_up(exc)}. Trials this agent held are taken over by other agents after their lease"
+        return wake
 
     def _store_answers(self) -> None:
-        if self._store_down_since is not None:
-            down = time.monotonic() - self._store_down_since
+        down = self._outage.answered()
+        if down is not None:
             self.console.info(f"the store answers again (after {down:.1f} s)")
-            self._store_down_since = None
 
     def _defer(self, what: str, write: Callable[[], None], exc: StoreUnavailable) -> None:
         """Keep a write the store did not take, to try again until it succeeds or the lease is lost."""

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from ablator.errors import ConfigError
+from ablator.store.retry import DEFAULT_STORE_TIMEOUT
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,7 +33,7 @@ class AgentOptions:
     heartbeat_seconds: float | None = None
     grace_seconds: float = 30.0
     progress_seconds: float = 30.0
-    store_timeout: float = 600.0  # seconds the store may not answer before the agent gives up
+    store_timeout: float = DEFAULT_STORE_TIMEOUT  # seconds the store may not answer before the agent gives up
     fresh_worker: bool = False
     force: bool = False
     quiet: bool = False
@@ -139,7 +140,7 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--store-timeout",
         type=positive_seconds,
-        default=600.0,
+        default=DEFAULT_STORE_TIMEOUT,
         help="seconds the store may not answer (transient errors, retried with back-off) before the agent gives up",
     )
     p.add_argument("--fresh-worker", action="store_true", help="a new worker process for every trial")

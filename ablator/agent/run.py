@@ -33,10 +33,10 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -48,9 +48,11 @@ from ablator.records import Outcome
 from ablator.spec import checked_experiment, read_spec
 from ablator.store import open_store
 from ablator.store.base import Store
+from ablator.store.retry import DEFAULT_STORE_TIMEOUT, Outage, wait_for_store
 from ablator.train.progress import ProgressLike
 
 DEFAULT_ROOT = "ablator-runs"
+T = TypeVar("T")
 
 
 def run(
@@ -63,6 +65,7 @@ def run(
     from_store: str | os.PathLike[str] | Store | None = None,
     device: str | None = None,
     progress: ProgressLike = True,
+    store_timeout: float = DEFAULT_STORE_TIMEOUT,
 ) -> Outcome:
     """Run one trial of an experiment in this process and return its :class:`Outcome`.
 
@@ -73,11 +76,13 @@ def run(
     index (default 0, the baseline); ``store``: a private or a launched store (default
     ``./ablator-runs/<name>``); ``overrides``: ``--set`` values (``config.train.epochs=2``);
     ``from_store``: take the experiment and the trial's recorded spec from that store instead.
+    ``store_timeout``: seconds the store may not answer while the trial is being set up
+    (transient errors are retried with back-off, as an agent does) before run gives up.
     """
     from ablator import experiment as X
     from ablator.train.execute import execute_trial
 
-    exp, spec_recorded = _load(experiment, from_store, overrides, trial or 0)
+    exp, spec_recorded = _load(experiment, from_store, overrides, trial or 0, store_timeout)
     entry = X.validate(exp)
     index = trial or 0
     metric = (exp.metric.name, exp.metric.mode)
@@ -95,8 +100,10 @@ def run(
         target = open_store(f"memory://ablator-smoke-{uuid.uuid4().hex}")
     else:
         target = open_store(store if store is not None else Path(DEFAULT_ROOT) / exp.name)
+    patient = _Patience(target.url, store_timeout)
 
-    launched = read_spec(target)  # verified against its hash: an edited one is refused, not run
+    # verified against its hash: an edited one is refused, not run
+    launched = patient("reading the experiment", lambda: read_spec(target))
     if spec_recorded is not None:
         spec = spec_recorded
     else:
@@ -104,12 +111,16 @@ def run(
 
         budget = X.budget(exp, entry)
         # A launched experiment may have grown (--extend); a private store runs the plan as is.
-        spec = _spec(exp, index, entry, read_budget(target, budget) if launched is not None else budget)
+        if launched is not None:
+            budget = patient("reading the budget", lambda: read_budget(target, budget))
+        spec = _spec(exp, index, entry, budget)
     if launched is not None:
-        return _run_launched(exp, entry, spec, target, launched, index, metric, device, progress, smoke)
+        return _run_launched(
+            exp, entry, spec, target, launched, index, metric, device, progress, smoke, patient
+        )
 
-    _record_private_experiment(target, exp)
-    epoch, spec = _claim_private(target, spec, index)
+    patient("recording the experiment", lambda: _record_private_experiment(target, exp))
+    epoch, spec = patient("claiming the trial", lambda: _claim_private(target, spec, index))
     fence = AttemptFence(target, index, epoch)  # no heartbeat here: nobody else's lease to outlive
     with _ctrl_c_stops(fence):
         try:
@@ -165,6 +176,7 @@ def cli_run(args: Any) -> int:
         from_store=args.from_store,
         device=args.device,
         progress="log" if args.no_progress else True,
+        store_timeout=args.store_timeout,
     )
     # early stopping and divergence are outcomes, not errors; a Ctrl-C stop exits as an interrupt
     # does (130), so that a script running `ablator run` stops too
@@ -175,7 +187,7 @@ def cli_run(args: Any) -> int:
 
 
 def _load(
-    experiment: Any, from_store: Any, overrides: Sequence[str], index: int
+    experiment: Any, from_store: Any, overrides: Sequence[str], index: int, store_timeout: float
 ) -> tuple[Any, records.TrialSpec | None]:
     from ablator import experiment as X
 
@@ -194,12 +206,14 @@ def _load(
             "run --from reruns a trial with the spec recorded in the store; --set does not apply"
         )
     src = open_store(from_store, read_only=True)
+    patient = _Patience(src.url, store_timeout)
     # A launched store, or a private one that `ablator run` wrote (its experiment under its own key).
     where = layout.EXPERIMENT
-    exp_rec = read_spec(src, where, verify=False)  # verified just below, with the schema
+    # verified just below, with the schema
+    exp_rec = patient("reading the experiment", lambda: read_spec(src, layout.EXPERIMENT, verify=False))
     if exp_rec is None:
         where = layout.PRIVATE_EXPERIMENT
-        exp_rec = read_spec(src, where, verify=False)
+        exp_rec = patient("reading the experiment", lambda: read_spec(src, where, verify=False))
     if exp_rec is None:
         raise AblatorError(
             f"--from {src.url}: no {layout.EXPERIMENT} or {layout.PRIVATE_EXPERIMENT} there "
@@ -208,7 +222,7 @@ def _load(
         )
     exp = checked_experiment(exp_rec, f"{src.url}/{where}")
     key = layout.claim(index, 0)
-    data = src.get(key)
+    data = patient("reading the trial's claim", lambda: src.get(key))
     if data is None:
         raise AblatorError(f"--from {src.url}: trial {index} was never started there ({key} is absent)")
     claim = records.decode(data, records.Claim, f"{src.url}/{key}")
@@ -359,6 +373,7 @@ def _run_launched(
     device: str | None,
     progress: ProgressLike,
     smoke: bool,
+    patient: _Patience,
 ) -> Outcome:
     from ablator import experiment as X
     from ablator import lease
@@ -371,10 +386,11 @@ def _run_launched(
         )
     from ablator.store import self_test
 
-    self_test(store)  # as an agent does: refuses a store whose create-if-absent lets two writers win
+    # as an agent does: refuses a store whose create-if-absent lets two writers win
+    patient("testing the store", lambda: self_test(store))
     limits = lease.LeaseLimits.from_limits(exp.limits)
     membership = lease.Membership(store, limits)
-    membership.start()
+    patient("writing the first heartbeat", membership.start)
     try:
         claimer = lease.Claimer(store, membership, budget=X.budget(exp, entry))
 
@@ -385,7 +401,8 @@ def _run_launched(
                 )
             return X.trial_spec(exp, i, entry)
 
-        held = _claim_or_wait(claimer, index, new_spec, limits)
+        # (a claim whose reply was lost is read back by the next try: never held by nobody)
+        held = patient("claiming the trial", lambda: _claim_or_wait(claimer, index, new_spec, limits))
         watch = _StallWatch(progress, held, float(exp.limits.stall_seconds), membership)
         with _ctrl_c_stops(held), watch:
             try:
@@ -462,6 +479,22 @@ def _claim_or_wait(claimer: Any, index: int, new_spec: Any, limits: Any) -> Held
         # Half a heartbeat between looks: the claimer's liveness rule needs reads that often to
         # take a dead holder's trial within lease + 2 heartbeats of its last heartbeat.
         time.sleep(limits.heartbeat_seconds / 2)
+
+
+class _Patience:
+    """A step of run's start that needs the store, tried again while the store does not answer
+    (StoreUnavailable), with the agent's back-off and its message once ``store_timeout`` passes
+    (:func:`ablator.store.retry.wait_for_store`)."""
+
+    def __init__(self, url: str, store_timeout: float) -> None:
+        self.outage = Outage(url, store_timeout)
+
+    def __call__(self, doing: str, fn: Callable[[], T]) -> T:
+        return wait_for_store(fn, self.outage, doing=doing, say=_say)
+
+
+def _say(line: str) -> None:
+    print(f"ablator run: {line}", file=sys.stderr, flush=True)
 
 
 class _StallWatch:

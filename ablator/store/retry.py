@@ -5,6 +5,11 @@ writes and fence checks retry until its lease deadline passes (then the attempt 
 failed). Retries back off exponentially with full jitter, so that many processes do not hammer a
 recovering store in lockstep. Every operation is safe to repeat: ``create`` recognises its own
 body after a lost reply (the read-back), ``replace`` and ``delete`` are idempotent.
+
+The one back-off rule of the code base lives here too (:func:`backoff`), with :class:`Outage`,
+how a process that may wait minutes sees a store that does not answer (the agent's loop, an
+agent's and ``ablator run``'s start), and :func:`wait_for_store`, which tries one step of a
+start again until the store answers or the outage outlasts its timeout.
 """
 
 from __future__ import annotations
@@ -19,6 +24,106 @@ from ablator.errors import StoreUnavailable
 from ablator.store.base import Capabilities, Entry, Store
 
 T = TypeVar("T")
+
+#: Seconds the store may not answer before an agent (``--store-timeout``) or ``ablator run``
+#: gives up: long enough for an NFS server's reboot or an S3 region's bad minutes.
+DEFAULT_STORE_TIMEOUT = 600.0
+
+
+def backoff(tries: int, *, base: float, cap: float) -> float:
+    """Seconds to wait after ``tries`` failures in a row (1, 2, ...): ``base`` doubled each
+    time up to ``cap``, with jitter, so that many processes do not hammer a recovering store in
+    lockstep (at least half the step, so that a failing store is not retried at once)."""
+    step = min(cap, base * 2 ** min(max(tries, 1) - 1, 30))
+    return random.uniform(step / 2, step)
+
+
+class Outage:
+    """The store not answering (:class:`~ablator.errors.StoreUnavailable`) as one process sees
+    it: since when, how long to wait before the next try, and when to give up (``timeout``
+    seconds without an answer). ``limit`` names the timeout in messages (``--store-timeout``)."""
+
+    BASE_S = 0.4  # the first wait; then doubled, up to CAP_S
+    CAP_S = 30.0
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = DEFAULT_STORE_TIMEOUT,
+        *,
+        limit: str = "--store-timeout",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.limit = limit
+        self.clock = clock
+        self.since: float | None = None  # the first failure of this outage (None: the store answers)
+        self.tries = 0
+
+    def failed(self) -> float:
+        """One more failure: the seconds to wait before the next try."""
+        if self.since is None:
+            self.since = self.clock()
+            self.tries = 0
+        self.tries += 1
+        return backoff(self.tries, base=self.BASE_S, cap=self.CAP_S)
+
+    def down(self) -> float:
+        """Seconds since the first failure of this outage (0 while the store answers)."""
+        return 0.0 if self.since is None else self.clock() - self.since
+
+    def expired(self) -> bool:
+        """The store has not answered for longer than ``timeout``: time to give up."""
+        return self.since is not None and self.down() > self.timeout
+
+    def answered(self) -> float | None:
+        """The store answered: how long it had not (None when it was not down)."""
+        if self.since is None:
+            return None
+        down = self.down()
+        self.since = None
+        return down
+
+    def gave_up(self, exc: BaseException) -> str:
+        """What a process says when it gives up (:meth:`expired`)."""
+        return (
+            f"the store {self.url} has not answered for {self.down():.0f} s ({self.limit} {self.timeout:g} s); "
+            f"last error: {exc}"
+        )
+
+
+def wait_for_store(
+    fn: Callable[[], T],
+    outage: Outage,
+    *,
+    doing: str,
+    say: Callable[[str], None],
+    stopped: Callable[[], bool] = lambda: False,
+) -> T:
+    """``fn()``, tried again after :meth:`Outage.failed`'s wait for as long as it raises
+    StoreUnavailable, for a step that cannot go on without the store (an agent's start).
+    ``say`` gets a line when the outage begins and when it ends. Raises StoreUnavailable with
+    :meth:`Outage.gave_up`'s message once the outage expired, and the last error as it is once
+    ``stopped()`` (a signal) while waiting."""
+    while True:
+        try:
+            out = fn()
+        except StoreUnavailable as exc:
+            if outage.since is None:
+                say(f"the store did not answer ({doing}): {exc}; retrying with back-off")
+            wake = outage.clock() + outage.failed()
+            if outage.expired():
+                raise StoreUnavailable(outage.gave_up(exc)) from exc
+            while outage.clock() < wake:
+                if stopped():
+                    raise
+                time.sleep(min(0.1, max(0.0, wake - outage.clock())))
+        else:
+            down = outage.answered()
+            if down is not None:
+                say(f"the store answers again (after {down:.1f} s)")
+            return out
 
 
 class RetryingStore(Store):
@@ -51,7 +156,7 @@ class RetryingStore(Store):
                 self.retries += 1
                 if not self.keep_trying():
                     raise
-                time.sleep(random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1))))
+                time.sleep(backoff(attempt, base=self.backoff, cap=self.max_backoff))
 
     def read(self, key: str) -> bytes:
         return self._call(lambda: self.inner.read(key))
@@ -84,4 +189,4 @@ class RetryingStore(Store):
         self.inner.close()
 
 
-__all__ = ["RetryingStore"]
+__all__ = ["DEFAULT_STORE_TIMEOUT", "Outage", "RetryingStore", "backoff", "wait_for_store"]
