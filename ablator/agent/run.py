@@ -571,25 +571,32 @@ class _StallWatch:
 
 @contextlib.contextmanager
 def _ctrl_c_stops(fence: AttemptFence | Held) -> Iterator[None]:
-    """First Ctrl-C: ask the trial to checkpoint and stop; the second aborts."""
+    """First Ctrl-C or SIGTERM (a preemption, a batch system's time limit): ask the trial to
+    checkpoint and stop, so that it is released, never recorded finished with what it had so far;
+    a second one aborts."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if fence.should_stop:
             raise KeyboardInterrupt
         fence.request_stop()
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         print(
-            "\nablator run: stopping after a checkpoint (Ctrl-C again to abort)", file=sys.stderr, flush=True
+            f"\nablator run: {name}: stopping after a checkpoint (Ctrl-C again to abort)",
+            file=sys.stderr,
+            flush=True,
         )
 
-    signal.signal(signal.SIGINT, handler)
+    for s in previous:
+        signal.signal(s, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _fmt_metrics(values: dict[str, float], limit: int = 6) -> str:

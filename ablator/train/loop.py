@@ -336,7 +336,9 @@ def train(
                     wrapper.on_step_end(state)
                     if state.stop is not None:
                         break
-                    if stop_requested:
+                    if stop_requested and not finished:
+                        # Released at this checkpoint, resumed by the next holder. A stop that
+                        # comes with the last step changes nothing: the trial ran to its end.
                         status = "stopped"
                         break
                     if finished:
