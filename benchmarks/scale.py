@@ -23,6 +23,9 @@ first claims of every agent, its first sight of every other agent).
 
 What should hold (issue 11): a claim costs O(1) requests, and an agent's idle cost (heartbeats,
 liveness scans) does not grow with the number of agents, nor with agents that died (``--dead``).
+``--release 0.1`` makes a tenth of the trial ends releases (preemption): each release is a hint
+every other agent reads once (``agents/released/<id>.msgpack``, at most 8 per scan) and
+looks at once (``exists`` of the next epoch's claim: taken over already?).
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class Run:
     wall_s: float
     claim_requests: int = 0
     claims: int = 0
+    releases: int = 0
 
     @property
     def per_trial(self) -> float:
@@ -117,6 +121,7 @@ def simulate(
     limits: LeaseLimits,
     dead: int = 0,
     seed: int = 0,
+    release: float = 0.0,
 ) -> Run:
     name = f"bench-scale-{os.getpid()}-{n}-{dead}-{seed}"
     inner = memory.MemoryStore(name)
@@ -149,6 +154,7 @@ def simulate(
     trials_counted = 0
     claim_requests = 0  # requests made inside claim_next (scans included), counted part only
     claims = 0
+    releases = 0
     t0 = time.perf_counter()
     while events:
         t, _, k, what = heapq.heappop(events)
@@ -194,6 +200,13 @@ def simulate(
             if held is None:
                 continue
             a.held = None
+            if release and rng.random() < release:
+                # Preempted (a drain, a spot reclaim): released, resumed by whoever takes it.
+                held.release("preempted")
+                if counted:
+                    releases += 1
+                at(t, k, "claim")
+                continue
             held.finish(records.Outcome(status="completed", metrics={"score": 1.0}))
             store.replace(layout.log(held.trial, held.epoch), b"log")  # the agent saves the log
             a.trials += 1
@@ -215,6 +228,7 @@ def simulate(
         wall_s=wall,
         claim_requests=claim_requests,
         claims=claims,
+        releases=releases,
     )
     memory.clear(name)
     return run
@@ -229,17 +243,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lease", type=float, default=120.0)
     p.add_argument("--heartbeat", type=float, default=10.0)
     p.add_argument("--dead", type=int, nargs="+", default=[0], help="dead agents' heartbeats in the store")
+    p.add_argument(
+        "--release",
+        type=float,
+        default=0.0,
+        help="fraction of trial ends that are releases (preemption), resumed by whoever takes them over",
+    )
     args = p.parse_args(argv)
     limits = LeaseLimits(lease_seconds=args.lease, heartbeat_seconds=args.heartbeat)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(
         f"simulated: {args.trial_seconds:g} s trials, lease {args.lease:g} s, heartbeat {args.heartbeat:g} s, "
         f"{args.minutes:g} min per run ({args.warmup:g} min warm-up not counted); "
+        f"{args.release:.0%} of trial ends are releases; "
         f"load average {'/'.join(f'{x:.1f}' for x in load) if load else 'unknown'}"
     )
     header = (
         f"{'agents':>6} {'dead':>5} {'trials':>6} {'req/claim':>9} {'req/trial':>9} {'req/agent-min':>13} "
-        f"{'agents/ req/agent-min':>21} {'LIST/agent-min':>14} {'S3 $/1000 trials':>16} {'wall s':>7}"
+        f"{'agents/ req/agent-min':>21} {'LIST/agent-min':>14} {'S3 $/1000 trials':>16} {'releases':>8} {'wall s':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -252,12 +273,13 @@ def main(argv: list[str] | None = None) -> int:
                 trial_s=args.trial_seconds,
                 limits=limits,
                 dead=dead,
+                release=args.release,
             )
             print(
                 f"{r.agents:>6} {r.dead:>5} {r.trials:>6} {r.per_claim:>9.1f} {r.per_trial:>9.1f} "
                 f"{r.per_agent_minute:>13.1f} "
                 f"{r.agents_area / (r.agents * r.minutes):>21.1f} {r.lists / (r.agents * r.minutes):>14.2f} "
-                f"{r.cost_per_1000_trials:>16.4f} {r.wall_s:>7.1f}",
+                f"{r.cost_per_1000_trials:>16.4f} {r.releases:>8} {r.wall_s:>7.1f}",
                 flush=True,
             )
     return 0

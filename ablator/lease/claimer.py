@@ -42,6 +42,10 @@ BULK_LIST_THRESHOLD = 32
 #: own). Liveness itself comes from the listing, so a scan's cost does not grow with the number
 #: of agents.
 BODY_READS_PER_SCAN = 8
+#: Release hints keys a scan reads at most (of those whose listing entry changed, a random
+#: choice; the rest at the next scans): within one scan for up to this many releasing agents per
+#: heartbeat interval, and a bounded cost per scan however many release at once.
+HINT_READS_PER_SCAN = 8
 
 
 def _fine(e: Entry) -> bool:
@@ -580,25 +584,43 @@ class Claimer:
         # heartbeat was first read in this very scan is not: that body names the same pairs.
         # Entries without an ETag or a sub-second stamp cannot show a change: their heartbeats
         # are read every scan anyway, and carry the same list.
+        # At most HINT_READS_PER_SCAN of them, chosen at random: the rest stay unread (their
+        # entry not recorded) for the next scans. A storm of releases (a fleet of spot machines
+        # reclaimed at once) thus costs an observer a bounded number of reads per interval, still
+        # hands it more takeable trials than it has slots, and -- the choice being random, not the
+        # same for everyone -- lets the fleet as a whole learn of every release within a scan.
+        changed: list[tuple[float, str, Entry]] = []
         for agent_id, e in hints:
             if not _fine(e):
                 continue
             sig = (e.size, e.mtime, e.etag)
             before = self._hints_entry.get(agent_id)
-            self._hints_entry[agent_id] = sig
-            if before == sig or (before is None and agent_id in first_read):
+            if before == sig:
                 continue
+            if before is None and agent_id in first_read:
+                self._hints_entry[agent_id] = sig
+                continue
+            changed.append((self.rng.random(), agent_id, e))
+        changed.sort()
+        for _, agent_id, e in changed[:HINT_READS_PER_SCAN]:
+            self._hints_entry[agent_id] = (e.size, e.mtime, e.etag)
             rec = records.read(self.store, e.key, records.ReleaseHints)
             if rec is not None:
                 self._look_at(rec.released, now)
 
     def _look_at(self, released: list[tuple[int, int]], now: float) -> None:
         """Trials an agent says it released or failed: read each again now (once per pair), not
-        at a re-check scheduled a lease on."""
+        at a re-check scheduled a lease on -- unless it is final here, or ``claim.e<ep+1>``
+        exists: somebody took it over already (as every observer but one finds), and its new
+        holder's heartbeat says the rest. One look instead of a read of the trial keeps a
+        release's cost to each observer at a hints read and a look."""
         for t, ep in released:
-            if (t, ep) not in self._hinted:
-                self._hinted.add((t, ep))
-                self._check_at[t] = min(self._check_at.get(t, now), now)
+            if (t, ep) in self._hinted:
+                continue
+            self._hinted.add((t, ep))
+            if t in self._terminal or self.store.exists(layout.claim(t, ep + 1)):
+                continue
+            self._check_at[t] = min(self._check_at.get(t, now), now)
 
     def _check_gone(self, agent_id: str, hb: records.Heartbeat) -> None:
         """An agent of this very machine (same boot, same pid namespace) whose process (pid and

@@ -14,11 +14,11 @@ import pytest
 
 from ablator import layout, records
 from ablator.lease import Claimer, LeaseLimits, Membership, identity
-from ablator.lease.claimer import BODY_READS_PER_SCAN
+from ablator.lease.claimer import BODY_READS_PER_SCAN, HINT_READS_PER_SCAN
 from ablator.store import Store, open_store
 from ablator.store import clock as clock_mod
 from ablator.store.posix import PosixStore
-from tests.lease.helpers import FakeClock, spec
+from tests.lease.helpers import FakeClock, Wrapped, spec
 
 LIMITS = LeaseLimits(lease_seconds=30.0, heartbeat_seconds=5.0)
 
@@ -332,3 +332,50 @@ def test_a_forced_boot_id_makes_an_agent_look_like_another_machines(tmp_path: Pa
     # a gone process of "another machine" is not known dead here
     assert not identity.dead_here("another-machine", identity.pid_namespace(), 2**22 + 1, 12345)
     assert identity.dead_here(identity.boot_id(), identity.pid_namespace(), 2**22 + 1, 12345)
+
+
+def test_a_storm_of_releases_costs_an_observer_a_bounded_number_of_reads_per_scan(tmp_path: Path) -> None:
+    """More agents release at once than a scan reads hints of: the observer reads at most
+    HINT_READS_PER_SCAN hints keys per scan (the rest at the next one), and a released pair that
+    was taken over already costs it one look, not a read of the trial."""
+    store = Wrapped(open_store(str(tmp_path / "s")))
+    clock = FakeClock()
+    n = HINT_READS_PER_SCAN + 4
+    agents = []
+    for k in range(n):
+        m = Membership(store, LIMITS, clock=clock, host=f"h{k}", agent_id=f"h{k}-1-x", versions={})
+        c = Claimer(store, m, budget=1000)
+        held = c.claim(k, spec)
+        assert held is not None
+        m.beat()
+        agents.append((m, c, held))
+    me = Membership(store, LIMITS, clock=clock, host="me", versions={})
+    me.beat()
+    observer = Claimer(store, me, budget=1000)
+    observer.watch()  # first sight of everyone
+    for m, _, held in agents:
+        held.release("preempted")
+        m.beat()  # writes its hints key
+    # one released trial is taken over by its own releaser's claimer before the observer looks
+    taken = agents[0][1].claim(0, spec)
+    assert taken is not None and taken.epoch == 1
+
+    def hint_reads() -> list[str]:
+        return [k for op, k in store.log if op in ("read", "get") and k.startswith(layout.AGENT_RELEASES_DIR)]
+
+    store.log.clear()
+    clock.advance(LIMITS.heartbeat_seconds)
+    observer.watch()
+    first = hint_reads()
+    assert len(first) == HINT_READS_PER_SCAN
+    looks = [k for op, k in store.log if op == "exists"]
+    store.log.clear()
+    clock.advance(LIMITS.heartbeat_seconds)
+    observer.watch()
+    second = hint_reads()
+    assert len(second) == n - HINT_READS_PER_SCAN and not set(first) & set(second)
+    looks += [k for op, k in store.log if op == "exists"]
+    # each named pair is looked at once: is the next epoch claimed already?
+    assert all(looks.count(layout.claim(k, 1)) == 1 for k in range(n))
+    got = [observer.claim_next(spec) for _ in range(n - 1)]
+    assert sorted((h.trial, h.epoch) for h in got if h is not None) == [(k, 1) for k in range(1, n)]
