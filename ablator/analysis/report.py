@@ -331,7 +331,8 @@ def write_report(
         folder.parent.mkdir(parents=True, exist_ok=True)
         # Written into a fresh folder beside the target, then swapped in: a killed report leaves
         # the previous one whole, and figures of an older report never linger beside new text.
-        work = folder.parent / f".{folder.name}.tmp-{secrets.token_hex(4)}"
+        _clear_leftovers(folder)
+        work = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         work.mkdir()  # (not mkdtemp: the report folder keeps the usual permissions)
     except OSError as exc:
         raise AnalysisError(f"report --out {out}: cannot create the folder: {exc.strerror or exc}") from None
@@ -383,11 +384,33 @@ def _check_out(res: Results, folder: Path) -> Path:
     return folder
 
 
+def _clear_leftovers(folder: Path) -> None:
+    """Delete what killed reports left beside ``folder``: their work folders (``.NAME.tmp-PID-*``)
+    and replaced reports not yet deleted (``.NAME.old-PID-*``), where process PID is gone (a
+    report running now into the same folder keeps its own)."""
+    for kind in ("tmp", "old"):
+        for path in folder.parent.glob(f".{folder.name}.{kind}-*"):
+            pid = path.name[len(f".{folder.name}.{kind}-") :].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def _swap_in(work: Path, folder: Path) -> None:
     """Replace ``folder`` by ``work`` (two renames; the old report is deleted after)."""
     old: Path | None = None
     if folder.exists():
-        old = folder.parent / f".{folder.name}.old-{secrets.token_hex(4)}"
+        old = folder.parent / f".{folder.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
         os.rename(folder, old)
     os.rename(work, folder)
     if old is not None:
