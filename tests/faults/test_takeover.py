@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -338,7 +339,8 @@ def test_a_storm_of_releases_costs_an_observer_a_bounded_number_of_reads_per_sca
     """More agents release at once than a scan reads hints of: the observer reads at most
     HINT_READS_PER_SCAN hints keys per scan (the rest at the next one), and a released pair that
     was taken over already costs it one look, not a read of the trial."""
-    store = Wrapped(open_store(str(tmp_path / "s")))
+    wrapped = Wrapped(open_store(str(tmp_path / "s")))  # logs every operation
+    store = cast(Store, wrapped)
     clock = FakeClock()
     n = HINT_READS_PER_SCAN + 4
     agents = []
@@ -361,20 +363,22 @@ def test_a_storm_of_releases_costs_an_observer_a_bounded_number_of_reads_per_sca
     assert taken is not None and taken.epoch == 1
 
     def hint_reads() -> list[str]:
-        return [k for op, k in store.log if op in ("read", "get") and k.startswith(layout.AGENT_RELEASES_DIR)]
+        return [
+            k for op, k in wrapped.log if op in ("read", "get") and k.startswith(layout.AGENT_RELEASES_DIR)
+        ]
 
-    store.log.clear()
+    wrapped.log.clear()
     clock.advance(LIMITS.heartbeat_seconds)
     observer.watch()
     first = hint_reads()
     assert len(first) == HINT_READS_PER_SCAN
-    looks = [k for op, k in store.log if op == "exists"]
-    store.log.clear()
+    looks = [k for op, k in wrapped.log if op == "exists"]
+    wrapped.log.clear()
     clock.advance(LIMITS.heartbeat_seconds)
     observer.watch()
     second = hint_reads()
     assert len(second) == n - HINT_READS_PER_SCAN and not set(first) & set(second)
-    looks += [k for op, k in store.log if op == "exists"]
+    looks += [k for op, k in wrapped.log if op == "exists"]
     # each named pair is looked at once: is the next epoch claimed already?
     assert all(looks.count(layout.claim(k, 1)) == 1 for k in range(n))
     got = [observer.claim_next(spec) for _ in range(n - 1)]
