@@ -292,10 +292,14 @@ def test_self_test_reports_a_store_error_or_raises_it(tmp_path: Path) -> None:
 
 
 def test_self_test_races_really_overlap(tmp_path: Path) -> None:
-    # The two racers are released together: both are inside create at the same time.
+    # The two racers are released together: both are inside create at the same time. The first
+    # racer (a thread of its own: the self-test's other creates run in this one) to reach the
+    # link waits there for the other; a 10 ms sleep was the old overlap, which a thread
+    # descheduled on a loaded machine misses. Racers that never meet still fail, only slower.
     inside = 0
     peak = 0
     lock = threading.Lock()
+    met = threading.Event()
 
     class Watched(PosixStore):
         def _link(self, src: str, dst: str) -> None:
@@ -303,7 +307,10 @@ def test_self_test_races_really_overlap(tmp_path: Path) -> None:
             with lock:
                 inside += 1
                 peak = max(peak, inside)
-            time.sleep(0.01)
+                if inside == 2:
+                    met.set()
+            if threading.current_thread() is not threading.main_thread():
+                met.wait(5)
             try:
                 super()._link(src, dst)
             finally:
