@@ -65,6 +65,10 @@ def test_live_study_in_the_browser(
         "live",
         config={"steps": 24, "checkpoint_every": 2, "sleep": 0.2},
         design={"kind": "ablation", "repeats": 2, "seed": 1, "ablations": {"shift": {"x": 0.5}}},
+        # The time line below must show one takeover, the kill's: a lease whose fence (after
+        # 3.2 s without a renewal, not 1.2 s) a live agent does not reach on a loaded machine,
+        # next to a browser and a server.
+        limits={"lease_seconds": 4.0},
     )
     launch_toy(store_url, exp)
     server = servers(store_url, serve_env, "--interval", "0.5")
