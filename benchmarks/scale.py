@@ -47,6 +47,7 @@ from ablator import layout, records  # noqa: E402
 from ablator.errors import LeaseLost  # noqa: E402
 from ablator.lease import Claimer, Held, LeaseLimits, Membership  # noqa: E402
 from ablator.store import memory  # noqa: E402
+from ablator.store.clock import StoreClock  # noqa: E402
 from ablator.store.counting import CountingStore  # noqa: E402
 
 PUT_PER_1000 = 0.005  # USD, S3 Standard: PUT, COPY, POST, LIST
@@ -124,9 +125,9 @@ def simulate(
     release: float = 0.0,
 ) -> Run:
     name = f"bench-scale-{os.getpid()}-{n}-{dead}-{seed}"
-    inner = memory.MemoryStore(name)
-    store = CountingStore(inner)
     clock = Clock()
+    inner = memory.MemoryStore(name, clock=clock)  # keys stamped on the simulated clock
+    store = CountingStore(inner)
     rng = random.Random(seed)
     hb = limits.heartbeat_seconds
     # Agents that ran once and died (their last heartbeat is still there).
@@ -137,7 +138,10 @@ def simulate(
     sims: list[SimAgent] = []
     for k in range(n):
         m = Membership(store, limits, clock=clock, host=f"h{k}", agent_id=f"sim-{k}-x", versions={})
-        sims.append(SimAgent(m, Claimer(store, m, budget=budget, rng=random.Random(rng.random()))))
+        c = Claimer(store, m, budget=budget, rng=random.Random(rng.random()))
+        # The store's clock carried forward on the simulated one too (ages of heartbeats, claims).
+        c.store_clock = StoreClock(store, every_s=limits.lease_seconds, clock=clock)
+        sims.append(SimAgent(m, c))
     seq = itertools.count()
     events: list[tuple[float, int, int, str]] = []
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
+from collections.abc import Callable
 
 from ablator import layout, records
 from ablator.errors import AblatorError
@@ -69,25 +70,26 @@ class StoreClock:
     store's time is never overestimated: ages err on the young side, which can only delay a
     takeover, never make one early."""
 
-    def __init__(self, store: Store, *, every_s: float) -> None:
+    def __init__(self, store: Store, *, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.every_s = every_s
+        self.clock = clock  # this process's monotonic clock (a simulation's, in benchmarks/scale.py)
         self._at: tuple[float, float] | None = None  # (store time, time.monotonic()) of the probe
         self._tried = -float("inf")
         self.slack_s = slack(store)
 
     def now(self) -> float | None:
         """The store's time now, or None when it cannot be known."""
-        mono = time.monotonic()
+        mono = self.clock()
         if mono - self._tried >= self.every_s:
             self._tried = mono
             t, _ = probe_now(self.store)
             if t is not None:
-                self._at = (t, time.monotonic())
+                self._at = (t, self.clock())
                 self.slack_s = slack(self.store, t)
         if self._at is None:
             return None
-        return self._at[0] + (time.monotonic() - self._at[1])
+        return self._at[0] + (self.clock() - self._at[1])
 
     def age(self, mtime: float | None) -> float | None:
         """How long ago (seconds, at least 0) a key was last written, on the store's clock, less

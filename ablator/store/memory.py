@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import threading
 import time
+from collections.abc import Callable
 
 from ablator.errors import StoreError
 from ablator.store.base import Capabilities, Entry, Store, check_key, folder_prefix
@@ -18,7 +19,10 @@ class MemoryStore(Store):
     """Keys and bodies in a process-global dict, guarded by one lock (so create-if-absent and
     replace are trivially atomic between threads)."""
 
-    def __init__(self, name: str, *, read_only: bool = False) -> None:
+    def __init__(self, name: str, *, read_only: bool = False, clock: Callable[[], float] = time.time) -> None:
+        # ``clock`` stamps modification times: a simulation passes its own, so that ages on the
+        # store's clock agree with its agents' clocks (benchmarks/scale.py).
+        self.clock = clock
         self.name = name.strip("/")
         self.url = f"memory://{self.name}"
         self.read_only = read_only
@@ -67,14 +71,14 @@ class MemoryStore(Store):
         with _LOCK:
             if key in self._data:
                 return self._data[key][0] == data
-            self._data[key] = (bytes(data), time.time())
+            self._data[key] = (bytes(data), self.clock())
             return True
 
     def replace(self, key: str, data: bytes, *, durable: bool = False) -> None:
         self._check_writable("replace", key)
         check_key(key, self.url)
         with _LOCK:
-            self._data[key] = (bytes(data), time.time())
+            self._data[key] = (bytes(data), self.clock())
 
     def delete(self, key: str) -> None:
         self._check_writable("delete", key)
@@ -83,7 +87,7 @@ class MemoryStore(Store):
             self._data.pop(key, None)
 
     def mtime_resolution(self) -> float:
-        """Stamps are ``time.time()`` floats: as fine as the clock."""
+        """Stamps are the clock's floats (``time.time()``): as fine as the clock."""
         return 0.0
 
     def capabilities(self) -> Capabilities:
