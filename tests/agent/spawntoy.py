@@ -59,6 +59,11 @@ def leaves(config: SpawnConfig, ctx: Any) -> dict[str, float]:
     after it) reports steps until ``<out_dir>/release`` exists, so that the worker is still
     alive while the test looks at trial 0's helper."""
     if ctx.trial == 0:
+        # a grandchild too: the shell starts a sleep in the background and exits at once
+        sleeper = subprocess.run(
+            ["sh", "-c", "sleep 600 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True, check=True
+        )
+        Path(f"{config.out_dir}/grandchild.txt").write_text(sleeper.stdout.strip())
         subprocess.Popen([sys.executable, "-c", HELPER, f"{config.out_dir}/left-{os.getpid()}.txt"])
         deadline = time.monotonic() + 60
         while not list(Path(config.out_dir).glob("left-*.txt")):
