@@ -1,8 +1,9 @@
 """Liveness: an observer's judgement of other agents, on the observer's own monotonic clock only.
 
 A holder is dead when the (agent, counter) value it last saw has not changed for the holder's
-declared lease since its first sight. Wall clocks are never compared. See docs/protocol.md
-"Liveness".
+declared lease since its first sight (or since the value was written, where the caller aged the
+write on the store's clock: ``since``). Wall clocks are never compared. See docs/protocol.md
+"Who is alive".
 """
 
 from __future__ import annotations
