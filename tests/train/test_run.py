@@ -298,8 +298,10 @@ def test_run_takes_over_a_killed_runs_trial_from_its_checkpoint(
 
 
 def _short_lease(exp: Path, extra: str = "") -> None:
+    # Short, but a live holder must not fence itself on a loaded machine (heartbeats a second
+    # late were seen at load 10+): fence after 4 - 2 x 0.4 = 3.2 s without a renewal.
     text = exp.read_text().replace(
-        "lease_seconds: 30, heartbeat_seconds: 2", f"lease_seconds: 3, heartbeat_seconds: 0.5{extra}"
+        "lease_seconds: 30, heartbeat_seconds: 2", f"lease_seconds: 4, heartbeat_seconds: 0.4{extra}"
     )
     exp.write_text(text)
 
@@ -322,10 +324,12 @@ def _start_run(exp: Path, url: Path, env: dict[str, str], cwd: Path) -> subproce
 
 def _wait_for(proc: subprocess.Popen[str], text: str) -> None:
     assert proc.stderr is not None
+    seen: list[str] = []
     for line in proc.stderr:
         if text in line:
             return
-    pytest.fail(f"no {text!r} line; exit {proc.wait()}")
+        seen.append(line)
+    pytest.fail(f"no {text!r} line; exit {proc.wait()}; its output:\n{''.join(seen[-40:])}")
 
 
 @pytest.mark.procs
@@ -337,13 +341,23 @@ def test_a_waiting_run_takes_over_a_frozen_holder_and_a_stop_record_ends_a_wait(
     exp = write_experiment(tmp_path, entry="SlowWrapper", epochs=4, sleep=0.05)
     _short_lease(exp)
     url = tmp_path / "launched"
+    # Each holder trains 8 batches, then holds (alive, renewing, not done) until the stop record
+    # exists: the waiting runs below meet a live holder however slowly they start on a loaded
+    # machine (a run that starts after the frozen holder's heartbeat is a lease old takes the
+    # trial at once, without waiting; a holder that finished first leaves nothing to wait for).
+    stop_record = url / layout.STOP
+    exp.write_text(
+        exp.read_text().replace(
+            "step_sleep: 0.05}", f"step_sleep: 0.05, hold_file: '{stop_record}', hold_after: 8}}"
+        )
+    )
     launch(exp, url)
     first = _start_run(exp, url, child_env, tmp_path)
     _wait_for(first, "| step 8/48")
-    first.send_signal(signal.SIGSTOP)
     try:
         second = _start_run(exp, url, child_env, tmp_path)
         _wait_for(second, "waiting to take it over")
+        first.send_signal(signal.SIGSTOP)
         _wait_for(second, "took over trial 1")
         # the new holder is alive and renewing: a third run waits, then a stop record ends its wait
         third = _start_run(exp, url, child_env, tmp_path)

@@ -3,6 +3,7 @@ processes of the kill/resume tests, so nothing here depends on pytest)."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -24,6 +25,10 @@ class TinyModel(ModelConfig, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     n_classes: C.Annotated[int | None, Derived] = None
     with_test: bool = False
     step_sleep: float = 0.0  # seconds per training batch (a slow trial, for signal tests)
+    # After ``hold_after`` training batches (of this process), wait until ``hold_file`` exists:
+    # a holder that stays alive and renewing, not done, for as long as a test needs.
+    hold_file: str = ""
+    hold_after: int = 0
 
 
 class TinyConfig(RunConfig[TinyModel], frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -125,15 +130,22 @@ def tiny_config(**train: Any) -> TinyConfig:
 
 
 class SlowWrapper(TinyWrapper):
-    """Sleeps ``model.step_sleep`` per training batch."""
+    """Sleeps ``model.step_sleep`` per training batch; holds at ``model.hold_file``."""
 
     def loss(self, model: nn.Module, batch: Any) -> Any:
-        if model.training and self.step_sleep:
-            time.sleep(self.step_sleep)
+        if model.training:
+            self.batches += 1
+            if self.hold_file and self.batches > self.hold_after:
+                while not os.path.exists(self.hold_file):
+                    time.sleep(0.05)
+            if self.step_sleep:
+                time.sleep(self.step_sleep)
         return super().loss(model, batch)
 
     def make_model(self, config: TinyConfig) -> nn.Module:
         self.step_sleep = config.model.step_sleep
+        self.hold_file, self.hold_after = config.model.hold_file, config.model.hold_after
+        self.batches = 0
         return super().make_model(config)
 
 
