@@ -263,7 +263,11 @@ class Agent:
         # Look before opening for writes: a writable local store is created when absent, and a
         # mistyped path must not leave an empty folder behind.
         try:
-            probe = open_store(args.store, read_only=True, force=args.force)
+            probe = self._until_answered(
+                "opening the store", lambda: open_store(args.store, read_only=True, force=args.force)
+            )
+        except StoreUnavailable:
+            raise
         except StoreError as exc:
             if "no such folder" not in str(exc):
                 raise
@@ -277,7 +281,9 @@ class Agent:
         self._read_spec(probe)
         with contextlib.suppress(Exception):
             probe.close()
-        store = self.store = open_store(args.store, force=args.force)
+        store = self.store = self._until_answered(
+            "opening the store", lambda: open_store(args.store, force=args.force)
+        )
         self._outage.url = store.url
         spec = self.spec = self._read_spec(store)
         # two racing creates on a scratch key: refuses a store that lets both win

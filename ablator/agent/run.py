@@ -98,9 +98,12 @@ def run(
         if store is not None:
             raise AblatorError("--smoke runs in a throwaway in-memory store; drop --store")
         target = open_store(f"memory://ablator-smoke-{uuid.uuid4().hex}")
+        patient = _Patience(target.url, store_timeout)
     else:
-        target = open_store(store if store is not None else Path(DEFAULT_ROOT) / exp.name)
-    patient = _Patience(target.url, store_timeout)
+        where = store if store is not None else Path(DEFAULT_ROOT) / exp.name
+        patient = _Patience(str(where), store_timeout)
+        target = patient("opening the store", lambda: open_store(where))
+        patient.outage.url = target.url
 
     # verified against its hash: an edited one is refused, not run
     launched = patient("reading the experiment", lambda: read_spec(target))

@@ -41,7 +41,8 @@ def backoff(tries: int, *, base: float, cap: float) -> float:
 class Outage:
     """The store not answering (:class:`~ablator.errors.StoreUnavailable`) as one process sees
     it: since when, how long to wait before the next try, and when to give up (``timeout``
-    seconds without an answer). ``limit`` names the timeout in messages (``--store-timeout``)."""
+    seconds without an answer). ``limit`` names the timeout in messages (``--store-timeout``);
+    ``clock`` and ``sleep`` are what waits are timed and spent with (fake ones in tests)."""
 
     BASE_S = 0.4  # the first wait; then doubled, up to CAP_S
     CAP_S = 30.0
@@ -53,11 +54,13 @@ class Outage:
         *,
         limit: str = "--store-timeout",
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.url = url
         self.timeout = timeout
         self.limit = limit
         self.clock = clock
+        self.sleep = sleep
         self.since: float | None = None  # the first failure of this outage (None: the store answers)
         self.tries = 0
 
@@ -118,7 +121,7 @@ def wait_for_store(
             while outage.clock() < wake:
                 if stopped():
                     raise
-                time.sleep(min(0.1, max(0.0, wake - outage.clock())))
+                outage.sleep(min(0.1, max(0.0, wake - outage.clock())))
         else:
             down = outage.answered()
             if down is not None:

@@ -21,15 +21,16 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 import threading
 from collections.abc import Iterable
 
 import msgspec
 
 from ablator import layout, records
-from ablator.errors import StoreError, UntrustedStoreError
+from ablator.errors import StoreError, StoreUnavailable, UntrustedStoreError
 from ablator.store.base import TMP_PREFIX, Capabilities, Store
-from ablator.store.posix import DISK_FULL_ERRNOS, disk_full
+from ablator.store.posix import DISK_FULL_ERRNOS, TRANSIENT_ERRNOS, disk_full
 
 MOUNTINFO = "/proc/self/mountinfo"
 
@@ -257,15 +258,25 @@ def check_local_root(
     no atomic create.
     """
     root = os.path.abspath(root)
-    if os.path.exists(root) and not os.path.isdir(root):
+    try:
+        found: os.stat_result | None = os.stat(root)
+    except FileNotFoundError:
+        found = None
+    except OSError as exc:
+        # A soft NFS mount that does not answer says EIO or ESTALE here: the store is away for
+        # now (the agent waits for it), not missing.
+        cls = StoreUnavailable if exc.errno in TRANSIENT_ERRNOS else StoreError
+        raise cls(f"store {root}: cannot look at the folder: {exc}") from exc
+    if found is not None and not stat.S_ISDIR(found.st_mode):
         raise StoreError(f"store {root}: exists and is not a folder")
-    if not os.path.isdir(root):
+    if found is None:
         if read_only:
             raise StoreError(f"store {root}: no such folder (opened read-only, so it was not created)")
         try:
             os.makedirs(root, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"store {root}: cannot create the folder: {exc}") from exc
+            cls = StoreUnavailable if exc.errno in TRANSIENT_ERRNOS else StoreError
+            raise cls(f"store {root}: cannot create the folder: {exc}") from exc
 
     mounts = read_mounts(mountinfo)
     mount = mount_for(root, mounts) if mounts is not None else None

@@ -8,6 +8,8 @@ waiting, so that it covers the start whatever the machine's load (the spec file 
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import subprocess
 import sys
@@ -20,9 +22,11 @@ import pytest
 from testkit import child_env
 
 from ablator import layout, records
+from ablator.errors import StoreUnavailable
 from ablator.ops import launch
-from ablator.store import faults
+from ablator.store import faults, open_store
 from ablator.store.faults import Rule, write_spec
+from ablator.store.retry import Outage, backoff, wait_for_store
 from tests.agent.conftest import (
     ROOT,
     AgentProc,
@@ -257,3 +261,68 @@ def test_ablator_run_waits_out_an_outage_while_it_starts(
     res = read(store, layout.result(1), records.Result)
     assert res.status == "completed" and res.epoch == 0
     assert records_of(store, 1, "failed") == {}
+
+
+# --- the pieces, in this process ---------------------------------------------------------------------
+
+
+def test_a_local_store_folder_that_does_not_answer_is_unavailable_not_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A soft NFS mount answers EIO when its server is away: the agent must wait for the store,
+    not say there is no experiment ("no such folder")."""
+    root = tmp_path / "store"
+    root.mkdir()
+    real_stat = os.stat
+    failures = [3]
+
+    def stat(path: Any, *args: Any, **kw: Any) -> os.stat_result:
+        if os.fspath(path) == str(root) and failures[0] > 0:
+            failures[0] -= 1
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(root))
+        return real_stat(path, *args, **kw)
+
+    monkeypatch.setattr(os, "stat", stat)
+    with pytest.raises(StoreUnavailable, match="cannot look at the folder"):
+        open_store(str(root), read_only=True)
+    said: list[str] = []
+    outage = Outage(str(root), 60.0)
+    store = wait_for_store(
+        lambda: open_store(str(root), read_only=True), outage, doing="opening the store", say=said.append
+    )
+    assert store.url.endswith("/store") and failures == [0]
+    assert said[0].startswith("the store did not answer (opening the store)")
+    assert said[-1].startswith("the store answers again") and outage.since is None
+
+
+def test_wait_for_store_gives_up_after_the_timeout_with_the_message() -> None:
+    now = [1000.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    outage = Outage("s3://bucket/exp", 120.0, clock=lambda: now[0], sleep=sleep)
+    calls = [0]
+
+    def never() -> None:
+        calls[0] += 1
+        now[0] += 50.0  # each try takes 50 s (a slow timeout); the waits between them add a little
+        raise StoreUnavailable(f"read 'experiment.json' failed: SlowDown (try {calls[0]})")
+
+    with pytest.raises(StoreUnavailable) as caught:
+        wait_for_store(never, outage, doing="reading the experiment", say=lambda _: None)
+    # first failure at 1050; the fourth try (after waits of at most 0.4 + 0.8 + 1.6 s) finds the
+    # store silent for 150 to 153 s > 120 s
+    assert calls[0] == 4
+    msg = str(caught.value)
+    assert msg.startswith("the store s3://bucket/exp has not answered for 15"), msg
+    assert msg.endswith(
+        " s (--store-timeout 120 s); last error: read 'experiment.json' failed: SlowDown (try 4)"
+    )
+
+
+def test_backoff_doubles_with_jitter_up_to_its_cap() -> None:
+    for tries, step in [(1, 0.4), (2, 0.8), (3, 1.6), (7, 25.6), (8, 30.0), (60, 30.0)]:
+        waits = [backoff(tries, base=0.4, cap=30.0) for _ in range(50)]
+        assert all(step / 2 <= w <= step for w in waits), (tries, min(waits), max(waits))
+        assert len(set(waits)) > 1  # jittered: processes do not retry in lockstep
