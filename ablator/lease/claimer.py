@@ -820,10 +820,12 @@ class Claimer:
     def _create_new(
         self, i: int, new_spec: NewSpec, can_run: CanRun | None, declined: _DeclinedBy
     ) -> Held | None:
-        if i in self._specs:
+        if i in self._specs and any(t == i for t, _ in self.membership.held()):
             # Claimed already, by this agent (a stale entry of the free list, or the cursor met
             # it): trying again would _hold and then _drop a pair we may still be running,
-            # unlisting it from our heartbeat until an observer takes it over.
+            # unlisting it from our heartbeat until an observer takes it over. (Claimed once and
+            # no longer held, yet pending: its records were deleted by hand. Claim it afresh,
+            # or no agent ever would, and ours would never see the experiment done.)
             return None
         spec = new_spec(i)
         if can_run is not None and not can_run(spec):
@@ -936,6 +938,9 @@ class Claimer:
         if len(unknown) > BULK_LIST_THRESHOLD and not self._cheap_stat:
             grouped = group_by_trial(self.store.list(layout.TRIALS_DIR))
         free = [i for i in range(budget) if i not in existing]
+        if self._terminal:
+            # a final trial whose folder is gone (deleted by hand) is final no more: new again
+            self._terminal.difference_update(free)
         # A free index whose block head is claimed is most likely the tail of a block its owner
         # is still walking: racing the owner for it would lose almost every time. Such tails
         # become claimable only if a later sweep finds them still free (an owner that stopped).

@@ -336,8 +336,12 @@ def test_an_entry_left_out_of_the_snapshot_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.procs
-def test_an_agent_exits_after_a_trial_folder_is_deleted_mid_run(tmp_path: Path, agents: Any) -> None:
+@pytest.mark.parametrize("repeatedly", [False, True])
+def test_an_agent_exits_after_a_trial_folder_is_deleted_mid_run(
+    tmp_path: Path, agents: Any, repeatedly: bool
+) -> None:
     import shutil
+    import time
 
     from .conftest import wait_for
 
@@ -350,7 +354,17 @@ def test_an_agent_exits_after_a_trial_folder_is_deleted_mid_run(tmp_path: Path, 
     agent = agents(str(store))
     metrics = store / layout.metrics_dir(0)
     wait_for("trial 0's first metric chunk", lambda: metrics.is_dir() and any(metrics.iterdir()))
-    shutil.rmtree(store / layout.trial_dir(0))  # an operator's mistake while the trial runs
+    if repeatedly:
+        # its metrics deleted again and again: the trial's writes fail (its attempts fail), then
+        # everything of it goes, claims included: a trial this agent claimed before is pending
+        # again, and must be claimed afresh (it used to be skipped for good: the agent hung)
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:
+            shutil.rmtree(metrics, ignore_errors=True)
+            time.sleep(0.001)
+    shutil.rmtree(
+        store / layout.trial_dir(0), ignore_errors=True
+    )  # an operator's mistake while the trial runs
     assert agent.wait(120) == 0, agent.output()  # not a hang
     st = open_store(store)
     assert st.get(layout.result(1)) is not None
