@@ -5,8 +5,8 @@ once, then runs one trial after another as the parent asks. A segfault, an OOM k
 error kills only the child; the parent writes the failure and starts a new one.
 
 Parent and child talk over two dedicated pipes (:mod:`ablator.agent.protocol`); the child's
-stdout and stderr go to a local log file that the parent copies, bounded, into the store after
-each trial. The parent holds the lease. The child writes only what ``execute_trial`` writes
+stdout and stderr go through a pipe to a local log file that the parent keeps bounded (the head
+and the tail of each trial's output, :class:`TrialLog`) and copies into the store after each trial. The parent holds the lease. The child writes only what ``execute_trial`` writes
 (metric chunks and checkpoints under its own epoch) and checks its fence before each write:
 
 * the parent renews a monotonic deadline after every successful heartbeat (same host, so the
@@ -25,6 +25,7 @@ import errno
 import fcntl
 import os
 import queue
+import select
 import signal
 import subprocess
 import sys
@@ -423,13 +424,16 @@ class Worker:
         # A trial is one process on one device, even when a cluster launcher started the agent.
         child_env = trial_environment(os.environ, env)
         child_env["PYTHONUNBUFFERED"] = "1"  # the log shows what the trial printed before a crash
-        # O_APPEND: the parent truncates the file between trials while the child writes on.
-        with open(self.log_path, "ab") as log:
+        # The child's output goes through a pipe that this process reads into a bounded file: a
+        # trial printing without end must not fill the local disk (a file the child appended to
+        # directly would hold everything until the trial ended).
+        out_r, out_w = os.pipe()
+        try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ablator.agent.worker", str(to_child_r), str(from_child_w)],
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=out_w,
                 stderr=subprocess.STDOUT,
                 env=child_env,
                 close_fds=True,
@@ -437,8 +441,14 @@ class Worker:
                 # started with it
                 start_new_session=True,
             )
+        except BaseException:
+            os.close(out_r)
+            raise
+        finally:
+            os.close(out_w)
         os.close(to_child_r)
         os.close(from_child_w)
+        self.log = TrialLog(self.log_path, out_r)
         for fd in (self.to_child, self.from_child):
             fl = fcntl.fcntl(fd, fcntl.F_GETFL)
             fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
@@ -543,22 +553,8 @@ class Worker:
 
     def read_log(self, limit: int = LOG_LIMIT, *, truncate: bool = False) -> bytes:
         """The child's output since the last truncation, at most ``limit`` bytes (its head and
-        tail, reading no more than that); ``truncate`` starts the next trial's log afresh."""
-        try:
-            with open(self.log_path, "r+b") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size <= limit:
-                    data = f.read(size)
-                else:
-                    half = limit // 2
-                    head = f.read(half)
-                    f.seek(size - half)
-                    data = head + f"\n[... {size - 2 * half} bytes cut ...]\n".encode() + f.read(half)
-                if truncate:
-                    f.truncate(0)
-        except OSError:
-            return b""
-        return data
+        tail); ``truncate`` starts the next trial's log afresh."""
+        return self.log.read(limit, reset=truncate)
 
     def take_log(self, limit: int = LOG_LIMIT) -> bytes:
         """The child's output since the last call, at most ``limit`` bytes (head and tail)."""
@@ -569,8 +565,142 @@ class Worker:
         for fd in (self.to_child, self.from_child):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self.log.close()
         with contextlib.suppress(OSError):
             self.log_path.unlink()
+
+
+def cut_marker(left_out: int) -> bytes:
+    """The line that stands, in a bounded log, for the ``left_out`` bytes between head and tail."""
+    return f"\n[... {left_out} bytes cut ...]\n".encode()
+
+
+def head_and_tail(data: bytes, limit: int = LOG_LIMIT) -> bytes:
+    """``data`` if it fits in ``limit`` bytes, else its first and last ``limit // 2`` bytes with
+    a :func:`cut_marker` between them: the one rule for a bounded log."""
+    if len(data) <= limit:
+        return data
+    half = limit // 2
+    return data[:half] + cut_marker(len(data) - 2 * half) + data[len(data) - half :]
+
+
+class TrialLog:
+    """A worker's output, read from its pipe by a thread into a local file that never holds more
+    than :data:`LOG_LIMIT` bytes: the first ``LOG_LIMIT // 2`` bytes of the trial's output at the
+    start of the file, the last ``LOG_LIMIT // 2`` in a ring after them (:func:`head_and_tail`'s
+    rule, kept as the output arrives). :meth:`read` first drains what the pipe holds, so a log
+    taken after the child reported a trial's end has everything the trial printed before it.
+    """
+
+    def __init__(self, path: Path, fd: int, limit: int = LOG_LIMIT) -> None:
+        self.path = path
+        self._head = limit // 2
+        self._ring = limit // 2
+        self._total = 0  # bytes of output since the last reset, kept or cut
+        self._pipe = fd
+        self._lock = threading.Lock()  # pipe reads and file writes happen together under it
+        self._file = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.set_blocking(fd, False)
+        self._wake_r, self._wake_w = os.pipe()
+        self._eof = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._pump, name=f"log-{path.name}", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        poller = select.poll()
+        poller.register(self._pipe, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while True:
+            events = poller.poll()
+            if any(fd == self._wake_r for fd, _ in events):
+                return
+            with self._lock:
+                self._drain()
+                if self._eof:  # the child and every process that shared its output ended
+                    return
+
+    def _drain(self) -> None:
+        """Read what the pipe holds now into the file (under the lock)."""
+        while not self._eof and not self._closed:
+            try:
+                data = os.read(self._pipe, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._eof = True
+                return
+            if not data:
+                self._eof = True
+                return
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            if self._total < self._head:
+                n = min(len(data), self._head - self._total)
+                os.pwrite(self._file, data[:n], self._total)
+                self._total += n
+                data = data[n:]
+            if len(data) > self._ring:  # only the last ring's worth of it can be kept
+                self._total += len(data) - self._ring
+                data = data[-self._ring :]
+            while data:
+                pos = (self._total - self._head) % self._ring
+                n = min(len(data), self._ring - pos)
+                os.pwrite(self._file, data[:n], self._head + pos)
+                self._total += n
+                data = data[n:]
+        except OSError:
+            # A full or failing local disk loses log lines, never the trial: the bytes still
+            # count, so the log says how much it is missing.
+            self._total += len(data)
+
+    def read(self, limit: int = LOG_LIMIT, *, reset: bool = False) -> bytes:
+        """The output since the last reset, at most ``limit`` bytes (head and tail, with a
+        marker saying how many bytes were left out: :func:`head_and_tail`); ``reset`` starts the
+        next trial's log afresh."""
+        with self._lock:
+            self._drain()
+            total = self._total
+            try:
+                if total <= limit and total <= self._head + self._ring:
+                    data = self._span(0, total)
+                else:
+                    h = min(limit // 2, self._head, total)
+                    t = min(limit // 2, self._ring, total - h)
+                    data = self._span(0, h) + cut_marker(total - h - t) + self._span(total - t, total)
+                if reset:
+                    self._total = 0
+                    os.ftruncate(self._file, 0)
+            except OSError:
+                return b""
+        return data
+
+    def _span(self, start: int, end: int) -> bytes:
+        """Output bytes ``start:end`` from the file (those kept: the head, or the ring's tail)."""
+        out = b""
+        if start < self._head:
+            n = min(end, self._head) - start
+            out += os.pread(self._file, n, start)
+            start += n
+        while start < end:  # in the ring, which holds the last ``_ring`` bytes
+            pos = (start - self._head) % self._ring
+            n = min(end - start, self._ring - pos)
+            out += os.pread(self._file, n, self._head + pos)
+            start += n
+        return out
+
+    def close(self) -> None:
+        """Stop reading and close the file (the caller removes it)."""
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        self._thread.join()
+        with self._lock:
+            self._closed = True
+            for fd in (self._pipe, self._file, self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 def _trial_progress(report: Callable[..., None]) -> Any:

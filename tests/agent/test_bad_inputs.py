@@ -3,11 +3,14 @@ each is refused with a clear message, or handled with the right numbers."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -606,7 +609,8 @@ def test_a_trial_that_prints_hundreds_of_megabytes_is_capped_and_the_study_goes_
 ) -> None:
     from ablator.agent.worker import LOG_LIMIT
 
-    def study(name: str, mb: int) -> tuple[int, Any]:
+    def study(name: str, mb: int) -> tuple[int, int, Any]:
+        """The agent's peak memory, the largest local log seen while it ran, and the store."""
         exp = experiment(
             entry="tests.agent.weirdtoy:trial",
             config={"how": "noisy", "mb": mb},
@@ -614,25 +618,52 @@ def test_a_trial_that_prints_hundreds_of_megabytes_is_capped_and_the_study_goes_
         )
         store = str(tmp_path / name)
         launch_toy(store, exp)
-        out = subprocess.run(
-            [sys.executable, "-c", MEASURED_AGENT, store, "--cpu", "--slots", "1"],
-            env=agent_env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-        return int(out.stdout.strip().splitlines()[-1]), open_store(store)
+        local = tmp_path / f"{name}-tmp"  # the agent's temp folder, which holds the workers' logs
+        local.mkdir()
+        env = dict(agent_env, TMPDIR=str(local))
+        largest, seen = 0, 0
+        with (tmp_path / f"{name}.out").open("w+") as out:
+            agent = subprocess.Popen(
+                [sys.executable, "-c", MEASURED_AGENT, store, "--cpu", "--slots", "1"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            try:
+                while agent.poll() is None:
+                    # both the size and the disk space: a sparse file must not pass for a small one
+                    for f in local.glob("ablator-agent-*/*.log"):
+                        with contextlib.suppress(FileNotFoundError):
+                            info = f.stat()
+                            largest = max(largest, info.st_size, info.st_blocks * 512)
+                            seen += 1
+                    time.sleep(0.01)
+                agent.wait(300)
+            finally:
+                if agent.poll() is None:
+                    agent.kill()
+                    agent.wait()
+            out.seek(0)
+            text = out.read()
+        assert agent.returncode == 0, text[-3000:]
+        assert seen > 0  # the local logs were looked at while the trials printed
+        return int(text.strip().splitlines()[-1]), largest, open_store(store)
 
-    quiet, _ = study("quiet", 0)
+    quiet, _, _ = study("quiet", 0)
     mb = 96  # to stdout and to stderr each, per trial: 384 MiB in all
-    peak, st = study("noisy", mb)
+    peak, largest, st = study("noisy", mb)
     # the agent never holds a log whole: its peak is the quiet study's, give or take a few log copies
     assert peak < quiet + 16 * LOG_LIMIT, (peak, quiet)
+    # nor does its local disk: the log file keeps the head and the tail, no more
+    assert largest <= LOG_LIMIT + 64 * 1024, largest
     assert sorted(results(st)) == [0, 1]  # the study went on
     for trial in (0, 1):
         log = st.get(layout.log(trial, 0))
         assert log is not None and len(log) <= LOG_LIMIT + 200
         text = log.decode(errors="replace")
-        assert "bytes cut ...]" in text and "[out 0]" in text  # the head and the tail are kept
-        assert "[end of output]" in text
+        assert "[out 0]" in text and "[end of output]" in text  # the head and the tail are kept
+        # the marker says how much was left out: all of the output but what was kept
+        (cut,) = re.findall(r"\[\.\.\. (\d+) bytes cut \.\.\.\]", text)
+        kept = len(log) - len(f"\n[... {cut} bytes cut ...]\n")
+        assert int(cut) + kept >= 2 * mb * 1024 * 1024
