@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--store-timeout",
         type=positive_seconds,
         default=DEFAULT_STORE_TIMEOUT,
-        help="seconds the store may not answer while the trial is set up (retried with back-off)",
+        help="seconds the store may not answer, while the trial is set up or trains (retried with back-off)",
     )
     _add_set(p)
 

@@ -41,14 +41,27 @@ from typing import Any, TypeVar, cast
 import msgspec
 
 from ablator import layout, lineage, records
-from ablator.errors import AblatorError, ExperimentMismatch, LeaseLost, TrialFailed, exception_text
+from ablator.errors import (
+    AblatorError,
+    ExperimentMismatch,
+    LeaseLost,
+    StoreUnavailable,
+    TrialFailed,
+    exception_text,
+)
 from ablator.lease import AttemptFence, Held, Membership
 from ablator.pruners import pruner_of
 from ablator.records import Outcome
 from ablator.spec import checked_experiment, read_spec
 from ablator.store import open_store
 from ablator.store.base import Store
-from ablator.store.retry import DEFAULT_STORE_TIMEOUT, Outage, wait_for_store
+from ablator.store.retry import (
+    DEFAULT_STORE_TIMEOUT,
+    Outage,
+    RetryingStore,
+    unavailable_cause,
+    wait_for_store,
+)
 from ablator.train.progress import ProgressLike
 
 DEFAULT_ROOT = "ablator-runs"
@@ -76,8 +89,10 @@ def run(
     index (default 0, the baseline); ``store``: a private or a launched store (default
     ``./ablator-runs/<name>``); ``overrides``: ``--set`` values (``config.train.epochs=2``);
     ``from_store``: take the experiment and the trial's recorded spec from that store instead.
-    ``store_timeout``: seconds the store may not answer while the trial is being set up
-    (transient errors are retried with back-off, as an agent does) before run gives up.
+    ``store_timeout``: seconds the store may not answer (transient errors are retried with
+    back-off, as an agent does: while the trial is set up, while it trains, and for its last
+    record) before run gives up; on a launched store the lease may run out first (then the
+    trial is left to be taken over, never failed: docs/failures.md).
     """
     from ablator import experiment as X
     from ablator.train.execute import execute_trial
@@ -124,13 +139,16 @@ def run(
 
     patient("recording the experiment", lambda: _record_private_experiment(target, exp))
     epoch, spec = patient("claiming the trial", lambda: _claim_private(target, spec, index))
-    fence = AttemptFence(target, index, epoch)  # no heartbeat here: nobody else's lease to outlive
+    # No lease to outlive here (nobody else's heartbeat judges this run): the trial's writes wait
+    # for the store until --store-timeout, as the start does.
+    training = RetryingStore(target, keep_trying=lambda: True, outage=patient.outage, say=_say)
+    fence = AttemptFence(training, index, epoch)
     with _ctrl_c_stops(fence):
         try:
             outcome = execute_trial(
                 entry,
                 spec,
-                target,
+                training,
                 index,
                 epoch,
                 fence=fence,
@@ -143,24 +161,37 @@ def run(
         except LeaseLost:
             raise
         except BaseException as exc:
+            gone = unavailable_cause(exc)
+            if gone is not None:  # the store, not the trial: nothing to record, nothing lost
+                raise StoreUnavailable(
+                    f"{gone}. Trial {index} was not failed: run the same command again once the store "
+                    "answers, to resume it from its last checkpoint"
+                ) from exc
             _write_failure(target, index, epoch, exc)
             _raise_trial_failed(exc, index, target.url, layout.failed(index, epoch))
     if outcome.status == "stopped":
         rec = records.Release(
             trial=index, epoch=epoch, agent_id=_agent_id(), reason="interrupted", step=outcome.checkpoint_step
         )
-        target.create(layout.release(index, epoch), records.encode(rec))
-    else:
-        fence.check()
-        result = records.Result.of(
-            outcome,
-            trial=index,
-            epoch=epoch,
-            agent_id=_agent_id(),
-            lineage=lineage.chain(target, index, epoch),
+        patient(
+            "writing the release", lambda: target.create(layout.release(index, epoch), records.encode(rec))
         )
-        if target.create(layout.result(index), records.encode(result), durable=True):
-            _summarize(target, index, exp)
+    else:
+        final = AttemptFence(target, index, epoch)  # on the store itself: patient() retries it
+
+        def write_result() -> bool:
+            final.check()
+            result = records.Result.of(
+                outcome,
+                trial=index,
+                epoch=epoch,
+                agent_id=_agent_id(),
+                lineage=lineage.chain(target, index, epoch),
+            )
+            return target.create(layout.result(index), records.encode(result), durable=True)
+
+        if patient("writing the result", write_result):
+            _summarize(target, index, exp, patient)
     _print_summary(exp, index, spec, target, outcome)
     return outcome
 
@@ -271,11 +302,18 @@ def _spec(exp: Any, index: int, entry: Any, budget: int | None = None) -> record
 # --- private stores ---------------------------------------------------------------------------
 
 
-def _summarize(store: Store, index: int, exp: Any) -> None:
-    """The finished trial's one-file summary for analysis (``layout.trial_summary``)."""
+def _summarize(store: Store, index: int, exp: Any, patient: _Patience) -> None:
+    """The finished trial's one-file summary for analysis (``layout.trial_summary``), waiting for
+    the store like every other write. The summary is derived from the records (readers fall back
+    to them without it): a store that stays away for --store-timeout costs a warning, not the
+    finished trial's exit status."""
     from ablator.analysis.snapshot import write_trial_summary
 
-    write_trial_summary(store, index, ablation=exp.design.kind == "ablation")
+    ablation = exp.design.kind == "ablation"
+    try:
+        patient("writing the trial's summary", lambda: write_trial_summary(store, index, ablation=ablation))
+    except StoreUnavailable as exc:
+        _say(f"trial {index}'s summary was not written ({exc}); analysis reads its records instead")
 
 
 def _record_private_experiment(store: Store, exp: Any) -> None:
@@ -406,16 +444,26 @@ def _run_launched(
 
         # (a claim whose reply was lost is read back by the next try: never held by nobody)
         held = patient("claiming the trial", lambda: _claim_or_wait(claimer, index, new_spec, limits))
+        # As an agent's worker trains: every write and fence check waits for the store while
+        # the lease lasts (the heartbeat thread renews it, and fences the trial once renewals
+        # have failed for lease - 2 heartbeats); past it the attempt is fenced, never failed.
+        training = RetryingStore(
+            store,
+            keep_trying=lambda: held.closed is None and time.monotonic() < held.valid_until(),
+            outage=patient.outage,
+            say=_say,
+        )
+        fence = _TrainingFence(held, AttemptFence(training, index, held.epoch))
         watch = _StallWatch(progress, held, float(exp.limits.stall_seconds), membership)
-        with _ctrl_c_stops(held), watch:
+        with _ctrl_c_stops(fence), watch:
             try:
                 outcome = execute_trial(
                     entry,
                     held.spec,
-                    store,
+                    training,
                     index,
                     held.epoch,
-                    fence=held,
+                    fence=fence,
                     device=device,
                     progress=watch,
                     smoke=smoke,
@@ -423,25 +471,90 @@ def _run_launched(
                     agent_id=membership.agent_id,
                     pruner=pruner_of(exp.design),
                 )
-            except LeaseLost:
-                raise
+            except LeaseLost as exc:
+                _lease_lost(held, index, str(exc))
             except KeyboardInterrupt:
-                with contextlib.suppress(LeaseLost):
+                with contextlib.suppress(AblatorError):
                     held.release("aborted (Ctrl-C)")
                 raise
             except BaseException as exc:
-                with contextlib.suppress(LeaseLost):
-                    held.fail("exception", exception_text(exc), "".join(traceback.format_exception(exc)))
+                gone = unavailable_cause(exc)
+                if gone is not None:
+                    _store_gone(held, index, gone, patient.outage)
+                message, tb = exception_text(exc), "".join(traceback.format_exception(exc))
+                with contextlib.suppress(LeaseLost):  # not ours any more: its next holder runs it again
+                    patient("writing the failure record", lambda: held.fail("exception", message, tb))
                 _raise_trial_failed(exc, index, store.url, layout.failed(index, held.epoch))
-        if outcome.status == "stopped":
-            held.release("interrupted", outcome.checkpoint_step)
-        else:
-            if held.finish(outcome):
-                _summarize(store, index, exp)
+        # The last record, retried until the store takes it or the lease is lost (the
+        # heartbeat fences the trial after lease - 2 heartbeats without a renewal).
+        try:
+            if outcome.status == "stopped":
+                patient("writing the release", lambda: held.release("interrupted", outcome.checkpoint_step))
+            elif patient("writing the result", lambda: held.finish(outcome)):
+                _summarize(store, index, exp, patient)
+        except LeaseLost as exc:
+            _lease_lost(held, index, str(exc))
+        except StoreUnavailable as exc:
+            _store_gone(held, index, exc, patient.outage)
     finally:
         membership.close()
     _print_summary(exp, index, held.spec, store, outcome)
     return outcome
+
+
+def _lease_lost(held: Held, index: int, why: str) -> None:
+    """The attempt lost its lease (fenced after failed renewals, taken over, or a result
+    appeared): as an agent reports a fenced worker, never as a failure. Raises LeaseLost with
+    what happens to the trial next (the CLI exits 1: this run did not finish it)."""
+    held.lose(why)
+    raise LeaseLost(
+        f"{why}. Trial {index} was not failed: it is left to be taken over (an agent or a later "
+        "`ablator run` resumes it from its last checkpoint)"
+    )
+
+
+def _store_gone(held: Held, index: int, exc: StoreUnavailable, outage: Outage) -> None:
+    """Training or the last record ended on a store that did not answer: past --store-timeout
+    run gives up with the outage's message; before it, only the lease ran out. Either way the
+    trial is left, never failed."""
+    if outage.expired():
+        held.lose(str(exc))
+        raise StoreUnavailable(
+            f"{exc}. Trial {index} was not failed: it is taken over after its lease (an agent or a later "
+            "`ablator run` resumes it from its last checkpoint)"
+        ) from exc
+    _lease_lost(held, index, f"the store did not answer before the lease ran out: {exc}")
+
+
+class _TrainingFence:
+    """The fence of a trial ``ablator run`` trains in this process (a
+    :class:`~ablator.train.Fence`): the membership's own deadline first (``held``: renewals that
+    failed for lease - 2 heartbeats fence it, as they fence an agent's trials), then the
+    takeover/result rule through ``attempt`` (an :class:`AttemptFence` on the retrying store, as
+    an agent's worker checks it). A loss found either way lets go of ``held``. Stops are
+    ``held``'s (Ctrl-C here, an operator's ``ablator stop`` through the heartbeat)."""
+
+    def __init__(self, held: Held, attempt: AttemptFence) -> None:
+        self.held = held
+        self.attempt = attempt
+
+    def check(self) -> None:
+        """Raise LeaseLost unless this run may still write for its trial."""
+        self.held.check(remote=False)
+        try:
+            self.attempt.check()
+        except LeaseLost as exc:
+            self.held.lose(str(exc))
+            raise
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether the trainer should checkpoint and return."""
+        return self.held.should_stop
+
+    def request_stop(self) -> None:
+        """Ask the trainer to checkpoint at its next chance and return."""
+        self.held.request_stop()
 
 
 def _claim_or_wait(claimer: Any, index: int, new_spec: Any, limits: Any) -> Held:
@@ -573,7 +686,7 @@ class _StallWatch:
 
 
 @contextlib.contextmanager
-def _ctrl_c_stops(fence: AttemptFence | Held) -> Iterator[None]:
+def _ctrl_c_stops(fence: AttemptFence | _TrainingFence) -> Iterator[None]:
     """First Ctrl-C or SIGTERM (a preemption, a batch system's time limit): ask the trial to
     checkpoint and stop, so that it is released, never recorded finished with what it had so far;
     a second one aborts."""

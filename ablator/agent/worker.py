@@ -43,6 +43,7 @@ from ablator.engines.environment import trial_environment
 from ablator.errors import LeaseLost, exception_text
 from ablator.lease.fence import AttemptFence
 from ablator.records import Environment
+from ablator.store.retry import unavailable_cause
 
 # --- the child -------------------------------------------------------------------------------
 
@@ -224,7 +225,7 @@ class _Child:
         except LeaseLost as exc:
             reply: Any = P.Fenced(message=str(exc))
         except BaseException as exc:
-            unavailable = _store_unavailable(exc)
+            unavailable = unavailable_cause(exc)
             if fence.lost is not None:
                 reply = P.Fenced(message=fence.lost)
             elif unavailable is not None:
@@ -363,20 +364,6 @@ class _PeakMemory:
             return int(torch.cuda.max_memory_reserved() // 2**20) + self.CONTEXT_MB
         except Exception:
             return None
-
-
-def _store_unavailable(exc: BaseException) -> BaseException | None:
-    """The StoreUnavailable in ``exc``'s chain of causes (a trainer may wrap it), or None."""
-    from ablator.errors import StoreUnavailable
-
-    cur: BaseException | None = exc
-    for _ in range(16):
-        if cur is None:
-            return None
-        if isinstance(cur, StoreUnavailable):
-            return cur
-        cur = cur.__cause__ or cur.__context__
-    return None
 
 
 def _is_ablator_error(exc: BaseException) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -129,9 +130,27 @@ def wait_for_store(
             return out
 
 
+def unavailable_cause(exc: BaseException) -> StoreUnavailable | None:
+    """The StoreUnavailable in ``exc``'s chain of causes (a trainer may wrap it), or None: an
+    attempt that ended on it ended for the store, not for its own code, and is never failed."""
+    cur: BaseException | None = exc
+    for _ in range(16):
+        if cur is None:
+            return None
+        if isinstance(cur, StoreUnavailable):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 class RetryingStore(Store):
     """``inner``, retrying operations that raise StoreUnavailable while ``keep_trying()`` is
-    true (checked after each failure); the last error is raised once it is not."""
+    true (checked after each failure); the last error is raised once it is not.
+
+    ``outage`` (optional): the process's view of the outage (:class:`Outage`), told of every
+    failure and of the answer that ends it, with a line to ``say`` for each; once it has lasted
+    its timeout the operation raises StoreUnavailable with :meth:`Outage.gave_up`'s message
+    (``ablator run`` training on a store that stays away for ``--store-timeout``)."""
 
     def __init__(
         self,
@@ -140,6 +159,8 @@ class RetryingStore(Store):
         *,
         backoff: float = 0.1,
         max_backoff: float = 2.0,
+        outage: Outage | None = None,
+        say: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.inner = inner
         self.url = inner.url
@@ -147,40 +168,57 @@ class RetryingStore(Store):
         self.keep_trying = keep_trying
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.outage = outage
+        self.say = say
+        self._lock = threading.Lock()  # the outage is shared by the threads that write (checkpoints)
         self.retries = 0  # failed tries so far (for tests and logs)
 
-    def _call(self, fn: Callable[[], T]) -> T:
+    def _call(self, fn: Callable[[], T], doing: str) -> T:
         attempt = 0
         while True:
             try:
-                return fn()
-            except StoreUnavailable:
+                out = fn()
+            except StoreUnavailable as exc:
                 attempt += 1
                 self.retries += 1
+                if self.outage is not None:
+                    with self._lock:
+                        if self.outage.since is None:
+                            self.say(f"the store did not answer ({doing}): {exc}; retrying with back-off")
+                        self.outage.failed()
+                        if self.outage.expired():
+                            raise StoreUnavailable(self.outage.gave_up(exc)) from exc
                 if not self.keep_trying():
                     raise
                 time.sleep(backoff(attempt, base=self.backoff, cap=self.max_backoff))
+            else:
+                if attempt and self.outage is not None:
+                    with self._lock:
+                        down = self.outage.answered()
+                    if down is not None:
+                        self.say(f"the store answers again (after {down:.1f} s)")
+                return out
 
     def read(self, key: str) -> bytes:
-        return self._call(lambda: self.inner.read(key))
+        return self._call(lambda: self.inner.read(key), f"read {key}")
 
     def stat(self, key: str) -> Entry | None:
-        return self._call(lambda: self.inner.stat(key))
+        return self._call(lambda: self.inner.stat(key), f"stat {key}")
 
     def list(self, prefix: str) -> builtins.list[Entry]:
-        return self._call(lambda: self.inner.list(prefix))
+        return self._call(lambda: self.inner.list(prefix), f"list {prefix}")
 
     def list_dirs(self, prefix: str) -> builtins.list[str]:
-        return self._call(lambda: self.inner.list_dirs(prefix))
+        return self._call(lambda: self.inner.list_dirs(prefix), f"list {prefix}")
 
     def create(self, key: str, data: bytes, *, durable: bool = False) -> bool:
-        return self._call(lambda: self.inner.create(key, data, durable=durable))
+        return self._call(lambda: self.inner.create(key, data, durable=durable), f"create {key}")
 
     def replace(self, key: str, data: bytes, *, durable: bool = False) -> None:
-        self._call(lambda: self.inner.replace(key, data, durable=durable))
+        self._call(lambda: self.inner.replace(key, data, durable=durable), f"replace {key}")
 
     def delete(self, key: str) -> None:
-        self._call(lambda: self.inner.delete(key))
+        self._call(lambda: self.inner.delete(key), f"delete {key}")
 
     def mtime_resolution(self) -> float:
         return self.inner.mtime_resolution()
@@ -192,4 +230,11 @@ class RetryingStore(Store):
         self.inner.close()
 
 
-__all__ = ["DEFAULT_STORE_TIMEOUT", "Outage", "RetryingStore", "backoff", "wait_for_store"]
+__all__ = [
+    "DEFAULT_STORE_TIMEOUT",
+    "Outage",
+    "RetryingStore",
+    "backoff",
+    "unavailable_cause",
+    "wait_for_store",
+]
