@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -103,12 +104,12 @@ def _url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("s3_url"))
 
 
-def _launch(url: str, tmp_path: Path, lease: float, heartbeat: float) -> tuple[Path, Path]:
+def _launch(url: str, tmp_path: Path, lease: float, heartbeat: float, **config: Any) -> tuple[Path, Path]:
     """One toy trial that checkpoints every 2 steps and steps on until ``hold`` exists."""
     hold = tmp_path / "hold"
     exp = experiment(
         "runoutage",
-        config={"steps": 4, "checkpoint_every": 2, "sleep": 0.05, "hold_file": str(hold)},
+        config={"steps": 4, "checkpoint_every": 2, "sleep": 0.05, "hold_file": str(hold), **config},
         design={"kind": "random", "trials": 1, "seed": 1, "space": {"x": {"range": [0.0, 1.0]}}},
         # any failure record would be final (and is asserted absent anyway)
         limits={"max_attempts": 1, "lease_seconds": lease, "heartbeat_seconds": heartbeat},
@@ -277,3 +278,48 @@ def test_a_private_store_rides_out_an_outage_mid_trial(
     hold.touch()
     assert run.wait(240) == 0, run.output()
     _completed_once(url, epoch=0, at_least=5)  # held past step 4 by the outage
+
+
+def test_the_result_waits_for_the_store_while_the_lease_holds(
+    tmp_path: Path, start_run: Callable[..., RunProc], spec_path: Path
+) -> None:
+    """Only the result's key fails as the trial ends (its last fence checks and the result
+    itself): run keeps the trial held and writes the result once the store takes it."""
+    url = str(tmp_path / "store")
+    exp, hold = _launch(url, tmp_path, lease=4.0, heartbeat=0.4)
+    run = start_run(exp, url)
+    _mid_trial(run)
+    _outage(spec_path, "ESTALE", layout.result(0))
+    hold.touch()  # the trial ends into the outage
+    wait_for("run waiting for the store", lambda: WAITING in run.output() or run.exited(), timeout=120)
+    time.sleep(1.0)  # a few failed tries; the heartbeats go on meanwhile, so nothing fences
+    _lift(spec_path)
+    assert run.wait(240) == 0, run.output()
+    assert ANSWERS in run.output(), run.output()
+    _completed_once(url, epoch=0, at_least=4)
+    assert sorted(records_of(open_(url), 0, "claim")) == [0]
+
+
+def test_a_failure_record_waits_for_the_store_and_is_written_once(
+    tmp_path: Path, start_run: Callable[..., RunProc], spec_path: Path
+) -> None:
+    """The trial raises while its failure record's key does not answer: run retries the record
+    until the store takes it (the heartbeat keeps the trial held), then reports the failure."""
+    url = str(tmp_path / "store")
+    exp, _ = _launch(url, tmp_path, lease=4.0, heartbeat=0.4, mode="raise", fail_at=3)
+    _outage(spec_path, "EIO", layout.failed(0, 0))
+    run = start_run(exp, url)
+    wait_for(
+        "run waiting to record the failure",
+        lambda: f"{WAITING} (writing the failure record)" in run.output() or run.exited(),
+        timeout=180,
+    )
+    time.sleep(1.0)
+    _lift(spec_path)
+    assert run.wait(240) == 1, run.output()
+    out = run.output()
+    assert "toy trial 0 raised at step 3 on purpose" in out and ANSWERS in out, out
+    store = open_(url)
+    failures = records_of(store, 0, "failed")
+    assert sorted(failures) == [0] and "raised at step 3" in failures[0].message, failures
+    assert not store.exists(layout.result(0))
