@@ -167,7 +167,7 @@ def run(
                     f"{gone}. Trial {index} was not failed: run the same command again once the store "
                     "answers, to resume it from its last checkpoint"
                 ) from exc
-            _write_failure(target, index, epoch, exc)
+            _write_failure(target, index, epoch, exc, patient)
             _raise_trial_failed(exc, index, target.url, layout.failed(index, epoch))
     if outcome.status == "stopped":
         rec = records.Release(
@@ -381,7 +381,10 @@ def _host() -> str:
     return socket.gethostname()
 
 
-def _write_failure(store: Store, index: int, epoch: int, exc: BaseException) -> None:
+def _write_failure(store: Store, index: int, epoch: int, exc: BaseException, patient: _Patience) -> None:
+    """Record a private store's failed attempt (a Ctrl-C abort as a release), waiting for the
+    store up to --store-timeout as every other write does; a record that still cannot be
+    written is given up (the trial's own error is what run reports)."""
     kind: records.FailureKind = "checkpoint" if type(exc).__name__ == "CheckpointError" else "exception"
     if isinstance(exc, KeyboardInterrupt):
         rec_r = records.Release(trial=index, epoch=epoch, agent_id=_agent_id(), reason="aborted (Ctrl-C)")
@@ -397,7 +400,10 @@ def _write_failure(store: Store, index: int, epoch: int, exc: BaseException) -> 
         traceback="".join(traceback.format_exception(exc)),
     )
     with contextlib.suppress(Exception):  # the original error matters more than this record
-        store.create(layout.failed(index, epoch), records.encode(rec), durable=True)
+        patient(
+            "writing the failure record",
+            lambda: store.create(layout.failed(index, epoch), records.encode(rec), durable=True),
+        )
 
 
 # --- launched stores --------------------------------------------------------------------------
@@ -482,8 +488,13 @@ def _run_launched(
                 if gone is not None:
                     _store_gone(held, index, gone, patient.outage)
                 message, tb = exception_text(exc), "".join(traceback.format_exception(exc))
-                with contextlib.suppress(LeaseLost):  # not ours any more: its next holder runs it again
-                    patient("writing the failure record", lambda: held.fail("exception", message, tb))
+                try:
+                    with contextlib.suppress(LeaseLost):  # not ours any more: its next holder runs it again
+                        patient("writing the failure record", lambda: held.fail("exception", message, tb))
+                except StoreUnavailable as lost:  # past --store-timeout: report the trial's own error
+                    _say(
+                        f"trial {index}'s failure was not recorded ({lost}); it is run again after its lease"
+                    )
                 _raise_trial_failed(exc, index, store.url, layout.failed(index, held.epoch))
         # The last record, retried until the store takes it or the lease is lost (the
         # heartbeat fences the trial after lease - 2 heartbeats without a renewal).

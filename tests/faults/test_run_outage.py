@@ -323,3 +323,27 @@ def test_a_failure_record_waits_for_the_store_and_is_written_once(
     failures = records_of(store, 0, "failed")
     assert sorted(failures) == [0] and "raised at step 3" in failures[0].message, failures
     assert not store.exists(layout.result(0))
+
+
+def test_a_private_store_failure_record_waits_for_the_store(
+    tmp_path: Path, start_run: Callable[..., RunProc], spec_path: Path
+) -> None:
+    exp_dict = experiment(
+        "private",
+        config={"steps": 4, "checkpoint_every": 2, "mode": "raise", "fail_at": 3},
+        design={"kind": "random", "trials": 1, "seed": 1, "space": {"x": {"range": [0.0, 1.0]}}},
+    )
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump(exp_dict))
+    url = str(tmp_path / "private")
+    _outage(spec_path, "ETIMEDOUT", layout.failed(0, 0))
+    run = start_run(exp, url)
+    wait_for(
+        "run waiting to record the failure",
+        lambda: f"{WAITING} (writing the failure record)" in run.output() or run.exited(),
+        timeout=180,
+    )
+    _lift(spec_path)
+    assert run.wait(240) == 1, run.output()
+    failures = records_of(open_(url), 0, "failed")
+    assert sorted(failures) == [0] and "raised at step 3" in failures[0].message, failures
