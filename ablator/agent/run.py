@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import msgspec
 
@@ -513,7 +513,7 @@ def _run_launched(
     return outcome
 
 
-def _lease_lost(held: Held, index: int, why: str) -> None:
+def _lease_lost(held: Held, index: int, why: str) -> NoReturn:
     """The attempt lost its lease (fenced after failed renewals, taken over, or a result
     appeared): as an agent reports a fenced worker, never as a failure. Raises LeaseLost with
     what happens to the trial next (the CLI exits 1: this run did not finish it)."""
@@ -524,7 +524,7 @@ def _lease_lost(held: Held, index: int, why: str) -> None:
     )
 
 
-def _store_gone(held: Held, index: int, exc: StoreUnavailable, outage: Outage) -> None:
+def _store_gone(held: Held, index: int, exc: StoreUnavailable, outage: Outage) -> NoReturn:
     """Training or the last record ended on a store that did not answer: past --store-timeout
     run gives up with the outage's message; before it, only the lease ran out. Either way the
     trial is left, never failed."""
