@@ -35,12 +35,15 @@ from filelock import FileLock
 
 from ablator import layout
 from ablator.errors import AblatorError, ConfigError, StoreError, StoreUnavailable
-from ablator.store.base import Store
+from ablator.store.base import RecordTooLarge, Store
 
 MAX_SNAPSHOT_BYTES = 256 * 1024**2
 """The largest snapshot ``launch --code`` uploads (data and checkpoints belong in .gitignore)."""
 MAX_UNPACKED_BYTES = 2 * 1024**3
 """The most an agent unpacks from one snapshot (a zip bomb must not fill the disk)."""
+MAX_ZIP_BYTES = MAX_SNAPSHOT_BYTES + 64 * 1024**2
+"""The most an agent reads of a stored snapshot: the files' limit and the zip's own headers (a
+few hundred bytes a file; deflate never grows a file by more than a fraction of a percent)."""
 # Never worth shipping, with or without a .gitignore: byte code is rebuilt on import.
 _ALWAYS_SKIPPED_DIRS = {".git", "__pycache__"}
 _ALWAYS_SKIPPED_SUFFIXES = (".pyc", ".pyo")
@@ -325,7 +328,10 @@ def upload(store: Store, snap: Snapshot) -> None:
         return
     # Somebody else's bytes under our hash: either the same snapshot written by an older
     # ablator (another zip of the same files) or a corrupt upload. Only the latter is replaced.
-    existing = store.get(key)
+    try:
+        existing = store.get(key, max_bytes=MAX_ZIP_BYTES)
+    except RecordTooLarge:
+        existing = None  # not a snapshot this ablator wrote: replaced like a corrupt one
     if existing is None or sha256_hex(existing) != snap.sha256:
         store.replace(key, snap.data, durable=True)
 
@@ -441,7 +447,7 @@ def ensure_code(store: Store, sha256: str, cache_dir: str | os.PathLike[str] | N
             return target
         key = layout.code(sha256)
         try:
-            data = store.read(key)
+            data = store.read(key, max_bytes=MAX_ZIP_BYTES)
         except FileNotFoundError:
             raise CodeSnapshotError(
                 f"code snapshot {key!r} is missing from {store.url} (the `code_sha256` of {layout.EXPERIMENT} "

@@ -12,6 +12,7 @@ result records it: ``[(epoch, resumed_from_step), ...]``.
 from __future__ import annotations
 
 from ablator import layout, records
+from ablator.errors import CorruptRecordError
 from ablator.store.base import Store
 
 
@@ -101,3 +102,13 @@ def canonical_rows(store: Store, trial: int, epoch: int) -> list[records.MetricR
         if bound is not None:
             floor = bound
     return rows
+
+
+def stored_log(store: Store, index: int, epoch: int) -> bytes:
+    """Trial ``index``'s log of attempt ``epoch`` (empty when there is none). A log over the
+    store's size limit (never one an agent wrote: they are bounded) reads as one line saying so,
+    like any unreadable record, instead of being read whole."""
+    try:
+        return store.get(layout.log(index, epoch)) or b""
+    except CorruptRecordError as exc:
+        return f"[log not shown: {exc}]\n".encode()

@@ -373,10 +373,7 @@ class Pruning:
     def _read(self, key: str, type_: type[records.R]) -> records.R | None:
         rec = self._seen.get(key)
         if rec is None:
-            data = self.store.get(key)
-            if data is None:
-                return None
-            rec = records.try_decode(data, type_, key)
+            rec = records.read(self.store, key, type_)
             if rec is None:
                 return None
             self._seen[key] = rec

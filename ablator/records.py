@@ -458,11 +458,12 @@ def try_decode(data: bytes, type_: type[R], key: str) -> R | None:
 def read(store: Store, key: str, type_: type[R]) -> R | None:
     """The record at ``key`` decoded as ``type_``; None when it is absent, or corrupt (then a
     :class:`CorruptRecordWarning` names the key). For readers that must not crash: the one
-    ``get`` + :func:`try_decode` of the code base."""
-    data = store.get(key)
-    if data is None:
-        return None
+    ``get`` + :func:`try_decode` of the code base. A record over the store's size limit
+    (:class:`~ablator.store.base.RecordTooLarge`, refused before it is read) counts as corrupt."""
     try:
+        data = store.get(key)
+        if data is None:
+            return None
         return decode(data, type_, key)
     except CorruptRecordError as exc:
         warnings.warn(str(exc), CorruptRecordWarning, stacklevel=2)

@@ -37,7 +37,7 @@ from ablator.lease import (
 from ablator.running import RunningTrial, running_trials
 from ablator.spec import read_spec, verify_hash
 from ablator.store import Capabilities, Store, open_store
-from ablator.store.base import Entry
+from ablator.store.base import Entry, RecordTooLarge
 from ablator.store.clock import probe_now, slack
 
 #: State names in the order they are printed (the one vocabulary of ``ablator.lease.state``).
@@ -300,12 +300,12 @@ def _config_claim_unchecked(st: TrialState, entries: list[Entry]) -> bool:
 def _config_claim_problem(store: Store, index: int) -> str | None:
     """What is wrong with trial ``index``'s ``claim.e0000``, or None when it decodes (or is gone)."""
     key = layout.claim(index, 0)
-    data = store.get(key)
-    if data is None:
-        return None
     try:
+        data = store.get(key)
+        if data is None:
+            return None
         records.decode(data, records.Claim, key)
-    except CorruptRecordError as exc:
+    except CorruptRecordError as exc:  # torn, or over the size limit (RecordTooLarge)
         return (
             f"trial {index}: {exc}: it is the trial's resolved config, and analysis cannot "
             "read the trial's config from it (a takeover's claim may carry it again; an ablation keeps the "
@@ -550,7 +550,11 @@ def print_status(url: str, *, as_json: bool = False, check: bool = False, watch:
     Returns the exit status: 0, or 1 when ``check`` found the store untrustworthy."""
     store = open_store(url, read_only=True)
     # Reads go through a read-only handle: a mistyped local path is an error, not a new folder.
-    exists = store.get(layout.EXPERIMENT) is not None or store.list_dirs("")
+    try:
+        exists = store.get(layout.EXPERIMENT) is not None or store.list_dirs("")
+    except RecordTooLarge:
+        exists = True  # there, but unreadable: the report lists it as a problem
+
     if not exists:
         raise StoreError(
             f"status {url}: no experiment here (no {layout.EXPERIMENT}, nothing stored); give the store URL that "

@@ -189,12 +189,16 @@ class TpeDesign:
         """Read the journal entries written since the last refresh."""
         while True:
             key = layout.design_event(self._next_seq)
-            data = self.store.get(key)
+            try:
+                data = self.store.get(key)
+            except records.CorruptRecordError as exc:  # over the size limit: skipped like a torn one
+                warnings.warn(str(exc), records.CorruptRecordWarning, stacklevel=2)
+                data = b""
             if data is None:
                 return
             self._next_seq += 1
             self.entries_read += 1
-            event = records.try_decode(data, records.DesignEvent, key)
+            event = records.try_decode(data, records.DesignEvent, key) if data else None
             if event is not None:
                 self._apply(event)
 
@@ -359,8 +363,7 @@ class TpeDesign:
         return found
 
     def _read_point(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        data = self.store.get(key)
-        rec = None if data is None else records.try_decode(data, records.DesignPoint, key)
+        rec = records.read(self.store, key, records.DesignPoint)
         return None if rec is None else (rec.overrides, rec.params)
 
     def discard(self, index: int) -> None:

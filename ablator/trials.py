@@ -21,6 +21,7 @@ import polars as pl
 from ablator import layout, records
 from ablator.errors import AblatorError, StoreError
 from ablator.lease import TERMINAL
+from ablator.lineage import stored_log
 from ablator.spec import decode_spec
 from ablator.store import Store, open_store
 
@@ -189,10 +190,7 @@ def _records(store: Store, index: int) -> tuple[dict[str, dict[int, Any]], bool,
             continue
         parsed = layout.parse_record(tail)
         if parsed is not None and parsed[0] in types:
-            data = store.get(e.key)
-            out[parsed[0]][parsed[1]] = (
-                None if data is None else records.try_decode(data, types[parsed[0]], e.key)
-            )
+            out[parsed[0]][parsed[1]] = records.read(store, e.key, types[parsed[0]])
             continue
         ep = layout.parse_log(index, e.key)
         if ep is not None:
@@ -288,7 +286,7 @@ def show_logs(store: Store, index: int, *, attempt: int | None = None, out: Any 
     newest = max(set().union(*(set(v) for v in recs.values())) | logs)
     for ep in epochs:
         print(_header(index, ep, recs, has_result, newest), file=out)
-        data = store.get(layout.log(index, ep))
+        data = stored_log(store, index, ep)
         text = data.decode("utf-8", "replace") if data else ""
         if text:
             out.write(text if text.endswith("\n") else text + "\n")
@@ -327,7 +325,7 @@ def follow(store: Store, index: int, *, interval: float = FOLLOW_INTERVAL_S, out
             if ep not in headers:
                 print(header, file=out)
                 headers[ep] = header
-            data = (store.get(layout.log(index, ep)) or b"") if ep in logs else b""
+            data = stored_log(store, index, ep) if ep in logs else b""
             start = printed.get(ep, 0)
             if len(data) > start:
                 out.write(data[start:].decode("utf-8", "replace"))

@@ -80,12 +80,13 @@ class _TrialView(Store):
         self._entries = entries
         self._memo: dict[str, bytes] = {}
         self.url = base.url
+        self.max_record_bytes = base.max_record_bytes
         self.read_only = True
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, *, max_bytes: int | None = None) -> bytes:
         data = self._memo.get(key)
         if data is None:
-            data = self._memo[key] = self._base.read(key)
+            data = self._memo[key] = self._base.read(key, max_bytes=max_bytes)
         return data
 
     def list(self, prefix: str) -> list[Entry]:

@@ -431,8 +431,7 @@ def _read_spec(store: Store) -> tuple[records.ExperimentSpec, bool]:
 def _records_under(store: Store, prefix: str, type_: type[records.R]) -> list[records.R]:
     out = []
     for e in store.list(prefix):
-        data = store.get(e.key)
-        if data is not None and (rec := records.try_decode(data, type_, e.key)) is not None:
+        if (rec := records.read(store, e.key, type_)) is not None:
             out.append(rec)
     return out
 

@@ -174,11 +174,13 @@ class SnapshotCache:
 
     def best(self, present: set[int]) -> Loaded | None:
         """The largest snapshot whose trials are all in ``present`` and that passes its checks."""
-        for _count, key, source, location in self._candidates(len(present)):
-            data = source.get(key)
-            if data is None:
-                continue  # deleted since the listing (somebody cleared the cache)
+        for count, key, source, location in self._candidates(len(present)):
             try:
+                # at most ``count`` summaries, each within a record's limit: a hostile file is
+                # refused from its size (RecordTooLarge) before it is read
+                data = source.get(key, max_bytes=count * source.max_record_bytes)
+                if data is None:
+                    continue  # deleted since the listing (somebody cleared the cache)
                 snap, rows, history = decode(data, key)
             except CorruptRecordError as exc:
                 warnings.warn(str(exc), records.CorruptRecordWarning, stacklevel=2)
@@ -200,10 +202,10 @@ class SnapshotCache:
         step = max(1, len(snap.trials) // _SPOT_CHECKS)
         for pos in range(0, len(snap.trials), step):
             i = snap.trials[pos]
-            data = self.store.get(layout.result(i))
-            if data is None:
-                return False
             try:
+                data = self.store.get(layout.result(i))
+                if data is None:
+                    return False
                 result = records.decode(data, records.Result, layout.result(i))
             except CorruptRecordError:
                 return False
@@ -357,7 +359,11 @@ def read_summaries(
 
     def one(i: int) -> CompactTrial | None:
         key = layout.trial_summary(i)
-        data = store.get(key)
+        try:
+            data = store.get(key)
+        except CorruptRecordError as exc:  # over the size limit: read record by record instead
+            warnings.warn(str(exc), records.CorruptRecordWarning, stacklevel=2)
+            return None
         return None if data is None else decode_summary(data, key)
 
     if workers > 1 and len(indices) > 1:

@@ -719,8 +719,7 @@ class Claimer:
         for ep in range(top + 1):
             key = layout.claim(i, ep)
             if layout.basename(key) in names:
-                data = self.store.get(key)
-                c = None if data is None else records.try_decode(data, records.Claim, key)
+                c = records.read(self.store, key, records.Claim)
                 holders[ep] = None if c is None else c.agent_id
         n = 0
         forgiven = self._forgiven.get(i, -1)
@@ -805,7 +804,10 @@ class Claimer:
         """Settle claims whose create went unanswered: ours (the stored body is ours) -> held
         and returned; else let go. Raises StoreError while the store still does not answer."""
         for (i, e), (body, spec) in list(self._unresolved.items()):
-            data = self.store.get(layout.claim(i, e))
+            try:
+                data = self.store.get(layout.claim(i, e))
+            except records.CorruptRecordError:  # over the size limit: not the body we sent
+                data = None
             del self._unresolved[(i, e)]
             if data == body:
                 self._specs[i] = spec

@@ -313,12 +313,12 @@ def budget_of(store: Store, base: int, cache: dict[str, records.Extension | None
     for e in store.list(layout.EXTEND_DIR):
         if e.key in cache:
             continue
-        data = store.get(e.key)
-        if data is None:
-            continue  # listed, then gone (a store copied while it changed): not seen yet
         try:
+            data = store.get(e.key)
+            if data is None:
+                continue  # listed, then gone (a store copied while it changed): not seen yet
             cache[e.key] = records.decode(data, records.Extension, e.key)
-        except records.CorruptRecordError:
+        except records.CorruptRecordError:  # torn, or over the size limit (RecordTooLarge)
             cache[e.key] = None
             fresh.append(e.key)
     readable = sorted((ext for ext in cache.values() if ext is not None), key=lambda ext: ext.k)

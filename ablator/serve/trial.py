@@ -107,14 +107,12 @@ def trial_detail(store: Store, res: Results, index: int, *, log_epoch: int | Non
     for e in entries:
         tail = e.key[len(prefix) :]
         if tail == layout.basename(layout.result(index)):
-            data = store.get(e.key)
-            result = None if data is None else records.try_decode(data, records.Result, e.key)
+            result = records.read(store, e.key, records.Result)
             continue
         parsed = layout.parse_record(tail)
         if parsed is not None:
-            data = store.get(e.key)
-            if data is not None:
-                recs[parsed[0]][parsed[1]] = records.try_decode(data, _TYPES[parsed[0]], e.key)
+            # None when it is torn or over the size limit (or was deleted since it was listed)
+            recs[parsed[0]][parsed[1]] = records.read(store, e.key, _TYPES[parsed[0]])
             continue
         name = layout.basename(e.key)
         es = layout.parse_epoch_step(name)
@@ -209,7 +207,7 @@ def trial_detail(store: Store, res: Results, index: int, *, log_epoch: int | Non
     log_info: dict[str, Any] = {"epochs": sorted(logs), "epoch": None, "text": "", "truncated": False}
     if logs:
         ep = log_epoch if log_epoch in logs else max(logs)
-        data = store.get(layout.log(index, ep)) or b""
+        data = lineage.stored_log(store, index, ep)
         log_info.update(
             epoch=ep,
             size=len(data),

@@ -211,8 +211,7 @@ class StoreView:
             agent_id = layout.parse_agent(e.key)
             if agent_id is None:
                 continue
-            data = self.store.get(e.key)
-            hb = None if data is None else records.try_decode(data, records.Heartbeat, e.key)
+            hb = records.read(self.store, e.key, records.Heartbeat)
             liveness.observe(agent_id, hb)
             first = self._first_sight.setdefault(agent_id, now)
             view = liveness.agents.get(agent_id)

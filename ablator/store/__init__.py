@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from ablator.errors import StoreError, UntrustedStoreError
-from ablator.store.base import Capabilities, Entry, Store
+from ablator.store.base import MAX_RECORD_BYTES, Capabilities, Entry, Store
 from ablator.store.trust import self_test
 
 _SUPPORTED = "a local path or file:// (local disk, NFS), s3://bucket/prefix, memory://name"
@@ -29,7 +29,12 @@ def process_local(url: str | os.PathLike[str] | Store) -> bool:
 
 
 def open_store(
-    url: str | os.PathLike[str] | Store, *, read_only: bool = False, force: bool = False, **options: Any
+    url: str | os.PathLike[str] | Store,
+    *,
+    read_only: bool = False,
+    force: bool = False,
+    max_record_bytes: int = MAX_RECORD_BYTES,
+    **options: Any,
 ) -> Store:
     """Open the store at ``url``.
 
@@ -39,7 +44,9 @@ def open_store(
     A local root that does not exist is created (parents too) unless ``read_only``. A writable
     local store is checked first (:func:`ablator.store.trust.check_local_root`): a file system
     without hard links or a FUSE mount of an object store raises :class:`UntrustedStoreError`
-    unless ``force``. ``options`` go to the S3 backend (``endpoint_url``, ``client_kwargs``, ...;
+    unless ``force``. ``max_record_bytes``: the most a read of a record (anything but a code
+    snapshot or a checkpoint) returns; a larger key raises :class:`~ablator.store.base.RecordTooLarge`
+    from its size, unread (docs/store.md, "Size limits"). ``options`` go to the S3 backend (``endpoint_url``, ``client_kwargs``, ...;
     see :class:`~ablator.store.s3.S3Store`). Agents also run :func:`self_test` once at start.
 
     With ``$ABLATOR_FAULTS`` set (tests only), the store is wrapped in a
@@ -49,10 +56,14 @@ def open_store(
         return url
     from ablator.store.faults import maybe_wrap
 
-    return maybe_wrap(_open(url, read_only=read_only, force=force, **options))
+    return maybe_wrap(
+        _open(url, read_only=read_only, force=force, max_record_bytes=max_record_bytes, **options)
+    )
 
 
-def _open(url: str | os.PathLike[str], *, read_only: bool, force: bool, **options: Any) -> Store:
+def _open(
+    url: str | os.PathLike[str], *, read_only: bool, force: bool, max_record_bytes: int, **options: Any
+) -> Store:
     s = os.fspath(url)
     if not s:
         raise StoreError(f"empty store URL; expected {_SUPPORTED}")
@@ -74,19 +85,27 @@ def _open(url: str | os.PathLike[str], *, read_only: bool, force: bool, **option
         from ablator.store.trust import check_local_root
 
         facts = check_local_root(os.path.expanduser(path), read_only=read_only, force=force)
-        return PosixStore(facts.root, read_only=read_only, facts=facts)
+        return PosixStore(facts.root, read_only=read_only, facts=facts, max_record_bytes=max_record_bytes)
     if scheme == "memory":
         if options:
             raise StoreError(f"store {s!r}: options {sorted(options)} apply to s3:// stores only")
         from ablator.store.memory import MemoryStore
 
-        return MemoryStore(parsed.netloc + parsed.path, read_only=read_only)
+        store = MemoryStore(parsed.netloc + parsed.path, read_only=read_only)
+        store.max_record_bytes = max_record_bytes
+        return store
     if scheme in ("s3", "s3a"):
         if not parsed.netloc:
             raise StoreError(f"store URL {s!r}: no bucket; expected s3://bucket/prefix")
         from ablator.store.s3 import S3Store
 
-        return S3Store(parsed.netloc, unquote(parsed.path).strip("/"), read_only=read_only, **options)
+        return S3Store(
+            parsed.netloc,
+            unquote(parsed.path).strip("/"),
+            read_only=read_only,
+            max_record_bytes=max_record_bytes,
+            **options,
+        )
     raise UntrustedStoreError(
         f"store URL {s!r}: scheme {scheme!r} is not supported. ablator needs an atomic create-if-absent, "
         f"and fsspec's generic mode='create' for {scheme!r} checks then writes (two agents could both win "

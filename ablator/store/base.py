@@ -12,14 +12,39 @@ from __future__ import annotations
 
 import abc
 import builtins
+import sys
 
 import msgspec
 
-from ablator.errors import StoreError
+from ablator.errors import CorruptRecordError, StoreError
 
 # Temp files of the POSIX backend start with this; no key may contain a segment that does, so
 # that every backend lists the same keys.
 TMP_PREFIX = ".tmp-"
+
+#: The most a read returns unless its caller asks for another limit: records (results,
+#: heartbeats, claims, metric chunks, ``experiment.json``, summaries) are kilobytes by design,
+#: and logs are written bounded. A bigger key is damaged or hostile, and reading it whole would
+#: take the reader's memory (docs/store.md, "Size limits").
+MAX_RECORD_BYTES = 64 * 1024**2
+
+#: ``max_bytes`` for a read with no limit of its own (a checkpoint is as large as its model).
+NO_LIMIT = sys.maxsize
+
+
+class RecordTooLarge(CorruptRecordError):
+    """A key is larger than a read of it may be. A :class:`CorruptRecordError`: every reader
+    treats it as it treats a torn record of that kind."""
+
+
+def too_large(url: str, key: str, size: int | None, limit: int) -> RecordTooLarge:
+    """The error for ``key`` of ``size`` bytes (None: more than ``limit``, exact size unknown)."""
+    what = f"{size:,} bytes" if size is not None else f"more than {limit:,} bytes"
+    return RecordTooLarge(
+        f"{key!r} in {url} is {what}, more than the {limit:,} bytes ablator reads for a key of its kind "
+        "(docs/store.md, 'Size limits'): ablator never writes one that large, so it was damaged or written by "
+        "something else, and is treated as unreadable. Remove it, or restore it from a backup or a copy of the store"
+    )
 
 
 def check_key(key: str, url: str) -> str:
@@ -73,18 +98,26 @@ class Store(abc.ABC):
 
     url: str
     read_only: bool = False
+    #: the limit of a read that names none (a backend's constructor takes another)
+    max_record_bytes: int = MAX_RECORD_BYTES
 
     # -- reads -----------------------------------------------------------------------------
     @abc.abstractmethod
-    def read(self, key: str) -> bytes:
-        """The body of ``key``; raises FileNotFoundError when absent."""
+    def read(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        """The body of ``key``; raises FileNotFoundError when absent, and :class:`RecordTooLarge`
+        (checked from the size before the body is read) when it is over ``max_bytes``, by
+        default :attr:`max_record_bytes`. Code snapshots and checkpoints pass their own limits."""
 
-    def get(self, key: str) -> bytes | None:
-        """The body of ``key`` or None when absent."""
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes | None:
+        """The body of ``key`` or None when absent (:meth:`read`'s limit)."""
         try:
-            return self.read(key)
+            return self.read(key, max_bytes=max_bytes) if max_bytes is not None else self.read(key)
         except FileNotFoundError:
             return None
+
+    def read_limit(self, max_bytes: int | None) -> int:
+        """The limit a read asked for ``max_bytes`` applies (for backends)."""
+        return self.max_record_bytes if max_bytes is None else max_bytes
 
     @abc.abstractmethod
     def list(self, prefix: str) -> list[Entry]:

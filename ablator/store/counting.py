@@ -31,6 +31,7 @@ class CountingStore(Store):
     def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.url = inner.url
+        self.max_record_bytes = inner.max_record_bytes
         self.read_only = inner.read_only
         self.counts: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
@@ -52,9 +53,9 @@ class CountingStore(Store):
         with self._lock:
             self.counts.clear()
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, *, max_bytes: int | None = None) -> bytes:
         self._count("read", key)
-        return self.inner.read(key)
+        return self.inner.read(key, max_bytes=max_bytes)
 
     def stat(self, key: str) -> Entry | None:
         self._count("stat", key)

@@ -169,6 +169,7 @@ class FaultStore(Store):
         self.inner = inner
         self.path = os.fspath(path)
         self.url = inner.url
+        self.max_record_bytes = inner.max_record_bytes
         self.read_only = inner.read_only
         self.clock = clock
         self.failed = 0  # operations failed so far (this process)
@@ -239,8 +240,8 @@ class FaultStore(Store):
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- the Store interface -----------------------------------------------------------------
-    def read(self, key: str) -> bytes:
-        return self._run("read", key, lambda: self.inner.read(key))
+    def read(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        return self._run("read", key, lambda: self.inner.read(key, max_bytes=max_bytes))
 
     def stat(self, key: str) -> Entry | None:
         return self._run("stat", key, lambda: self.inner.stat(key))

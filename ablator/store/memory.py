@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from ablator.errors import StoreError
-from ablator.store.base import Capabilities, Entry, Store, check_key, folder_prefix
+from ablator.store.base import Capabilities, Entry, Store, check_key, folder_prefix, too_large
 
 _SPACES: dict[str, dict[str, tuple[bytes, float]]] = {}
 _LOCK = threading.RLock()
@@ -39,13 +39,17 @@ class MemoryStore(Store):
             check_key(p.rstrip("/"), self.url)
         return p
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, *, max_bytes: int | None = None) -> bytes:
         check_key(key, self.url)
+        limit = self.read_limit(max_bytes)
         with _LOCK:
             try:
-                return self._data[key][0]
+                data = self._data[key][0]
             except KeyError:
                 raise FileNotFoundError(key) from None
+        if len(data) > limit:
+            raise too_large(self.url, key, len(data), limit)
+        return data
 
     def stat(self, key: str) -> Entry | None:
         check_key(key, self.url)

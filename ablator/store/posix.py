@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ablator.errors import StoreError, StoreUnavailable
-from ablator.store.base import TMP_PREFIX, Capabilities, Entry, Store, check_key, folder_prefix
+from ablator.store.base import (
+    MAX_RECORD_BYTES,
+    TMP_PREFIX,
+    Capabilities,
+    Entry,
+    Store,
+    check_key,
+    folder_prefix,
+    too_large,
+)
 
 if TYPE_CHECKING:
     from ablator.store.trust import LocalFacts
@@ -126,12 +135,18 @@ class PosixStore(Store):
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], *, read_only: bool = False, facts: LocalFacts | None = None
+        self,
+        root: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        facts: LocalFacts | None = None,
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.url = Path(self.root).as_uri()
         self.read_only = read_only
         self.facts = facts
+        self.max_record_bytes = max_record_bytes
 
     # -- helpers ---------------------------------------------------------------------------
     def _path(self, key: str) -> str:
@@ -180,8 +195,9 @@ class PosixStore(Store):
             raise self._write_error(op, key, exc) from exc
 
     # -- reads -----------------------------------------------------------------------------
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, *, max_bytes: int | None = None) -> bytes:
         path = self._path(key)
+        limit = self.read_limit(max_bytes)
         try:
             # O_NONBLOCK: opening a FIFO put in a store (a hand edit, a hostile copy) must not
             # block; it has no effect on a regular file's reads
@@ -204,7 +220,18 @@ class PosixStore(Store):
                         "holds only files written by ablator. Remove it, or restore the file from a backup or "
                         "a copy of the store"
                     )
-                return f.read()
+                size = os.fstat(fd).st_size
+                if size > limit:  # from the size, before a byte is read
+                    raise too_large(self.url, key, size, limit)
+                data = f.read(size + 1)
+                if len(data) > size:  # it grew since (not ablator's writes: they replace whole)
+                    grown = bytearray(data)
+                    while len(grown) <= limit and (more := f.read(min(1 << 20, limit + 1 - len(grown)))):
+                        grown += more
+                    if len(grown) > limit:
+                        raise too_large(self.url, key, None, limit)
+                    data = bytes(grown)
+                return data
             except OSError as exc:
                 if isinstance(exc, FileNotFoundError):
                     raise

@@ -164,6 +164,7 @@ class RetryingStore(Store):
     ) -> None:
         self.inner = inner
         self.url = inner.url
+        self.max_record_bytes = inner.max_record_bytes
         self.read_only = inner.read_only
         self.keep_trying = keep_trying
         self.backoff = backoff
@@ -199,8 +200,8 @@ class RetryingStore(Store):
                         self.say(f"the store answers again (after {down:.1f} s)")
                 return out
 
-    def read(self, key: str) -> bytes:
-        return self._call(lambda: self.inner.read(key), f"read {key}")
+    def read(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        return self._call(lambda: self.inner.read(key, max_bytes=max_bytes), f"read {key}")
 
     def stat(self, key: str) -> Entry | None:
         return self._call(lambda: self.inner.stat(key), f"stat {key}")

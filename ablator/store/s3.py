@@ -32,7 +32,15 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ablator.errors import StoreError, StoreUnavailable, extra_hint
-from ablator.store.base import Capabilities, Entry, Store, check_key, folder_prefix
+from ablator.store.base import (
+    MAX_RECORD_BYTES,
+    Capabilities,
+    Entry,
+    Store,
+    check_key,
+    folder_prefix,
+    too_large,
+)
 
 T = TypeVar("T")
 
@@ -84,6 +92,13 @@ def _import_s3fs() -> Any:
             f"If-None-Match on every upload path: {extra_hint('s3', ['s3fs>=2025.7'])}"
         )
     return s3fs
+
+
+def _sync(loop: Any, fn: Callable[[], Any]) -> Any:
+    """Run the coroutine function ``fn`` on fsspec's I/O loop (where s3fs's client lives)."""
+    from fsspec.asyn import sync
+
+    return sync(loop, fn)
 
 
 def _client_error(exc: BaseException) -> tuple[str, int] | None:
@@ -214,9 +229,11 @@ class S3Store(Store):
         attempts: int = 6,
         backoff: float = 0.2,
         max_backoff: float = 10.0,
+        max_record_bytes: int = MAX_RECORD_BYTES,
         **options: Any,
     ) -> None:
         self._s3fs = _import_s3fs()
+        self.max_record_bytes = max_record_bytes
         bucket = bucket.strip("/")
         if not bucket or "/" in bucket:
             raise StoreError(f"S3 store: invalid bucket name {bucket!r}; expected s3://bucket/prefix")
@@ -406,12 +423,29 @@ class S3Store(Store):
             raise StoreError(f"{op} {key!r}: store {self.url} was opened read-only")
 
     # -- reads -----------------------------------------------------------------------------
-    def read(self, key: str) -> bytes:
-        path = self._path(key)
+    def read(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        self._path(key)
+        s3key = self._s3key(key)
+        limit = self.read_limit(max_bytes)
+
+        def get(fs: Any) -> tuple[int, bytes | None]:
+            # One GET: its headers carry the size, so an object over the limit is refused before
+            # its body is read (the connection is dropped), at no extra request per read.
+            resp = fs.call_s3("get_object", Bucket=self.bucket, Key=s3key)
+            body = resp["Body"]
+            size = int(resp.get("ContentLength", 0))
+            if size > limit:
+                body.close()
+                return size, None
+            return size, bytes(_sync(fs.loop, body.read))
+
         try:
-            return bytes(self._call("read", key, lambda fs: fs.cat_file(path)))
+            size, data = self._call("read", key, get)
         except FileNotFoundError:
             raise FileNotFoundError(key) from None
+        if data is None:
+            raise too_large(self.url, key, size, limit)
+        return data
 
     def stat(self, key: str) -> Entry | None:
         self._path(key)

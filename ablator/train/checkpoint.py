@@ -25,7 +25,7 @@ import torch
 from ablator import config, layout, lineage
 from ablator.errors import CheckpointError, LeaseLost
 from ablator.records import TrialSpec
-from ablator.store.base import Store
+from ablator.store.base import NO_LIMIT, Store
 from ablator.train.outcome import Fence
 from ablator.train.writer import StoreWriter
 
@@ -136,7 +136,7 @@ def load_latest(
     previous one tried. One from a different config raises :class:`CheckpointError` with the diff.
     """
     for ep, step, key in lineage.checkpoint_candidates(store, trial, epoch):
-        data = store.get(key)
+        data = store.get(key, max_bytes=NO_LIMIT)  # as large as the model: not a record's limit
         if data is None:  # pruned since it was listed
             continue
         try:

@@ -201,9 +201,9 @@ def test_status_checks_config_claims_only_where_analysis_reads_them(tmp_path: Pa
     class KeyCounting(CountingStore):
         keys: list[str] = []
 
-        def read(self, key: str) -> bytes:
+        def read(self, key: str, *, max_bytes: int | None = None) -> bytes:
             self.keys.append(key)
-            return super().read(key)
+            return super().read(key, max_bytes=max_bytes)
 
     counting = KeyCounting(open_store(store))
     report = status.collect(counting)
