@@ -416,6 +416,12 @@ class Worker:
         # directly would hold everything until the trial ended).
         out_r, out_w = os.pipe()
         try:
+            self.log = TrialLog(self.log_path, out_r)
+        except BaseException:
+            for fd in (out_r, out_w, to_child_r, from_child_w, self.to_child, self.from_child):
+                os.close(fd)
+            raise
+        try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ablator.agent.worker", str(to_child_r), str(from_child_w)],
                 pass_fds=(to_child_r, from_child_w),
@@ -429,13 +435,12 @@ class Worker:
                 start_new_session=True,
             )
         except BaseException:
-            os.close(out_r)
+            self.log.close()
             raise
         finally:
             os.close(out_w)
         os.close(to_child_r)
         os.close(from_child_w)
-        self.log = TrialLog(self.log_path, out_r)
         for fd in (self.to_child, self.from_child):
             fl = fcntl.fcntl(fd, fcntl.F_GETFL)
             fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)

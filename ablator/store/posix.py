@@ -29,6 +29,7 @@ from ablator.store.base import (
     TMP_PREFIX,
     Capabilities,
     Entry,
+    RecordTooLarge,
     Store,
     check_key,
     folder_prefix,
@@ -310,7 +311,10 @@ class PosixStore(Store):
                 # the server already did it and answers EEXIST): the body carries a random
                 # nonce, so byte equality means it is ours.
                 try:
-                    return self.read(key) == data
+                    # never more than our own body: a larger one is not ours
+                    return self.read(key, max_bytes=len(data)) == data
+                except RecordTooLarge:
+                    return False
                 except FileNotFoundError:
                     return False  # deleted in between (gc); not ours either way
             except OSError as exc:

@@ -36,6 +36,7 @@ from ablator.store.base import (
     MAX_RECORD_BYTES,
     Capabilities,
     Entry,
+    RecordTooLarge,
     Store,
     check_key,
     folder_prefix,
@@ -530,7 +531,10 @@ class S3Store(Store):
         # or our retry loop resent a PUT that had succeeded). Records carry a random nonce, so
         # byte equality means the stored body is this call's.
         try:
-            return self.read(key) == body
+            # never more than our own body: a larger one is not ours
+            return self.read(key, max_bytes=len(body)) == body
+        except RecordTooLarge:
+            return False
         except FileNotFoundError:
             return False  # deleted in between: not ours either way
 

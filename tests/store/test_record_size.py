@@ -80,3 +80,30 @@ def test_a_sparse_file_of_gigabytes_is_refused_unread(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) < 1024**3  # nothing like the file's 5 GiB was read
+
+
+@pytest.mark.procs  # the snapshot asks git which files to take
+def test_a_code_snapshot_over_its_own_limit_is_refused_unread_and_replaced_on_upload(tmp_path: Path) -> None:
+    """Code snapshots are not records: their reads take ``MAX_ZIP_BYTES`` (an ordinary snapshot
+    over the record limit still reads), and a 5 GiB one is refused from its size: the agent's
+    unpack says which key and why; ``launch --code`` replaces it (as it replaces a corrupt one)."""
+    from ablator import codesnap
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "model.py").write_text("X = 1\n")
+    snap = codesnap.snapshot_code(code)
+    store = open_store(tmp_path / "store", max_record_bytes=16)  # far below the zip's size
+    codesnap.upload(store, snap)
+    assert (
+        codesnap.ensure_code(store, snap.sha256, tmp_path / "cache") / "model.py"
+    ).read_text() == "X = 1\n"
+
+    path = tmp_path / "store" / layout.code(snap.sha256)
+    path.unlink()
+    with open(path, "wb") as f:
+        f.truncate(codesnap.MAX_ZIP_BYTES + 1)
+    with pytest.raises(codesnap.CodeSnapshotError, match=f"{codesnap.MAX_ZIP_BYTES + 1:,} bytes"):
+        codesnap.ensure_code(store, snap.sha256, tmp_path / "cache2")
+    codesnap.upload(store, snap)
+    assert path.stat().st_size == len(snap.data)
