@@ -144,6 +144,7 @@ def collect_trials(store: Store, *, url: str | None = None) -> tuple[StatusRepor
 
 def _collect(store: Store, url: str, problems: list[str]) -> tuple[StatusReport, list[TrialState]]:
     spec: records.ExperimentSpec | None = None
+    unreadable = False
     try:
         spec = read_spec(store, verify=False)
         if spec is not None:
@@ -152,8 +153,11 @@ def _collect(store: Store, url: str, problems: list[str]) -> tuple[StatusReport,
         problems.append(str(exc))  # status still reports the trials; every other reader refuses
     except AblatorError as exc:
         problems.append(str(exc))
+        unreadable = True
     limits = limits_of(spec)
     base, why = _base_budget(spec)
+    if why and unreadable and spec is None:  # there, but unreadable (the problem above says why)
+        why = f"{layout.EXPERIMENT} is unreadable: budget unknown"
     if why:
         problems.append(why)
     budget = read_budget(store, base) if base is not None else None

@@ -94,6 +94,7 @@ def test_a_huge_experiment_json_is_refused_by_every_reader_without_a_traceback(
     status = ablator_cli("status", str(store), env=agent_env, timeout=120)
     assert status.returncode == 0, status.stderr  # status lists it
     assert f"'{layout.EXPERIMENT}'" in status.stdout and SIZE_TEXT in status.stdout
+    assert "experiment.json is unreadable: budget unknown" in status.stdout  # not "no experiment.json"
     for argv in (["analyze", str(store)], ["trials", str(store)]):
         out = ablator_cli(*argv, env=agent_env, timeout=120)
         assert out.returncode == 1, (argv, out.stdout, out.stderr)
