@@ -118,3 +118,21 @@ def test_a_huge_log_is_shown_as_a_line_saying_so(tmp_path: Path) -> None:
     _huge(store / layout.log(0, 0))
     text = stored_log(open_store(store), 0, 0).decode()
     assert text.startswith("[log not shown:") and SIZE_TEXT in text
+
+
+def test_status_on_s3_reads_an_oversized_heartbeat_as_an_unreadable_one(s3_url: str) -> None:
+    """On the moto S3 server, with the limit lowered by the store's parameter (the object stays
+    small): the agent is listed with a corrupt heartbeat and the problem names key and size."""
+    from ablator import status
+    from ablator.store import open_store
+
+    launch_toy(
+        s3_url, experiment(design={"kind": "random", "trials": 1, "space": {"x": {"range": [0.0, 1.0]}}})
+    )
+    store = open_store(s3_url, max_record_bytes=100_000)
+    key = layout.agent("vm-1-deadbeef")
+    store.replace(key, b"\x00" * 100_001)
+    report = status.collect(store)
+    problems = "\n".join(report.problems)
+    assert f"'{key}'" in problems and "100,001 bytes" in problems and "100,000" in problems
+    assert report.counts["pending"] == 1  # the study's numbers are untouched
