@@ -45,6 +45,7 @@ from ablator.errors import (
     AblatorError,
     ExperimentMismatch,
     LeaseLost,
+    StoreError,
     StoreUnavailable,
     TrialFailed,
     exception_text,
@@ -478,7 +479,7 @@ def _run_launched(
                     pruner=pruner_of(exp.design),
                 )
             except LeaseLost as exc:
-                _lease_lost(held, index, str(exc))
+                _lease_lost(held, index, str(exc), store)
             except KeyboardInterrupt:
                 with contextlib.suppress(AblatorError):
                     held.release("aborted (Ctrl-C)")
@@ -504,7 +505,7 @@ def _run_launched(
             elif patient("writing the result", lambda: held.finish(outcome)):
                 _summarize(store, index, exp, patient)
         except LeaseLost as exc:
-            _lease_lost(held, index, str(exc))
+            _lease_lost(held, index, str(exc), store)
         except StoreUnavailable as exc:
             _store_gone(held, index, exc, patient.outage)
     finally:
@@ -513,11 +514,21 @@ def _run_launched(
     return outcome
 
 
-def _lease_lost(held: Held, index: int, why: str) -> NoReturn:
+def _lease_lost(held: Held, index: int, why: str, store: Store | None = None) -> NoReturn:
     """The attempt lost its lease (fenced after failed renewals, taken over, or a result
     appeared): as an agent reports a fenced worker, never as a failure. Raises LeaseLost with
-    what happens to the trial next (the CLI exits 1: this run did not finish it)."""
+    what happens to the trial next (the CLI exits 1: this run did not finish it). ``store``, when
+    it answers, tells a trial another holder already finished from one that is left to be taken over."""
     held.lose(why)
+    finished = False
+    if store is not None:
+        with contextlib.suppress(StoreError):
+            finished = store.exists(layout.result(index))
+    if finished:
+        raise LeaseLost(
+            f"{why}. Trial {index} was finished by another holder (its result is in the store); "
+            "nothing is lost and nothing is left to run"
+        )
     raise LeaseLost(
         f"{why}. Trial {index} was not failed: it is left to be taken over (an agent or a later "
         "`ablator run` resumes it from its last checkpoint)"

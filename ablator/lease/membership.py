@@ -126,6 +126,10 @@ class Membership:
         self._stop_seen = False
         self._last_error: BaseException | None = None
         self._renewing = True
+        # Failed heartbeat writes are retried every heartbeat/4: warn at the first failure, then
+        # once per lease with the count, and say when renewals work again (not ten lines a second).
+        self._failed_beats = 0
+        self._warned_at = -math.inf
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -323,10 +327,29 @@ class Membership:
         except Exception as exc:  # any failure: keep trying; fencing protects the trials
             self._last_error = exc
             self._renewing = False
-            log.warning("agent %s: heartbeat to %s failed: %s", self.agent_id, self.store.url, exc)
+            self._failed_beats += 1
+            now = self.clock()
+            if self._failed_beats == 1 or now - self._warned_at >= self.limits.lease_seconds:
+                self._warned_at = now
+                log.warning(
+                    "agent %s: heartbeat to %s failed (%d in a row): %s",
+                    self.agent_id,
+                    self.store.url,
+                    self._failed_beats,
+                    exc,
+                )
             return False
         end = self.clock()
         self._renewing = True
+        if self._failed_beats:
+            log.warning(
+                "agent %s: heartbeat to %s written again after %d failed writes",
+                self.agent_id,
+                self.store.url,
+                self._failed_beats,
+            )
+            self._failed_beats = 0
+            self._warned_at = -math.inf
         with self._lock:
             for k in snapshot:
                 h = self._held.get(k)

@@ -347,3 +347,24 @@ def test_a_private_store_failure_record_waits_for_the_store(
     assert run.wait(240) == 1, run.output()
     failures = records_of(open_(url), 0, "failed")
     assert sorted(failures) == [0] and "raised at step 3" in failures[0].message, failures
+
+
+def test_a_result_written_by_another_holder_mid_trial_ends_run_saying_nothing_is_left(
+    tmp_path: Path, start_run: Callable[..., RunProc]
+) -> None:
+    """Another holder finished the trial while this run trained (its result appeared): run stops
+    writing, leaves that result alone, and says the trial is done, not "left to be taken over"."""
+    url = str(tmp_path / "store")
+    exp, _ = _launch(url, tmp_path, lease=12.0, heartbeat=0.5)
+    run = start_run(exp, url)
+    _mid_trial(run)
+    theirs = records.Result(trial=0, epoch=0, agent_id="another-holder", metrics={"loss": 0.5}, steps=9)
+    assert open_(url).create(layout.result(0), records.encode(theirs))
+    assert run.wait(240) == 1, run.output()
+    out = run.output()
+    assert "Traceback" not in out and "a result already exists" in out, out
+    assert "finished by another holder" in out and "nothing is lost" in out, out
+    assert "left to be taken over" not in out, out
+    store = open_(url)
+    assert read(store, layout.result(0), records.Result) == theirs
+    assert records_of(store, 0, "failed") == {}

@@ -158,6 +158,38 @@ def test_holder_fences_itself_when_it_cannot_renew(store: Store) -> None:
     assert records.decode(store.read(layout.agent(m.agent_id)), records.Heartbeat).held == []
 
 
+def test_failing_heartbeats_warn_once_per_lease_and_say_when_they_work_again(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Failed writes are retried every heartbeat/4: a minute's outage must not print hundreds
+    # of lines, but the first failure, a reminder per lease and the recovery must be seen.
+    clock = FakeClock()
+    w = Wrapped(store)
+    m, _ = _member(w, clock)  # type: ignore[arg-type]
+
+    def fail(key: str, call: object) -> None:
+        raise StoreError("store unreachable")
+
+    w.hooks["replace"] = fail
+    caplog.set_level("WARNING", logger="ablator")
+    for _ in range(60):  # 60 failed beats 1.25 s apart: 75 s, two and a half leases
+        assert not m.beat()
+        clock.advance(1.25)
+    failed = [r.getMessage() for r in caplog.records if "heartbeat to" in r.getMessage()]
+    assert len(failed) == 3, failed  # at 0 s, 30 s and 60 s
+    assert "(1 in a row)" in failed[0] and "(25 in a row)" in failed[1] and "(49 in a row)" in failed[2]
+    assert all("store unreachable" in f for f in failed)
+    caplog.clear()
+    del w.hooks["replace"]
+    assert m.beat()
+    again = [r.getMessage() for r in caplog.records]
+    assert any("written again after 60 failed writes" in a for a in again), again
+    caplog.clear()
+    w.hooks["replace"] = fail
+    assert not m.beat()  # a new outage warns at once again
+    assert ["(1 in a row)" in r.getMessage() for r in caplog.records] == [True]
+
+
 def test_a_renewal_that_lands_after_the_deadline_does_not_count(store: Store) -> None:
     clock = FakeClock()
     w = Wrapped(store)
