@@ -189,16 +189,17 @@ class TpeDesign:
         """Read the journal entries written since the last refresh."""
         while True:
             key = layout.design_event(self._next_seq)
+            too_large = False
             try:
                 data = self.store.get(key)
             except records.CorruptRecordError as exc:  # over the size limit: skipped like a torn one
                 warnings.warn(str(exc), records.CorruptRecordWarning, stacklevel=2)
-                data = b""
+                data, too_large = b"", True
             if data is None:
                 return
             self._next_seq += 1
             self.entries_read += 1
-            event = records.try_decode(data, records.DesignEvent, key) if data else None
+            event = None if too_large else records.try_decode(data, records.DesignEvent, key)
             if event is not None:
                 self._apply(event)
 

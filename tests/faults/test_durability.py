@@ -38,8 +38,13 @@ class DurableLog(PosixStore):
 
 
 def _torn(store: PosixStore, key: str, how: str) -> None:
-    """Cut the record at ``key`` short (half its bytes) or empty it, in place."""
+    """Cut the record at ``key`` short (half its bytes), empty it, or make it 5 GiB long (a
+    sparse file: a damaged or hostile store; read as torn, refused from its size), in place."""
     path = Path(store.root, *key.split("/"))
+    if how == "huge":
+        with open(path, "r+b") as f:
+            f.truncate(5 * 1024**3)
+        return
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if how == "half" else b"")
 
@@ -111,7 +116,7 @@ def test_tpe_journal_entries_are_durable(tmp_path: Path) -> None:
 # --- torn records and their safe meaning ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["half", "empty"])
+@pytest.mark.parametrize("how", ["half", "empty", "huge"])
 def test_a_torn_claim_has_an_unknown_holder_and_its_trial_is_asked_for_again(
     tmp_path: Path, how: str
 ) -> None:
@@ -144,7 +149,7 @@ def test_a_torn_claim_has_an_unknown_holder_and_its_trial_is_asked_for_again(
     assert claim1.spec == spec(0)  # ... and recorded in the takeover's claim, for analysis too
 
 
-@pytest.mark.parametrize("how", ["half", "empty"])
+@pytest.mark.parametrize("how", ["half", "empty", "huge"])
 def test_a_torn_failure_still_counts_and_is_reported(tmp_path: Path, how: str) -> None:
     store = PosixStore(str(tmp_path))
     clock = FakeClock()
@@ -159,7 +164,7 @@ def test_a_torn_failure_still_counts_and_is_reported(tmp_path: Path, how: str) -
     assert st.status == "retryable" and st.failures == 1 and layout.failed(0, 0) in st.problems
 
 
-@pytest.mark.parametrize("how", ["half", "empty"])
+@pytest.mark.parametrize("how", ["half", "empty", "huge"])
 def test_a_torn_release_still_releases(tmp_path: Path, how: str) -> None:
     store = PosixStore(str(tmp_path))
     _, c = _agent(store, FakeClock())
@@ -171,7 +176,7 @@ def test_a_torn_release_still_releases(tmp_path: Path, how: str) -> None:
     assert st.status == "released"  # existence is all a release says to the protocol
 
 
-@pytest.mark.parametrize("how", ["half", "empty"])
+@pytest.mark.parametrize("how", ["half", "empty", "huge"])
 def test_a_torn_result_needs_repair_and_is_never_absent(tmp_path: Path, how: str) -> None:
     store = PosixStore(str(tmp_path))
     _, c = _agent(store, FakeClock())
@@ -184,7 +189,7 @@ def test_a_torn_result_needs_repair_and_is_never_absent(tmp_path: Path, how: str
     assert read_trial(store, 0, judge=lambda *a: False, limits=LIMITS).status == "done"  # claimers: final
 
 
-@pytest.mark.parametrize("how", ["half", "empty"])
+@pytest.mark.parametrize("how", ["half", "empty", "huge"])
 def test_a_torn_metric_chunk_is_skipped_and_the_rest_of_the_history_kept(tmp_path: Path, how: str) -> None:
     store = PosixStore(str(tmp_path))
     writer = StoreWriter()
@@ -201,7 +206,7 @@ def test_a_torn_metric_chunk_is_skipped_and_the_rest_of_the_history_kept(tmp_pat
     assert got == [0, 1, 4, 5]
 
 
-@pytest.mark.parametrize("how", ["half", "empty"])
+@pytest.mark.parametrize("how", ["half", "empty", "huge"])
 def test_a_torn_attempt_cuts_the_lineage_there_without_raising(tmp_path: Path, how: str) -> None:
     store = PosixStore(str(tmp_path))
     _, c = _agent(store, FakeClock())
@@ -218,7 +223,7 @@ def test_a_torn_attempt_cuts_the_lineage_there_without_raising(tmp_path: Path, h
         assert lineage.segments(store, 0, 1) == [(1, None)]  # why attempts are fsynced
 
 
-@pytest.mark.parametrize("how", ["half", "empty"])
+@pytest.mark.parametrize("how", ["half", "empty", "huge"])
 def test_a_torn_heartbeat_is_an_unknown_holder(tmp_path: Path, how: str) -> None:
     store = PosixStore(str(tmp_path))
     clock = FakeClock()
@@ -236,7 +241,7 @@ def test_a_torn_heartbeat_is_an_unknown_holder(tmp_path: Path, how: str) -> None
         assert b.state(0).status == "orphaned"
 
 
-@pytest.mark.parametrize("how", ["half", "empty"])
+@pytest.mark.parametrize("how", ["half", "empty", "huge"])
 def test_torn_hints_and_extensions(tmp_path: Path, how: str) -> None:
     store = PosixStore(str(tmp_path))
     store.replace(layout.frontier(0), records.encode(records.FrontierHint(index=40)))
@@ -251,7 +256,7 @@ def test_torn_hints_and_extensions(tmp_path: Path, how: str) -> None:
         assert read_budget(store, 10) == 15
 
 
-@pytest.mark.parametrize("how", ["half", "empty"])
+@pytest.mark.parametrize("how", ["half", "empty", "huge"])
 def test_a_torn_design_point_does_not_stop_claims(tmp_path: Path, how: str) -> None:
     store = PosixStore(str(tmp_path))
     space = load_space({"x": {"range": [0.0, 1.0]}})
@@ -265,7 +270,7 @@ def test_a_torn_design_point_does_not_stop_claims(tmp_path: Path, how: str) -> N
     assert any(issubclass(w.category, CorruptRecordWarning) for w in seen)
 
 
-@pytest.mark.parametrize("how", ["half", "empty"])
+@pytest.mark.parametrize("how", ["half", "empty", "huge"])
 def test_a_torn_tpe_journal_entry_is_skipped_and_the_entries_after_it_are_read(
     tmp_path: Path, how: str
 ) -> None:
