@@ -612,9 +612,13 @@ class TrialLog:
                 if self._eof:  # the child and every process that shared its output ended
                     return
 
-    def _drain(self) -> None:
-        """Read what the pipe holds now into the file (under the lock)."""
-        while not self._eof and not self._closed:
+    def _drain(self, chunks: int = 16) -> None:
+        """Read what the pipe holds now into the file (under the lock), at most ``chunks`` reads:
+        a child that prints without end keeps the pipe full, and the lock must come free for
+        :meth:`read` between rounds."""
+        for _ in range(chunks):
+            if self._eof or self._closed:
+                return
             try:
                 data = os.read(self._pipe, 1 << 16)
             except BlockingIOError:
@@ -653,7 +657,9 @@ class TrialLog:
         marker saying how many bytes were left out: :func:`head_and_tail`); ``reset`` starts the
         next trial's log afresh."""
         with self._lock:
-            self._drain()
+            # what the child wrote before it reported is in the file or in the pipe, which holds
+            # at most its capacity (64 KiB unless raised): a bounded drain takes all of it
+            self._drain(64)
             total = self._total
             try:
                 if total <= limit and total <= self._head + self._ring:

@@ -58,3 +58,27 @@ def test_the_log_reads_what_a_process_printed_before_it_died(tmp_path: Path) -> 
     assert data.startswith(b"0\n1\n2\n") and data.endswith(b"1999\nlast words\n")
     assert b"bytes cut ...]" in data and len(data) <= 1024 + 40
     log.close()
+
+
+@pytest.mark.procs
+def test_a_process_printing_without_end_never_holds_up_a_read(tmp_path: Path) -> None:
+    """The pipe never empties, yet every read returns (the pump leaves the lock free between
+    rounds), bounded, with the head and a growing count of bytes cut; the file stays at the cap."""
+    r, w = os.pipe()
+    path = tmp_path / "w.log"
+    log = TrialLog(path, r, 4096)
+    code = "import sys\nsys.stdout.write('head\\n')\nwhile True: sys.stdout.write('y' * 65536)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=w)
+    os.close(w)
+    try:
+        cuts: list[int] = []
+        while len(cuts) < 2 or cuts[-1] <= cuts[0]:
+            data = log.read(4096)
+            assert len(data) <= 4096 + 40 and path.stat().st_size <= 4096
+            if b"bytes cut" in data:
+                assert data.startswith(b"head\n")
+                cuts.append(int(data.split(b"[... ")[1].split(b" bytes cut")[0]))
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
