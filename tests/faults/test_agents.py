@@ -26,17 +26,12 @@ from tests.agent.conftest import (
     results,
     wait_for,
 )
+from tests.faults.conftest import store_url
 
 pytestmark = pytest.mark.procs
 
 TRIALS = 4
 STEPS = 6
-
-
-def _url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "posix":
-        return str(tmp_path / "store")
-    return str(request.getfixturevalue("s3_url"))
 
 
 @pytest.fixture
@@ -127,7 +122,7 @@ def test_agents_ride_out_an_outage(
     start_agent: Callable[[str], AgentProc],
     spec_path: Path,
 ) -> None:
-    url = _url(backend, tmp_path, request)
+    url = store_url(backend, tmp_path, request)
     seconds, rule = SCENARIOS[scenario]
     _launch(url)
     procs = [start_agent(url), start_agent(url)]
@@ -145,7 +140,7 @@ def test_failing_heartbeats_stop_claims_and_lose_nothing(
     start_agent: Callable[[str], AgentProc],
     spec_path: Path,
 ) -> None:
-    url = _url(backend, tmp_path, request)
+    url = store_url(backend, tmp_path, request)
     _launch(url)
     procs = [start_agent(url), start_agent(url)]
     store = open_(url)

@@ -24,8 +24,8 @@ import yaml
 from ablator import layout, records
 from ablator.ops import launch
 from ablator.store import faults
-from ablator.store.faults import Rule, write_spec
 from tests.agent.conftest import canonical_steps, experiment, open_, read, records_of, wait_for
+from tests.faults.conftest import lift, outage, store_url
 
 pytestmark = pytest.mark.procs
 
@@ -98,12 +98,6 @@ def start_run(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Run
             r.proc.wait()
 
 
-def _url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "posix":
-        return str(tmp_path / "store")
-    return str(request.getfixturevalue("s3_url"))
-
-
 def _launch(url: str, tmp_path: Path, lease: float, heartbeat: float, **config: Any) -> tuple[Path, Path]:
     """One toy trial that checkpoints every 2 steps and steps on until ``hold`` exists."""
     hold = tmp_path / "hold"
@@ -118,15 +112,6 @@ def _launch(url: str, tmp_path: Path, lease: float, heartbeat: float, **config: 
     path.write_text(yaml.safe_dump(exp))
     launch(path, url)
     return path, hold
-
-
-def _outage(spec_path: Path, error: str, prefix: str = "") -> None:
-    """Every operation on keys under ``prefix`` fails, in every process, until :func:`_lift`."""
-    write_spec(spec_path, [Rule(start=time.time() - 1, end=None, error=error, prefix=prefix)])
-
-
-def _lift(spec_path: Path) -> None:
-    write_spec(spec_path, [])
 
 
 def _mid_trial(run: RunProc, epoch: int = 0) -> None:
@@ -163,12 +148,12 @@ def test_an_outage_shorter_than_the_lease_mid_trial_is_ridden_out(
     start_run: Callable[..., RunProc],
     spec_path: Path,
 ) -> None:
-    url = _url(backend, tmp_path, request)
+    url = store_url(backend, tmp_path, request)
     # a lease long enough that the outage below never fences, however loaded the machine
     exp, hold = _launch(url, tmp_path, lease=12.0, heartbeat=0.5)
     run = start_run(exp, url)
     _mid_trial(run)
-    _outage(spec_path, _error(backend))
+    outage(spec_path, _error(backend))
     # both sides of run see it: the trial's writes wait, and a heartbeat failed
     wait_for(
         "run waiting for the store while a heartbeat fails",
@@ -176,7 +161,7 @@ def test_an_outage_shorter_than_the_lease_mid_trial_is_ridden_out(
         timeout=120,
     )
     time.sleep(1.0)  # a few more failed tries (the back-off grows), then the store answers again
-    _lift(spec_path)
+    lift(spec_path)
     wait_for("run resuming", lambda: ANSWERS in run.output() or run.exited(), timeout=120)
     hold.touch()  # now the trial may end
     assert run.wait(240) == 0, run.output()
@@ -203,9 +188,9 @@ def _lost_then_rerun(
     (from the first attempt's checkpoint). Returns the first run's output and the result."""
     first = start_run(exp, url, *extra)
     _mid_trial(first)
-    _outage(spec_path, error, prefix)
+    outage(spec_path, error, prefix)
     assert first.wait(240) == 1, first.output()
-    _lift(spec_path)
+    lift(spec_path)
     out = first.output()
     assert "Traceback" not in out and NOT_FAILED in out, out
     store = open_(url)
@@ -228,7 +213,7 @@ def test_an_outage_longer_than_the_lease_fences_the_trial_and_a_later_run_comple
     start_run: Callable[..., RunProc],
     spec_path: Path,
 ) -> None:
-    url = _url(backend, tmp_path, request)
+    url = store_url(backend, tmp_path, request)
     exp, hold = _launch(url, tmp_path, lease=4.0, heartbeat=0.4)  # fenced 3.2 s after a renewal
     out, _ = _lost_then_rerun(url, exp, hold, spec_path, start_run, _error(backend), "")
     assert WAITING in out and "lease" in out, out
@@ -270,10 +255,10 @@ def test_a_private_store_rides_out_an_outage_mid_trial(
     url = str(tmp_path / "private")
     run = start_run(exp, url)
     _mid_trial(run)
-    _outage(spec_path, "EIO")
+    outage(spec_path, "EIO")
     wait_for("run waiting for the store", lambda: WAITING in run.output() or run.exited(), timeout=120)
     time.sleep(1.0)
-    _lift(spec_path)
+    lift(spec_path)
     wait_for("run resuming", lambda: ANSWERS in run.output() or run.exited(), timeout=120)
     hold.touch()
     assert run.wait(240) == 0, run.output()
@@ -289,11 +274,11 @@ def test_the_result_waits_for_the_store_while_the_lease_holds(
     exp, hold = _launch(url, tmp_path, lease=4.0, heartbeat=0.4)
     run = start_run(exp, url)
     _mid_trial(run)
-    _outage(spec_path, "ESTALE", layout.result(0))
+    outage(spec_path, "ESTALE", layout.result(0))
     hold.touch()  # the trial ends into the outage
     wait_for("run waiting for the store", lambda: WAITING in run.output() or run.exited(), timeout=120)
     time.sleep(1.0)  # a few failed tries; the heartbeats go on meanwhile, so nothing fences
-    _lift(spec_path)
+    lift(spec_path)
     assert run.wait(240) == 0, run.output()
     assert ANSWERS in run.output(), run.output()
     _completed_once(url, epoch=0, at_least=4)
@@ -307,7 +292,7 @@ def test_a_failure_record_waits_for_the_store_and_is_written_once(
     until the store takes it (the heartbeat keeps the trial held), then reports the failure."""
     url = str(tmp_path / "store")
     exp, _ = _launch(url, tmp_path, lease=4.0, heartbeat=0.4, mode="raise", fail_at=3)
-    _outage(spec_path, "EIO", layout.failed(0, 0))
+    outage(spec_path, "EIO", layout.failed(0, 0))
     run = start_run(exp, url)
     wait_for(
         "run waiting to record the failure",
@@ -315,7 +300,7 @@ def test_a_failure_record_waits_for_the_store_and_is_written_once(
         timeout=180,
     )
     time.sleep(1.0)
-    _lift(spec_path)
+    lift(spec_path)
     assert run.wait(240) == 1, run.output()
     out = run.output()
     assert "toy trial 0 raised at step 3 on purpose" in out and ANSWERS in out, out
@@ -336,14 +321,14 @@ def test_a_private_store_failure_record_waits_for_the_store(
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump(exp_dict))
     url = str(tmp_path / "private")
-    _outage(spec_path, "ETIMEDOUT", layout.failed(0, 0))
+    outage(spec_path, "ETIMEDOUT", layout.failed(0, 0))
     run = start_run(exp, url)
     wait_for(
         "run waiting to record the failure",
         lambda: f"{WAITING} (writing the failure record)" in run.output() or run.exited(),
         timeout=180,
     )
-    _lift(spec_path)
+    lift(spec_path)
     assert run.wait(240) == 1, run.output()
     failures = records_of(open_(url), 0, "failed")
     assert sorted(failures) == [0] and "raised at step 3" in failures[0].message, failures

@@ -25,7 +25,6 @@ from ablator import layout, records
 from ablator.errors import StoreUnavailable
 from ablator.ops import launch
 from ablator.store import faults, open_store
-from ablator.store.faults import Rule, write_spec
 from ablator.store.retry import Outage, backoff, wait_for_store
 from tests.agent.conftest import (
     ROOT,
@@ -39,18 +38,13 @@ from tests.agent.conftest import (
     results,
     wait_for,
 )
+from tests.faults.conftest import lift, outage, store_url
 
 pytestmark = pytest.mark.procs
 
 TRIALS = 3
 STEPS = 4
 WAITING = "the store did not answer"
-
-
-def _url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "posix":
-        return str(tmp_path / "store")
-    return str(request.getfixturevalue("s3_url"))
 
 
 @pytest.fixture
@@ -90,15 +84,6 @@ def _launch(url: str, tmp_path: Path, **limits: float) -> None:
         entry="outage_toy_entry:trial",
     )
     launch_toy(url, exp, code_dir=code)
-
-
-def _outage(spec_path: Path, error: str, prefix: str = "") -> None:
-    """Every operation on keys under ``prefix`` fails from now until :func:`_lift`."""
-    write_spec(spec_path, [Rule(start=time.time() - 1, end=None, error=error, prefix=prefix)])
-
-
-def _lift(spec_path: Path) -> None:
-    write_spec(spec_path, [])
 
 
 def _sha(store: Any) -> str:
@@ -146,14 +131,14 @@ def test_an_outage_while_the_agent_starts_is_waited_out(
     start_agent: Callable[..., AgentProc],
     spec_path: Path,
 ) -> None:
-    url = _url(backend, tmp_path, request)
+    url = store_url(backend, tmp_path, request)
     _launch(url, tmp_path)
     prefix, doing = STEPS_WAITED[step]
-    _outage(spec_path, "EIO" if backend == "posix" else "SlowDown", prefix)
+    outage(spec_path, "EIO" if backend == "posix" else "SlowDown", prefix)
     agent = start_agent(url)
     wait_for("the agent waiting for the store", lambda: WAITING in agent.output(), timeout=120)
     time.sleep(2.0)  # a few more failed tries (the back-off grows), then the store answers again
-    _lift(spec_path)
+    lift(spec_path)
     assert agent.wait(240) == 0, agent.output()
     out = agent.output()
     assert f"{WAITING} ({doing})" in out, out
@@ -169,7 +154,7 @@ def test_an_outage_longer_than_store_timeout_ends_the_start_clearly_and_loses_no
 ) -> None:
     url = str(tmp_path / "store")
     _launch(url, tmp_path)
-    _outage(spec_path, "ESTALE")
+    outage(spec_path, "ESTALE")
     agent = start_agent(url, "--store-timeout", "2")
     code = agent.wait(240)
     out = agent.output()
@@ -180,7 +165,7 @@ def test_an_outage_longer_than_store_timeout_ends_the_start_clearly_and_loses_no
     assert store.exists(layout.EXPERIMENT) and store.exists(layout.code(_sha(store)))
     assert not any(store.list(layout.trial_dir(i)) for i in range(TRIALS))  # nothing claimed
     # The store answers again: a new agent runs the whole experiment.
-    _lift(spec_path)
+    lift(spec_path)
     again = start_agent(url)
     assert again.wait(240) == 0, again.output()
     _all_completed_once(url)
@@ -191,14 +176,14 @@ def test_a_signal_while_waiting_for_the_store_ends_the_start(
 ) -> None:
     url = str(tmp_path / "store")
     _launch(url, tmp_path)
-    _outage(spec_path, "EIO", layout.AGENTS_DIR)  # the first heartbeat
+    outage(spec_path, "EIO", layout.AGENTS_DIR)  # the first heartbeat
     agent = start_agent(url)
     wait_for("the agent waiting for the store", lambda: WAITING in agent.output(), timeout=120)
     agent.signal(signal.SIGTERM)
     assert agent.wait(120) == 0, agent.output()
     out = agent.output()
     assert "SIGTERM received" in out and "Traceback" not in out, out
-    _lift(spec_path)
+    lift(spec_path)
     store = open_(url)
     assert not any(store.list(layout.trial_dir(i)) for i in range(TRIALS))  # nothing was claimed
 
@@ -224,7 +209,7 @@ def test_ablator_run_waits_out_an_outage_while_it_starts(
     exp.write_text(RUN_EXPERIMENT)
     url = str(tmp_path / "launched")
     launch(exp, url)
-    _outage(spec_path, "ETIMEDOUT")
+    outage(spec_path, "ETIMEDOUT")
     log = tmp_path / "run.log"
     env = child_env(TRAIN, OMP_NUM_THREADS="1", **{faults.ENV: str(spec_path)})
     with open(log, "wb") as f:
@@ -249,7 +234,7 @@ def test_ablator_run_waits_out_an_outage_while_it_starts(
     try:
         wait_for("ablator run waiting for the store", lambda: WAITING in log.read_text(), timeout=120)
         time.sleep(2.0)
-        _lift(spec_path)
+        lift(spec_path)
         assert proc.wait(240) == 0, log.read_text()
     finally:
         if proc.poll() is None:
