@@ -27,13 +27,20 @@ class SpawnConfig(BaseConfig, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 
 def forks(config: SpawnConfig, ctx: Any) -> dict[str, float]:
-    """Forks a copy of the worker that lingers (no exec), then finishes normally."""
+    """Forks a copy of the worker that lingers (no exec), then finishes normally once the copy
+    has written its pid (the worker kills what a finished trial leaves behind: without waiting,
+    a loaded machine could end the copy before it said who it is)."""
     pid = os.fork()
     if pid == 0:  # the child: a copy of the worker process, with its pipes to the agent
-        with open(f"{config.out_dir}/forked-{os.getpid()}.txt", "w") as f:
+        path = f"{config.out_dir}/forked-{os.getpid()}.txt"
+        with open(f"{path}.tmp", "w") as f:
             f.write(str(os.getpid()))
+        os.replace(f"{path}.tmp", path)  # whole or absent
         time.sleep(600)
         os._exit(0)
+    deadline = time.monotonic() + 300
+    while not os.path.exists(f"{config.out_dir}/forked-{pid}.txt") and time.monotonic() < deadline:
+        time.sleep(0.05)
     ctx.report(1, {"score": config.x})
     return {"score": config.x}
 

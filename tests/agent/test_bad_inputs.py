@@ -455,6 +455,8 @@ def test_a_forked_copy_of_the_worker_does_not_outlive_it(tmp_path: Path, agents:
         entry="tests.agent.spawntoy:forks",
         config={"out_dir": str(out_dir)},
         design={"kind": "random", "trials": 2, "space": {"x": {"range": [0.0, 1.0]}}},
+        # one attempt per trial, one fork each: a lease a loaded machine keeps (no takeover)
+        limits={"lease_seconds": 8.0, "heartbeat_seconds": 0.5},
     )
     store = str(tmp_path / "store")
     launch_toy(store, exp)
